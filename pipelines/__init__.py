@@ -1,0 +1,1 @@
+"""Runnable bertbeam pipelines: ``python -m pipelines.embed …`` / ``python -m pipelines.label …``."""

@@ -1,0 +1,161 @@
+"""What every task pipeline shares: common flags, launcher checks, the run and its summary."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from bertbeam import io, metrics
+from bertbeam.config import EMBEDDED_MODEL, BatchSpec, ModelSpec, RunSpec, TokenizeSpec
+from bertbeam.io import Columns, ReadDocuments, WriteResults
+from bertbeam.records import DEAD_LETTER_SCHEMA
+from bertbeam.runners import resolve_runner, torch_threads
+from bertbeam.tasks.base import Task
+from bertbeam.transforms import InferDocuments
+
+_LOG = logging.getLogger("bertbeam")
+
+
+class AccountingError(RuntimeError):
+    """Some input rows are neither in the results nor in the dead letter."""
+
+
+def add_common_args(parser: argparse.ArgumentParser, *, long_docs_default: str = "chunk") -> None:
+    parser.add_argument("--input", required=True, help="Parquet glob: local, gs:// or any fsspec URL")
+    parser.add_argument("--output", required=True, help="output directory (local, gs://, fsspec URL)")
+    parser.add_argument("--model", default=EMBEDDED_MODEL,
+                        help=f"model directory or URI (default: {EMBEDDED_MODEL})")
+    parser.add_argument("--id-column", default="id")
+    parser.add_argument("--text-column", default="text")
+    parser.add_argument("--max-length", type=int, default=None, help="tokens per window")
+    parser.add_argument("--long-docs", choices=["truncate", "chunk"], default=long_docs_default)
+    parser.add_argument("--stride", type=int, default=None, help="tokens shared by adjacent windows")
+    parser.add_argument("--token-budget", type=int, default=BatchSpec.token_budget,
+                        help="padded tokens per batch (batch size x padded length)")
+    parser.add_argument("--buffer-size", type=int, default=BatchSpec.buffer_size,
+                        help="windows sorted together before batches are cut")
+    parser.add_argument("--max-batch-size", type=int, default=BatchSpec.max_batch_size)
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto")
+    parser.add_argument("--quantize", choices=["none", "int8"], default="none")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads per worker process (default: cores / local workers)")
+    parser.add_argument("--model-cache-dir", default=None, help="local cache for remote models")
+    parser.add_argument("--allow-pickle-weights", action="store_true",
+                        help="accept .bin/.pt weights (pickle can run code)")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="run model code shipped with the checkpoint")
+
+
+def run_spec(args: argparse.Namespace, options: PipelineOptions) -> RunSpec:
+    return RunSpec(
+        model=ModelSpec(
+            uri=args.model, device=args.device, dtype=args.dtype, quantize=args.quantize,
+            num_threads=args.threads or torch_threads(options),
+            allow_pickle_weights=args.allow_pickle_weights,
+            trust_remote_code=args.trust_remote_code, cache_dir=args.model_cache_dir),
+        tokenize=TokenizeSpec(max_length=args.max_length, long_docs=args.long_docs,
+                              stride=args.stride),
+        batch=BatchSpec(token_budget=args.token_budget, buffer_size=args.buffer_size,
+                        max_batch_size=args.max_batch_size),
+    )
+
+
+@dataclass(frozen=True)
+class Job:
+    """One pipeline run, fully described: built on the launcher, checked before it starts."""
+
+    task: Task
+    run: RunSpec
+    input: str
+    output: str
+    columns: Columns
+
+
+def preflight(job: Job):
+    """Fails with one clear line before anything starts: input, columns, model, task fit.
+
+    Returns the model config, from which the task's output schema is derived.
+    """
+    from transformers import AutoConfig
+
+    from bertbeam.models import check_task_fit, check_weights, load_tokenizer, resolve_model_dir
+    from bertbeam.tokenization import resolve_max_length
+
+    io.check_input(job.input, job.columns)
+    spec = job.run.model
+    local_dir = resolve_model_dir(spec.uri, spec.cache_dir)
+    check_weights(local_dir, spec.uri, allow_pickle_weights=spec.allow_pickle_weights)
+    config = AutoConfig.from_pretrained(local_dir, trust_remote_code=spec.trust_remote_code)
+    check_task_fit(config, job.task.model_class, spec.uri)
+    resolve_max_length(load_tokenizer(local_dir, spec), config, local_dir, job.run.tokenize)
+    return config
+
+
+def build(p: beam.Pipeline, job: Job, config) -> None:
+    """Read -> infer -> write results and dead letter; the shape every task pipeline has."""
+    read = p | "ReadDocuments" >> ReadDocuments(job.input, job.columns)
+    inferred = read["documents"] | "Infer" >> InferDocuments(job.task, run=job.run)
+    inferred["results"] | "WriteResults" >> WriteResults(job.output, schema=job.task.schema(config))
+    (
+        (read["dead_letter"], inferred["dead_letter"])
+        | "AllDeadLetters" >> beam.Flatten()
+        | "WriteDeadLetter" >> WriteResults(job.output, schema=DEAD_LETTER_SCHEMA, prefix="dead_letter")
+    )
+
+
+def execute(job: Job, beam_args: list[str]) -> dict:
+    """Runs ``job`` to completion and writes ``_SUMMARY.json``; returns the summary.
+
+    Raises AccountingError when read != written + dead-lettered.
+    """
+    import fsspec
+
+    options = PipelineOptions(beam_args)
+    config = preflight(job)
+    fs, root = fsspec.core.url_to_fs(job.output)
+    fs.makedirs(root, exist_ok=True)
+    if fs.exists(f"{root.rstrip('/')}/_SUMMARY.json"):
+        # A stale summary must not vouch for files this run is about to replace.
+        fs.rm(f"{root.rstrip('/')}/_SUMMARY.json")
+    start = time.perf_counter()
+    p = beam.Pipeline(runner=resolve_runner(options), options=options)
+    build(p, job, config)
+    result = p.run()
+    result.wait_until_finish()
+    counters = metrics.query_counters(result)
+    summary = metrics.build_summary(
+        counters, output_dir=job.output, wall_seconds=time.perf_counter() - start,
+        model=job.run.model.uri, task=job.task.name)
+    metrics.write_summary(job.output, summary)
+    if not summary["accounted"]:
+        raise AccountingError(
+            f"{summary['read']} rows read but {summary['written']} written + "
+            f"{summary['dead_lettered']} dead-lettered: rows are missing or duplicated.")
+    return summary
+
+
+def main(make_job: Callable[[list[str] | None], tuple[Job, list[str]]], argv: list[str] | None) -> int:
+    """Runs a task pipeline from argv; returns the process exit code."""
+    from bertbeam.io import InputError
+    from bertbeam.models import ModelLoadError
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        job, beam_args = make_job(argv)
+        summary = execute(job, beam_args)
+    except (InputError, ModelLoadError, ValueError) as exc:
+        print(f"bertbeam: error: {exc}", file=sys.stderr)
+        return 2
+    except AccountingError as exc:
+        print(f"bertbeam: error: {exc}", file=sys.stderr)
+        return 3
+    print(metrics.summary_line(summary))
+    return 0
