@@ -134,3 +134,22 @@ SAMPLE_TEXTS = [
     "émoji 🙂 and CJK 漢字 and Arabic مرحبا mixed together",
     "def f(x):\n    return x * 2",
 ]
+
+
+def run_cli(*argv: str) -> int:
+    """Runs the ``bertbeam`` command in-process and returns its exit code."""
+    from bertbeam.cli import main
+
+    return main([str(a) for a in argv])
+
+
+def read_output(directory, prefix: str = "results") -> list[dict]:
+    from bertbeam.io import read_table
+
+    return read_table(str(directory), prefix).to_pylist()
+
+
+def read_summary(directory) -> dict:
+    import json
+
+    return json.loads((Path(directory) / "_SUMMARY.json").read_text())
