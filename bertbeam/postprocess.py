@@ -9,7 +9,7 @@ import apache_beam as beam
 from bertbeam import metrics
 from bertbeam.config import ModelSpec
 from bertbeam.records import WindowOutput, dead_letter
-from bertbeam.tasks.base import Task
+from bertbeam.tasks.base import Task, TaskInputError
 
 DEAD_LETTER = "dead_letter"
 
@@ -53,6 +53,8 @@ class _PostprocessFn(beam.DoFn):
         if failed is None:
             try:
                 row = self._task.finish(self._ctx, outputs)
+            except TaskInputError as exc:
+                failed = ("bad_task_input", str(exc)[:500])
             except Exception as exc:
                 failed = ("postprocess_error", f"{type(exc).__name__}: {exc}"[:500])
             else:
@@ -60,7 +62,7 @@ class _PostprocessFn(beam.DoFn):
                 yield {"id": first.doc_id, **row}
                 return
         metrics.inc(metrics.DEAD_LETTERED)
-        stage = "postprocess" if failed[0] == "postprocess_error" else "model"
+        stage = "postprocess" if failed[0] in ("postprocess_error", "bad_task_input") else "model"
         yield beam.pvalue.TaggedOutput(
             DEAD_LETTER, dead_letter(first.doc_id, stage, failed[0], failed[1], first.text))
 

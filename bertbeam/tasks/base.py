@@ -41,6 +41,11 @@ class Task:
         raise NotImplementedError
 
 
+class TaskInputError(ValueError):
+    """Raised by ``finish`` when a document is unfit for the task (e.g. fill-mask text with no
+    mask token); Postprocess dead-letters it with reason ``bad_task_input``."""
+
+
 def chunk_columns(outputs: list[WindowOutput]) -> dict[str, Any]:
     """The ``n_chunks`` and ``truncated`` columns every chunking task writes."""
     return {"n_chunks": len(outputs), "truncated": bool(outputs[0].window.truncated)}

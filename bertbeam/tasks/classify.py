@@ -1,0 +1,138 @@
+"""Sequence classification: one label (or several) per document from a fine-tuned head.
+
+The device returns one row of logits per window; scores are computed on the CPU after the
+windows of a long document are merged (mean of window logits by default, or max), so a
+chunked document is scored once, like a document that fits in one window.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import pyarrow as pa
+
+from bertbeam.config import _check_choice
+from bertbeam.records import WindowOutput
+from bertbeam.tasks.base import CHUNK_FIELDS, ID_FIELD, MODEL_FIELD, Task, chunk_columns
+
+ChunkMerge = Literal["mean", "max"]
+
+LABEL_SCORE = pa.struct([pa.field("label", pa.string()), pa.field("score", pa.float32())])
+LABEL_FIELDS = [
+    pa.field("label", pa.string(), nullable=False),
+    pa.field("score", pa.float32(), nullable=False),
+    pa.field("labels", pa.list_(LABEL_SCORE), nullable=False),
+]
+"""Columns shared by every labeling task (classify, zero-shot)."""
+
+
+def label_schema() -> pa.Schema:
+    """``id, label, score, labels, n_chunks, truncated, model``: the classify / zero-shot schema."""
+    return pa.schema([ID_FIELD, *LABEL_FIELDS, *CHUNK_FIELDS, MODEL_FIELD])
+
+
+def merge_window_rows(rows: np.ndarray, how: ChunkMerge) -> np.ndarray:
+    """Combines one row per window ([windows, n]) into one row ([n]) by ``mean`` or ``max``."""
+    rows = np.asarray(rows, dtype=np.float64)
+    return rows.max(axis=0) if how == "max" else rows.mean(axis=0)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max())
+    return shifted / shifted.sum()
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-logits))
+
+
+def label_columns(names: list[str], scores: np.ndarray, *, top_k: int | None,
+                  threshold: float | None = None) -> dict[str, Any]:
+    """``label``/``score`` (the best label) and ``labels`` (best first).
+
+    ``labels`` holds the ``top_k`` best labels, or with a ``threshold`` every label scoring
+    at least ``threshold``; ties keep the label order of the model.
+    """
+    order = np.argsort(-scores, kind="stable")
+    ranked = [{"label": names[i], "score": float(scores[i])} for i in order]
+    if threshold is not None:
+        kept = [r for r in ranked if r["score"] >= threshold]
+    else:
+        kept = ranked[:top_k]
+    return {"label": ranked[0]["label"], "score": ranked[0]["score"], "labels": kept}
+
+
+def id2label(config: Any) -> list[str]:
+    """Label names in logit order from a config's ``id2label`` (``LABEL_i`` where absent)."""
+    mapping = {int(k): str(v) for k, v in (getattr(config, "id2label", None) or {}).items()}
+    n = int(getattr(config, "num_labels", len(mapping)) or len(mapping))
+    return [mapping.get(i, f"LABEL_{i}") for i in range(n)]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClassifyTask(Task):
+    """Classifies each document with an ``AutoModelForSequenceClassification`` checkpoint.
+
+    Output columns: ``label``, ``score``, ``labels`` (list of ``{label, score}``, best
+    first), ``n_chunks``, ``truncated``, ``model``. Label names come from the checkpoint's
+    ``id2label``.
+
+    Attributes:
+        top_k: how many labels ``labels`` holds in single-label mode (capped at the number
+            of labels).
+        multi_label: ``True`` scores each label on its own with a sigmoid and keeps in
+            ``labels`` every label scoring at least ``threshold``; ``False`` uses a softmax
+            over labels; ``None`` follows the checkpoint like transformers' pipeline does
+            (sigmoid when ``problem_type`` is ``multi_label_classification`` or the model
+            has one label, softmax otherwise). ``label``/``score`` always hold the best
+            label, even when it is under the threshold, so no row has an empty label.
+        threshold: minimum sigmoid score for ``labels`` in multi-label mode.
+        chunk_merge: how the window logits of a long document are combined before the
+            softmax/sigmoid: ``mean`` (default) or ``max``.
+
+    Example::
+
+        task = ClassifyTask(top_k=3)
+        out = docs | InferDocuments(task, run=RunSpec(model=ModelSpec(uri="gs://m/sst2")))
+    """
+
+    top_k: int = 1
+    multi_label: bool | None = None
+    threshold: float = 0.5
+    chunk_merge: ChunkMerge = "mean"
+
+    name: ClassVar[str] = "classify"
+    model_class: ClassVar[str] = "AutoModelForSequenceClassification"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.top_k, int) or isinstance(self.top_k, bool) or self.top_k < 1:
+            raise ValueError(f"top_k must be a positive integer, got {self.top_k!r}.")
+        if self.multi_label not in (None, True, False):
+            raise ValueError(f"multi_label must be True, False or None, got {self.multi_label!r}.")
+        if not isinstance(self.threshold, (int, float)) or not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"threshold must be a number between 0 and 1, got {self.threshold!r}.")
+        _check_choice("chunk_merge", self.chunk_merge, ChunkMerge)
+
+    def schema(self, config: Any) -> pa.Schema:
+        return label_schema()
+
+    def uses_sigmoid(self, config: Any) -> bool:
+        """Whether scores are per-label sigmoids (multi-label) rather than a softmax."""
+        if self.multi_label is not None:
+            return self.multi_label
+        return (getattr(config, "problem_type", None) == "multi_label_classification"
+                or int(getattr(config, "num_labels", 2)) == 1)
+
+    def forward(self, loaded: Any, inputs: dict[str, Any]) -> dict[str, Any]:
+        return {"logits": loaded.model(**inputs).logits}
+
+    def finish(self, ctx: Any, outputs: list[WindowOutput]) -> dict[str, Any]:
+        logits = merge_window_rows(np.stack([o.values["logits"] for o in outputs]), self.chunk_merge)
+        if self.uses_sigmoid(ctx.config):
+            labels = label_columns(id2label(ctx.config), sigmoid(logits), top_k=None,
+                                   threshold=self.threshold)
+        else:
+            labels = label_columns(id2label(ctx.config), softmax(logits), top_k=self.top_k)
+        return {**labels, **chunk_columns(outputs), "model": ctx.uri}
