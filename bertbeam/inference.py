@@ -55,6 +55,41 @@ def collate(windows: list[Window], padded_length: int, pad_id: int) -> dict[str,
     return out
 
 
+def forward_batch(loaded: Any, task: Task, windows: list[Window], padded_length: int,
+                  pad_id: int) -> dict[str, Any]:
+    """Pads ``windows``, moves them to the model's device and runs ``task.forward`` under
+    ``torch.inference_mode``; returns float32 batched tensors, possibly still in flight."""
+    import torch
+
+    arrays = collate(windows, padded_length, pad_id)
+    device = loaded.device
+    cuda = device.type == "cuda"
+    inputs = {
+        k: (torch.from_numpy(v).pin_memory() if cuda else torch.from_numpy(v)).to(
+            device, non_blocking=cuda)
+        for k, v in arrays.items()
+    }
+    with torch.inference_mode():
+        outputs = task.forward(loaded, inputs)
+        return {k: v.float() for k, v in outputs.items()}
+
+
+def window_outputs(task: Task, windows: list[Window], outputs: dict[str, Any]) -> Iterator[WindowOutput]:
+    """Cuts batched outputs into one WindowOutput per window (``task.token_level`` keys to the
+    window's length); a window with NaN or infinite values gets a ``nan_output`` error."""
+    arrays = {k: v.cpu().numpy() for k, v in outputs.items()}
+    for i, w in enumerate(windows):
+        # np.array(..., copy) gives each output its own memory: a row never pins the batch.
+        values = {
+            k: np.array(a[i, : w.length] if k in task.token_level else a[i], dtype=np.float32)
+            for k, a in arrays.items()
+        }
+        if not all(np.isfinite(v).all() for v in values.values()):
+            yield WindowOutput(w, {}, error=("nan_output", "the model produced NaN or infinite values"))
+        else:
+            yield WindowOutput(w, values)
+
+
 def _is_oom(exc: BaseException) -> bool:
     import torch
 
@@ -92,19 +127,7 @@ class _RunModelFn(beam.DoFn):
                 yield GlobalWindows.windowed_value(out)
 
     def _launch(self, windows: list[Window], padded_length: int) -> Any:
-        import torch
-
-        arrays = collate(windows, padded_length, self._pad_id)
-        device = self._loaded.device
-        cuda = device.type == "cuda"
-        inputs = {
-            k: (torch.from_numpy(v).pin_memory() if cuda else torch.from_numpy(v)).to(
-                device, non_blocking=cuda)
-            for k, v in arrays.items()
-        }
-        with torch.inference_mode():
-            outputs = self._task.forward(self._loaded, inputs)
-            return {k: v.float() for k, v in outputs.items()}
+        return forward_batch(self._loaded, self._task, windows, padded_length, self._pad_id)
 
     def _launch_safely(self, windows: list[Window], padded_length: int) -> list[tuple[list[Window], Any]]:
         """Launches a batch; on out-of-memory splits it in halves, on any other error bisects it
@@ -138,18 +161,7 @@ class _RunModelFn(beam.DoFn):
             for w in windows:
                 yield WindowOutput(w, {}, error=outputs)
             return
-        arrays = {k: v.cpu().numpy() for k, v in outputs.items()}
-        token_level = self._task.token_level
-        for i, w in enumerate(windows):
-            # np.array(..., copy) gives each output its own memory: a row never pins the batch.
-            values = {
-                k: np.array(a[i, : w.length] if k in token_level else a[i], dtype=np.float32)
-                for k, a in arrays.items()
-            }
-            if not all(np.isfinite(v).all() for v in values.values()):
-                yield WindowOutput(w, {}, error=("nan_output", "the model produced NaN or infinite values"))
-            else:
-                yield WindowOutput(w, values)
+        yield from window_outputs(self._task, windows, outputs)
 
 
 class RunModel(beam.PTransform):

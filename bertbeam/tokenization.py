@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import apache_beam as beam
@@ -138,6 +138,15 @@ class _TokenizeFn(beam.DoFn):
         metrics.inc(metrics.WINDOWS, windows_out)
         metrics.inc(metrics.CHUNKED_DOCS, chunked)
         metrics.inc(metrics.TRUNCATED_DOCS, truncated)
+
+
+def window_encoder(model: ModelSpec, tokenize: TokenizeSpec, *, keep_text: bool = False,
+                   offsets: bool = False) -> Callable[[list[Document]], Iterator[Window]]:
+    """Tokenize outside a pipeline (the RunInference handler): loads the tokenizer now and
+    returns a function from Documents to their Windows, in one vectorized call, in order."""
+    fn = _TokenizeFn(model, tokenize, keep_text=keep_text, offsets=offsets)
+    fn.setup()
+    return fn._encode
 
 
 class Tokenize(beam.PTransform):

@@ -18,7 +18,7 @@ LABEL_TASKS = tuple(name for name in TASKS if name != "embed")
 
 _TASK_FLAGS = {
     # argparse dest -> (flag, task option, tasks that take it)
-    "top_k": ("--top-k", "top_k", ("classify", "fill-mask")),
+    "top_k": ("--top-k", "top_k", ("classify", "fill-mask", "zero-shot")),
     "multi_label": ("--multi-label", "multi_label", ("classify",)),
     "threshold": ("--threshold", "threshold", ("classify",)),
     "chunk_merge": ("--chunk-merge", "chunk_merge", ("classify",)),
@@ -39,9 +39,10 @@ def parser() -> argparse.ArgumentParser:
         epilog="Other flags are Beam pipeline options (--runner, --direct_num_workers, ...).")
     p.add_argument("--task", required=True, choices=LABEL_TASKS)
     add_common_args(p, long_docs_default=None)  # chunk, except fill-mask: truncate
-    g = p.add_argument_group("classify / fill-mask")
+    g = p.add_argument_group("classify / fill-mask / zero-shot")
     g.add_argument("--top-k", type=int, default=None,
-                   help="labels (classify, default 1) or tokens per mask (fill-mask, default 5)")
+                   help="labels listed (classify, zero-shot: default 1) or tokens per mask "
+                        "(fill-mask: default 5)")
     g.add_argument("--multi-label", action="store_const", const=True, default=None,
                    help="classify: independent sigmoid per label; labels = all over --threshold")
     g.add_argument("--threshold", type=float, default=None,
@@ -66,35 +67,9 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_labels(entries: list[str]) -> tuple[tuple[str, ...], tuple[str, ...] | None]:
-    """``["sports: games and athletes", "politics"]`` -> labels and descriptions.
+def _read_labels(args: argparse.Namespace) -> tuple[tuple[str, ...], tuple[str | None, ...] | None]:
+    from bertbeam.tasks.zero_shot import parse_labels
 
-    Descriptions are ``None`` when no entry has one; a label without a description is its
-    own description. Blank entries and ``#`` comment lines are skipped.
-
-    Raises:
-        ValueError: no labels, an empty label, or a label given twice.
-    """
-    labels, descriptions = [], []
-    for entry in entries:
-        entry = entry.strip()
-        if not entry or entry.startswith("#"):
-            continue
-        label, _, description = (part.strip() for part in entry.partition(":"))
-        if not label:
-            raise ValueError(f"Invalid label entry {entry!r}: the label before ':' is empty.")
-        labels.append(label)
-        descriptions.append(description or label)
-    if not labels:
-        raise ValueError("zero-shot needs at least one label; --labels or --labels-file gave none.")
-    repeated = sorted({x for x in labels if labels.count(x) > 1})
-    if repeated:
-        raise ValueError(f"Labels must be unique, got {', '.join(map(repr, repeated))} more than once.")
-    has_descriptions = descriptions != labels
-    return tuple(labels), (tuple(descriptions) if has_descriptions else None)
-
-
-def _read_labels(args: argparse.Namespace) -> tuple[tuple[str, ...], tuple[str, ...] | None]:
     if args.labels is not None:
         return parse_labels(args.labels.split(","))
     if args.labels_file is None:
