@@ -1,0 +1,193 @@
+"""gs:// for every location (input glob, output, dead letter, model, ``_SUMMARY.json``),
+against a GCS JSON-API emulator on 127.0.0.1 that the tests start themselves."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tests.conftest import CLASS_LABELS, SAMPLE_TEXTS
+from tests.gcs_emulator import start_emulator
+
+pytestmark = pytest.mark.gcs
+
+BUCKET = "bertbeam-test"
+GOOD_IDS = [f"doc-{i:02d}" for i in range(len(SAMPLE_TEXTS))]
+BAD_ROWS = {"bad-null": None, "bad-empty": "   "}
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def gcs(tiny_model):
+    """An emulator with a corpus (two files, good and bad rows) and two tiny models.
+
+    Yields the gcsfs filesystem; ``STORAGE_EMULATOR_HOST`` is set for the module's tests.
+    """
+    import fsspec
+    from fsspec.config import conf
+
+    from bertbeam.gcs import PROTOCOLS, configure_emulator
+
+    saved_conf = {p: dict(conf[p]) for p in PROTOCOLS if p in conf}
+    saved_classes = {p: fsspec.get_filesystem_class(p) for p in PROTOCOLS}
+    with start_emulator(BUCKET) as url, pytest.MonkeyPatch.context() as mp:
+        mp.setenv("STORAGE_EMULATOR_HOST", url)
+        # bertbeam was imported before the variable was set; a fresh process needs no call.
+        assert configure_emulator()
+        fs = fsspec.filesystem("gs")
+        half = len(GOOD_IDS) // 2
+        _put_parquet(fs, "corpus/part-0.parquet",
+                     {"id": GOOD_IDS[:half], "text": SAMPLE_TEXTS[:half]})
+        _put_parquet(fs, "corpus/part-1.parquet",
+                     {"id": GOOD_IDS[half:] + list(BAD_ROWS),
+                      "text": SAMPLE_TEXTS[half:] + list(BAD_ROWS.values())})
+        for head in ("base", "classify"):
+            fs.put(tiny_model("bert", head), f"{BUCKET}/models/bert-{head}", recursive=True)
+        yield fs
+        type(fs).clear_instance_cache()
+    for protocol, cls in saved_classes.items():
+        fsspec.register_implementation(protocol, cls, clobber=True)
+        conf.pop(protocol, None)
+    conf.update(saved_conf)
+
+
+def _put_parquet(fs, key: str, columns: dict[str, list]) -> None:
+    with fs.open(f"{BUCKET}/{key}", "wb") as f:
+        pq.write_table(pa.table(columns, schema=pa.schema({"id": pa.string(), "text": pa.string()})), f)
+
+
+def _gs(key: str) -> str:
+    return f"gs://{BUCKET}/{key}"
+
+
+def _read_back(fs, out: str) -> tuple[pa.Table, pa.Table, dict, list[str]]:
+    """Results, dead letter, summary and the object names under ``out``, from the emulator."""
+    from bertbeam.io import read_table
+
+    fs.invalidate_cache()  # the listing cache predates what the pipeline wrote
+    names = sorted(p.rsplit("/", 1)[-1] for p in fs.find(f"{BUCKET}/{out}"))
+    summary = json.loads(fs.cat(f"{BUCKET}/{out}/_SUMMARY.json"))
+    return read_table(_gs(out)), read_table(_gs(out), "dead_letter"), summary, names
+
+
+def _check_accounting(results: pa.Table, dead: pa.Table, summary: dict, names: list[str]) -> None:
+    assert sorted(results.column("id").to_pylist()) == GOOD_IDS  # each good id exactly once
+    assert sorted(dead.column("id").to_pylist()) == sorted(BAD_ROWS)
+    assert dict(zip(dead.column("id").to_pylist(), dead.column("reason").to_pylist(),
+                    strict=True)) == {"bad-null": "null_text", "bad-empty": "empty_text"}
+    total = len(GOOD_IDS) + len(BAD_ROWS)
+    assert (summary["read"], summary["written"], summary["dead_lettered"]) == (
+        total, len(GOOD_IDS), len(BAD_ROWS))
+    assert summary["accounted"] is True
+    assert not [n for n in names if n.startswith(".temp") or "temp-" in n], names
+    assert "_SUMMARY.json" in names
+
+
+def _embed_argv(out: str) -> list[str]:
+    return ["embed", "--input", _gs("corpus/*.parquet"), "--output", _gs(out),
+            "--model", _gs("models/bert-base"), "--device", "cpu"]
+
+
+def _check_embed(fs, out: str, cache: Path) -> None:
+    results, dead, summary, names = _read_back(fs, out)
+    _check_accounting(results, dead, summary, names)
+    assert results.schema.field("embedding").type == pa.list_(pa.float32(), 32)
+    assert summary["task"] == "embed" and summary["model"] == _gs("models/bert-base")
+    # The model was copied from the bucket into the local cache once, completely.
+    copies = [p for p in (cache / "models").iterdir() if p.is_dir() and not p.name.startswith(".")]
+    assert len(copies) == 1
+    assert (copies[0] / ".bertbeam-complete").read_text() == _gs("models/bert-base")
+
+
+def test_embed_with_every_location_on_gs(gcs, tmp_path):
+    """``bertbeam embed`` with input glob, output, dead letter, model and summary on gs://."""
+    from bertbeam.cli import main
+
+    cache = tmp_path / "cache"
+    assert main([*_embed_argv("out/embed"), "--model-cache-dir", str(cache)]) == 0
+    _check_embed(gcs, "out/embed", cache)
+
+
+def test_a_fresh_process_honours_storage_emulator_host(gcs):
+    """A process with nothing but STORAGE_EMULATOR_HOST in its environment reaches the
+    emulator through plain, anonymous gcsfs as soon as it imports bertbeam."""
+    code = (
+        "import fsspec, bertbeam.io as io; "
+        "print(type(fsspec.filesystem('gs')).__module__, "
+        f"io.check_input({_gs('corpus/*.parquet')!r}, io.Columns()))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split(" ", 1) == [
+        "gcsfs.core", str([_gs("corpus/part-0.parquet"), _gs("corpus/part-1.parquet")]) + "\n"]
+
+
+@pytest.mark.slow
+def test_embed_cli_in_a_fresh_process(gcs, tmp_path):
+    """``bertbeam embed`` exactly as users run it, in its own process."""
+    cache = tmp_path / "cache"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bertbeam.cli", *_embed_argv("out/embed-cli")],
+        cwd=ROOT, env={**os.environ, "BERTBEAM_CACHE": str(cache)}, capture_output=True,
+        text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "dead-lettered" in proc.stdout
+    _check_embed(gcs, "out/embed-cli", cache)
+
+
+def test_label_classify_with_every_location_on_gs(gcs, tmp_path):
+    """``bertbeam label --task classify``: results, dead letter and summary land on gs://;
+    a second run into the same directory replaces the first run's files."""
+    from bertbeam.cli import main
+
+    argv = ["label", "--task", "classify", "--input", _gs("corpus/*.parquet"),
+            "--output", _gs("out/classify"), "--model", _gs("models/bert-classify"),
+            "--model-cache-dir", str(tmp_path / "cache"), "--device", "cpu", "--top-k", "3"]
+    assert main(argv) == 0
+    first = _read_back(gcs, "out/classify")
+    assert main(argv) == 0
+    results, dead, summary, names = _read_back(gcs, "out/classify")
+
+    _check_accounting(results, dead, summary, names)
+    assert names == first[3]  # same file names: rerun replaced, nothing stale left
+    assert set(results.column("label").to_pylist()) <= set(CLASS_LABELS.values())
+    assert all(len(labels) == 3 for labels in results.column("labels").to_pylist())
+    assert summary["task"] == "classify"
+    assert sum(summary["label_distribution"].values()) == len(GOOD_IDS)
+
+
+def test_emulator_configuration_is_what_gcsfs_needs(gcs):
+    """With STORAGE_EMULATOR_HOST set, gs:// is plain gcsfs (no gRPC bucket-layout probe),
+    anonymous, and pointed at the emulator."""
+    import fsspec
+    from gcsfs.core import GCSFileSystem
+
+    from bertbeam.gcs import emulator_host
+
+    fs = fsspec.filesystem("gs")
+    assert type(fs) is GCSFileSystem
+    assert fs.credentials.token == "anon"
+    assert fs._location == emulator_host() == os.environ["STORAGE_EMULATOR_HOST"]
+
+
+def test_without_emulator_nothing_is_changed(monkeypatch):
+    """No STORAGE_EMULATOR_HOST (or gcsfs's "default"): real GCS keeps gcsfs's defaults."""
+    from bertbeam.gcs import configure_emulator, emulator_host
+
+    for value in (None, "", "default"):
+        if value is None:
+            monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
+        else:
+            monkeypatch.setenv("STORAGE_EMULATOR_HOST", value)
+        assert emulator_host() is None
+        assert configure_emulator() is False
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", "127.0.0.1:9023")
+    assert emulator_host() == "http://127.0.0.1:9023"
