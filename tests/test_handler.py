@@ -1,0 +1,154 @@
+"""BertModelHandler: RunInference gives the same results as sentence-transformers and the
+transformers pipelines; the ModelHandler contract (batching, bytes, arguments) holds."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bertbeam.config import BatchSpec, ModelSpec, TokenizeSpec
+from bertbeam.handler import BertModelHandler
+from bertbeam.tasks.base import Task
+from bertbeam.tasks.classify import ClassifyTask
+from bertbeam.tasks.embed import EmbedTask
+from tests.conftest import ARCHITECTURES, SAMPLE_TEXTS
+
+TOLERANCE = 1e-4
+
+
+def _run_inference(handler: BertModelHandler, examples: list) -> list:
+    """Runs ``examples`` through ``RunInference(handler)`` in a TestPipeline; returns the
+    PredictionResults in any order."""
+    import pickle
+    import tempfile
+    import uuid
+    from pathlib import Path
+
+    import apache_beam as beam
+    from apache_beam.ml.inference.base import RunInference
+    from apache_beam.testing.test_pipeline import TestPipeline
+
+    def save(result, directory):
+        (Path(directory) / f"{uuid.uuid4().hex}.pkl").write_bytes(pickle.dumps(result))
+
+    with tempfile.TemporaryDirectory() as directory:
+        with TestPipeline() as p:
+            _ = (p | beam.Create(examples) | RunInference(handler)
+                 | beam.Map(save, directory))
+        return [pickle.loads(f.read_bytes()) for f in Path(directory).glob("*.pkl")]
+
+
+def test_run_inference_embeddings_match_sentence_transformers(embedded_model_dir):
+    """RunInference(BertModelHandler(EmbedTask())) on the embedded model: each example's
+    embedding has cosine >= 0.9999 with sentence-transformers' normalized encode."""
+    from sentence_transformers import SentenceTransformer
+
+    handler = BertModelHandler(EmbedTask(), model=ModelSpec(device="cpu"), max_batch_size=4)
+    results = _run_inference(handler, SAMPLE_TEXTS)
+    reference = SentenceTransformer(embedded_model_dir, device="cpu").encode(
+        SAMPLE_TEXTS, normalize_embeddings=True)
+    assert sorted(r.example for r in results) == sorted(SAMPLE_TEXTS)
+    for result in results:
+        expected = reference[SAMPLE_TEXTS.index(result.example)]
+        vector = result.inference["embedding"]
+        assert vector.dtype == np.float32 and vector.shape == (384,)
+        assert float(vector @ expected) >= 0.9999, result.example
+        assert result.inference["model"] == result.model_id == "embedded:all-MiniLM-L6-v2"
+        assert result.inference["n_chunks"] == 1
+
+
+def test_run_inference_classify_matches_transformers_pipeline(tiny_model):
+    """A tiny BERT classifier through RunInference: labels identical to transformers'
+    text-classification pipeline (top_k=3), scores within 1e-4."""
+    from transformers import pipeline
+
+    model = tiny_model("bert", "classify")
+    handler = BertModelHandler(ClassifyTask(top_k=3), model=ModelSpec(uri=model, device="cpu"))
+    results = _run_inference(handler, SAMPLE_TEXTS)
+    expected = pipeline("text-classification", model=model, device="cpu", top_k=3)(SAMPLE_TEXTS)
+    assert sorted(r.example for r in results) == sorted(SAMPLE_TEXTS)
+    for result in results:
+        _assert_same_labels(result.inference, expected[SAMPLE_TEXTS.index(result.example)])
+
+
+def _assert_same_labels(inference: dict, expected: list[dict]) -> None:
+    assert [x["label"] for x in inference["labels"]] == [x["label"] for x in expected]
+    np.testing.assert_allclose([x["score"] for x in inference["labels"]],
+                               [x["score"] for x in expected], atol=TOLERANCE)
+    assert inference["label"] == expected[0]["label"]
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_run_inference_directly_matches_pipeline_for_every_architecture(tiny_model, arch):
+    """load_model + run_inference without Beam, with a token budget small enough for several
+    model batches: same labels and scores as transformers, in example order."""
+    from transformers import pipeline
+
+    model = tiny_model(arch, "classify")
+    handler = BertModelHandler(ClassifyTask(top_k=2), model=ModelSpec(uri=model, device="cpu"),
+                               batch=BatchSpec(token_budget=64))
+    results = list(handler.run_inference(SAMPLE_TEXTS, handler.load_model()))
+    expected = pipeline("text-classification", model=model, device="cpu", top_k=2)(SAMPLE_TEXTS)
+    assert [r.example for r in results] == SAMPLE_TEXTS
+    for result, ref in zip(results, expected, strict=True):
+        _assert_same_labels(result.inference, ref)
+
+
+def test_long_examples_are_chunked_like_the_pipeline(tiny_model):
+    """A text longer than the window becomes several windows, merged as the task merges them:
+    the handler's embedding equals the one computed from its windows alone."""
+    model = tiny_model("bert", "base")
+    long_text = " ".join(SAMPLE_TEXTS) * 3
+    chunked = BertModelHandler(EmbedTask(chunk_pooling="first"),
+                               model=ModelSpec(uri=model, device="cpu"),
+                               tokenize=TokenizeSpec(max_length=32, stride=8))
+    (result,) = chunked.run_inference([long_text], chunked.load_model())
+    assert result.inference["n_chunks"] > 1 and result.inference["truncated"] is False
+    truncated = BertModelHandler(EmbedTask(), model=ModelSpec(uri=model, device="cpu"),
+                                 tokenize=TokenizeSpec(max_length=32, long_docs="truncate"))
+    (first,) = truncated.run_inference([long_text], truncated.load_model())
+    assert first.inference["n_chunks"] == 1 and first.inference["truncated"] is True
+    # chunk_pooling="first" keeps window 0: the same vector as truncating to one window.
+    np.testing.assert_allclose(result.inference["embedding"], first.inference["embedding"],
+                               atol=1e-6)
+
+
+class _PairTask(Task):
+    name = "pair-probe"
+    pair_input = True
+
+
+@pytest.mark.parametrize("task, example, message", [
+    (EmbedTask(), ("a", "b"), "takes str examples, got tuple"),
+    (EmbedTask(), 3, "takes str examples, got int"),
+    (_PairTask(), "just a question", r"takes \(question, context\) pairs of strings, got str"),
+    (_PairTask(), ("q", "c", "extra"), "pairs of strings, got tuple"),
+])
+def test_examples_of_the_wrong_type_are_rejected(task, example, message):
+    handler = BertModelHandler(task)
+    with pytest.raises(TypeError, match=message):
+        handler.run_inference([example], model=None)
+
+
+def test_model_handler_contract():
+    """Batching kwargs for BatchElements, byte counts, namespace, arguments checked early;
+    nothing is loaded on construction."""
+    handler = BertModelHandler(EmbedTask(), max_batch_size=16, min_batch_size=2)
+    assert handler.batch_elements_kwargs() == {"min_batch_size": 2, "max_batch_size": 16}
+    assert BertModelHandler(EmbedTask()).batch_elements_kwargs()["max_batch_size"] == 64
+    assert handler.get_num_bytes(["ab", "é"]) == 4
+    assert handler.get_num_bytes([("q?", "ctx")]) == 5
+    assert handler.get_metrics_namespace() == "bertbeam"
+    handler.validate_inference_args(None)
+    with pytest.raises(ValueError, match=r"takes no inference_args.*\['top_k'\]"):
+        handler.validate_inference_args({"top_k": 2})
+    handler.update_model_path("gs://bucket/new-model")
+    assert handler._model.uri == "gs://bucket/new-model"
+    with pytest.raises(TypeError, match="task must be a bertbeam Task"):
+        BertModelHandler("embed")
+    with pytest.raises(TypeError, match="model must be a ModelSpec or None, got str"):
+        BertModelHandler(EmbedTask(), model="embedded:all-MiniLM-L6-v2")
+    with pytest.raises(ValueError, match="max_batch_size must be a positive integer, got 0"):
+        BertModelHandler(EmbedTask(), max_batch_size=0)
+    with pytest.raises(ValueError, match=r"min_batch_size \(8\) must not exceed max_batch_size \(4\)"):
+        BertModelHandler(EmbedTask(), min_batch_size=8, max_batch_size=4)
