@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.label import make_job, parse_labels
+from pipelines.label import make_job
 from tests.conftest import SAMPLE_TEXTS, read_output, read_summary, run_cli, write_corpus
 
 
@@ -80,7 +80,7 @@ def _job(*argv: str):
     (["--task", "classify", "--aggregation", "first"],
      "--aggregation does not apply to --task classify; it is for --task ner."),
     (["--task", "ner", "--top-k", "3"],
-     "--top-k does not apply to --task ner; it is for --task classify / fill-mask."),
+     "--top-k does not apply to --task ner; it is for --task classify / fill-mask / zero-shot."),
     (["--task", "classify", "--labels", "a,b"],
      "--labels does not apply to --task classify; it is for --task zero-shot."),
     (["--task", "classify", "--question-column", "q"],
@@ -133,25 +133,15 @@ def test_ner_defaults_to_simple_aggregation():
 
 def test_zero_shot_labels_from_flag_and_file(tmp_path):
     pytest.importorskip("bertbeam.tasks.zero_shot")
-    task = _job("--task", "zero-shot", "--labels", "sports, politics")[0].task
-    assert (tuple(task.labels), task.descriptions) == (("sports", "politics"), None)
+    task = _job("--task", "zero-shot", "--labels", "sports, politics", "--top-k", "2")[0].task
+    assert (tuple(task.labels), task.descriptions, task.top_k) == (("sports", "politics"), None, 2)
     labels_file = tmp_path / "labels.txt"
     labels_file.write_text("# topics\nsports: games and athletes\n\npolitics\n")
     task = _job("--task", "zero-shot", "--labels-file", str(labels_file))[0].task
     assert tuple(task.labels) == ("sports", "politics")
-    assert tuple(task.descriptions) == ("games and athletes", "politics")
+    assert tuple(task.descriptions) == ("games and athletes", None)
     with pytest.raises(ValueError, match="zero-shot needs --labels"):
         _job("--task", "zero-shot")
-
-
-@pytest.mark.parametrize(("entries", "message"), [
-    ([" ", "# nothing"], "zero-shot needs at least one label"),
-    (["a", "b", "a"], "Labels must be unique, got 'a' more than once."),
-    ([": only a description"], "the label before ':' is empty"),
-])
-def test_parse_labels_rejects_bad_lists(entries, message):
-    with pytest.raises(ValueError, match=message):
-        parse_labels(entries)
 
 
 def test_module_entry_point_prints_help():
