@@ -13,7 +13,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import pyarrow as pa
 
-from bertbeam.config import _check_choice
+from bertbeam.config import _check_choice, _check_positive
 from bertbeam.records import WindowOutput
 from bertbeam.tasks.base import CHUNK_FIELDS, ID_FIELD, MODEL_FIELD, Task, chunk_columns
 
@@ -107,8 +107,7 @@ class ClassifyTask(Task):
     model_class: ClassVar[str] = "AutoModelForSequenceClassification"
 
     def __post_init__(self) -> None:
-        if not isinstance(self.top_k, int) or isinstance(self.top_k, bool) or self.top_k < 1:
-            raise ValueError(f"top_k must be a positive integer, got {self.top_k!r}.")
+        _check_positive("top_k", self.top_k)
         if self.multi_label not in (None, True, False):
             raise ValueError(f"multi_label must be True, False or None, got {self.multi_label!r}.")
         if not isinstance(self.threshold, (int, float)) or not 0.0 <= self.threshold <= 1.0:

@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pyarrow as pa
 
+from bertbeam.config import _check_positive
 from bertbeam.records import WindowOutput
 from bertbeam.tasks.base import ID_FIELD, MODEL_FIELD, Task, TaskInputError
 
@@ -82,8 +83,7 @@ class FillMaskTask(Task):
     needs_text: ClassVar[bool] = True  # only for the dead-letter preview of a text with no mask
 
     def __post_init__(self) -> None:
-        if not isinstance(self.top_k, int) or isinstance(self.top_k, bool) or self.top_k < 1:
-            raise ValueError(f"top_k must be a positive integer, got {self.top_k!r}.")
+        _check_positive("top_k", self.top_k)
 
     def schema(self, config: Any) -> pa.Schema:
         return pa.schema([
