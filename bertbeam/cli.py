@@ -1,4 +1,4 @@
-"""The ``bertbeam`` command: ``embed``, ``label``, ``demo-corpus``."""
+"""The ``bertbeam`` command: ``embed``, ``label``, ``demo-corpus``, ``check-gpu``."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ commands:
   embed          embed a Parquet corpus            (bertbeam embed --help)
   label          label a Parquet corpus with a task (bertbeam label --help)
   demo-corpus    write a demo corpus: bertbeam demo-corpus DIR [--files N] [--limit N]
+  check-gpu      fail fast when workers see no GPU (bertbeam check-gpu --help)
 """
 
 
@@ -41,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
         return run(rest)
     if command == "label":
         from pipelines.label import run
+
+        return run(rest)
+    if command == "check-gpu":
+        from pipelines.check_gpu import run
 
         return run(rest)
     if command == "demo-corpus":
