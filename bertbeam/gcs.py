@@ -8,8 +8,10 @@ every process that imports bertbeam (launcher and local workers alike):
 
 * gcsfs's default filesystem class (``ExtendedGcsFileSystem``) first asks the Storage Control
   gRPC API for each bucket's layout (zonal, hierarchical). An emulator speaks only the JSON
-  API, so each probe waits for a 30 s RPC timeout before gcsfs falls back to plain HTTP.
-  With an emulator, ``gs://`` and ``gcs://`` use the plain ``gcsfs.core.GCSFileSystem``.
+  API, so the probe retries until its 60 s deadline before gcsfs falls back to plain HTTP,
+  and since an unknown layout is not cached, that happens again on every open, read and
+  write (measured: 105 s to write one small object). With an emulator, ``gs://`` and
+  ``gcs://`` use the plain ``gcsfs.core.GCSFileSystem``.
 * With no token configured, gcsfs tries application-default credentials and then the GCE
   metadata server, which costs seconds offline. Emulators do not check credentials, so the
   token defaults to ``"anon"`` (a token set in fsspec's config, e.g. ``FSSPEC_GS_TOKEN``,
