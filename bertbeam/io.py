@@ -68,22 +68,30 @@ class Columns:
 
 
 def check_input(pattern: str, columns: Columns) -> list[str]:
-    """Launcher-side check: the glob matches files and the first one has the columns."""
+    """Launcher-side check: the glob matches files and the first readable one has the columns.
+
+    Unreadable files are left to the pipeline, which reports their rows in the dead letter;
+    only a glob whose files are all unreadable fails here.
+    """
     files = expand_glob(pattern)
     if not files:
         raise InputError(f"Input {pattern!r} matches no files.")
-    fs, path = _fs(files[0])
-    try:
-        with fs.open(path, "rb") as f:
-            names = pq.ParquetFile(f).schema_arrow.names
-    except Exception as exc:
-        raise InputError(f"Input file {files[0]!r} is not readable Parquet: {exc}") from exc
-    missing = [c for c in columns.names if c not in names]
-    if missing:
-        raise InputError(
-            f"Input {files[0]!r} has no column {missing[0]!r}; its columns are: {', '.join(names)}."
-        )
-    return files
+    errors = []
+    for url in files:
+        fs, path = _fs(url)
+        try:
+            with fs.open(path, "rb") as f:
+                names = pq.ParquetFile(f).schema_arrow.names
+        except Exception as exc:
+            errors.append(f"{url}: {exc}")
+            continue
+        missing = [c for c in columns.names if c not in names]
+        if missing:
+            raise InputError(
+                f"Input {url!r} has no column {missing[0]!r}; its columns are: {', '.join(names)}."
+            )
+        return files
+    raise InputError(f"No file of {pattern!r} is readable Parquet; first error: {errors[0]}")
 
 
 def _text_or_reason(value: Any) -> tuple[str | None, str | None]:
@@ -106,6 +114,26 @@ def _text_or_reason(value: Any) -> tuple[str | None, str | None]:
     return value, None
 
 
+def _read_dead_letter(doc_id: Any, reason: str, message: str, value: Any = None) -> Any:
+    """Counts one input unit as read and dead-lettered, and returns its tagged dead-letter row."""
+    metrics.inc(metrics.READ)
+    metrics.inc(metrics.DEAD_LETTERED)
+    return beam.pvalue.TaggedOutput(DEAD_LETTER, dead_letter(doc_id, "read", reason, message, value))
+
+
+def _id_key(raw: Any) -> str | None:
+    """The string id of a row, or None when it has none (null or blank)."""
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        return None
+    return raw if isinstance(raw, str) else str(raw)
+
+
+def _read_group(url: str, group: int, columns: list[str]) -> pa.Table:
+    fs, path = _fs(url)
+    with fs.open(path, "rb") as f:
+        return pq.ParquetFile(f).read_row_group(group, columns=columns)
+
+
 class _ListRowGroupsFn(beam.DoFn):
     def process(self, url: str) -> Iterator[Any]:
         fs, path = _fs(url)
@@ -113,54 +141,104 @@ class _ListRowGroupsFn(beam.DoFn):
             with fs.open(path, "rb") as f:
                 n = pq.ParquetFile(f).num_row_groups
         except Exception as exc:
-            metrics.inc(metrics.READ)
-            metrics.inc(metrics.DEAD_LETTERED)
-            yield beam.pvalue.TaggedOutput(
-                DEAD_LETTER, dead_letter(None, "read", "unreadable_file", f"{type(exc).__name__}: {exc}", url))
+            # The footer is unreadable, so the number of rows lost is unknown: one unit.
+            yield _read_dead_letter(None, "unreadable_file", f"{type(exc).__name__}: {exc}", url)
             return
         for group in range(n):
             yield url, group
+
+
+class _RowGroupIdsFn(beam.DoFn):
+    """(url, group) -> (id, position) for every row with an id; reads the id column only."""
+
+    def __init__(self, id_column: str):
+        self._id_column = id_column
+
+    def process(self, element: tuple[str, int]) -> Iterator[tuple[str, tuple]]:
+        url, group = element
+        try:
+            ids = _read_group(url, group, [self._id_column]).column(0).to_pylist()
+        except Exception:
+            ids = []  # the main read reports this row group
+        for row, raw in enumerate(ids):
+            key = _id_key(raw)
+            if key is not None:
+                yield key, (url, group, row)
+
+
+class _FirstPosition(beam.CombineFn):
+    """(earliest position, count) of an id across the corpus."""
+
+    def create_accumulator(self) -> tuple[Any, int]:
+        return None, 0
+
+    def add_input(self, acc: tuple[Any, int], position: tuple) -> tuple[Any, int]:
+        first, count = acc
+        return (position if first is None or position < first else first), count + 1
+
+    def merge_accumulators(self, accs: Any) -> tuple[Any, int]:
+        firsts = [a[0] for a in accs if a[0] is not None]
+        return (min(firsts) if firsts else None), sum(a[1] for a in accs)
+
+    def extract_output(self, acc: tuple[Any, int]) -> tuple[Any, int]:
+        return acc
 
 
 class _ReadRowGroupFn(beam.DoFn):
     def __init__(self, columns: Columns):
         self._columns = columns
 
-    def process(self, element: tuple[str, int]) -> Iterator[Any]:
+    def process(self, element: tuple[str, int], duplicates: dict[str, tuple]) -> Iterator[Any]:
         url, group = element
-        fs, path = _fs(url)
-        cols = self._columns
         try:
-            with fs.open(path, "rb") as f:
-                table = pq.ParquetFile(f).read_row_group(group, columns=cols.names)
+            table = _read_group(url, group, self._columns.names)
         except Exception as exc:
-            metrics.inc(metrics.READ)
-            metrics.inc(metrics.DEAD_LETTERED)
-            yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead_letter(
-                None, "read", "unreadable_file", f"row group {group}: {type(exc).__name__}: {exc}", url))
+            yield from self._lost_group(url, group, exc)
             return
+        row = 0
         for batch in table.to_batches(max_chunksize=READ_BATCH_ROWS):
-            yield from self._documents(batch)
+            yield from self._documents(batch, url, group, row, duplicates)
+            row += batch.num_rows
 
-    def _documents(self, batch: pa.RecordBatch) -> Iterator[Any]:
+    def _lost_group(self, url: str, group: int, exc: Exception) -> Iterator[Any]:
+        """Reports every row of an unreadable row group: by id when the ids can still be read."""
+        message = f"row group {group} of {url}: {type(exc).__name__}: {exc}"[:500]
+        try:
+            ids = _read_group(url, group, [self._columns.id]).column(0).to_pylist()
+        except Exception:
+            ids = None
+        if ids is None:
+            yield _read_dead_letter(None, "unreadable_file", message, url)
+            return
+        for raw in ids:
+            yield _read_dead_letter(_id_key(raw), "unreadable_file", message, url)
+
+    def _documents(self, batch: pa.RecordBatch, url: str, group: int, row0: int,
+                   duplicates: dict[str, tuple]) -> Iterator[Any]:
         cols = self._columns
         ids = batch.column(cols.id).to_pylist()
         texts = _as_python(batch.column(cols.text))
         pairs = _as_python(batch.column(cols.text_pair)) if cols.text_pair else None
-        metrics.inc(metrics.READ, len(ids))
         for i, raw_id in enumerate(ids):
+            doc_id = _id_key(raw_id)
+            if doc_id is None:
+                yield _read_dead_letter(raw_id, "missing_id", _REASON_MESSAGES["missing_id"], texts[i])
+                continue
+            first = duplicates.get(doc_id)
+            if first is not None and first != (url, group, row0 + i):
+                yield _read_dead_letter(doc_id, "duplicate_id", (
+                    f"id already used by row {first[2]} of row group {first[1]} of {first[0]}; "
+                    "the first occurrence is kept"), texts[i])
+                continue
             text, reason = _text_or_reason(texts[i])
             pair = None
             if reason is None and pairs is not None:
                 pair, reason = _text_or_reason(pairs[i])
-            if raw_id is None or (isinstance(raw_id, str) and not raw_id.strip()):
-                reason = "missing_id"
             if reason is not None:
-                metrics.inc(metrics.DEAD_LETTERED)
-                yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead_letter(
-                    raw_id, "read", reason, _REASON_MESSAGES[reason], texts[i]))
+                yield _read_dead_letter(doc_id, reason, _REASON_MESSAGES[reason], texts[i])
                 continue
-            yield Document(str(raw_id), text, pair)
+            metrics.inc(metrics.READ)
+            yield Document(doc_id, text, pair)
 
 
 _REASON_MESSAGES = {
@@ -170,6 +248,7 @@ _REASON_MESSAGES = {
     "invalid_utf8": "the text is not valid UTF-8",
     "missing_id": "the id is null or empty",
 }
+"""Reason codes of the read stage; ``duplicate_id`` and ``unreadable_file`` carry their own text."""
 
 
 def _as_python(column: pa.Array) -> list[Any]:
@@ -186,7 +265,9 @@ class ReadDocuments(beam.PTransform):
     """Pipeline root -> Document (main) and dead-letter rows (``dead_letter``).
 
     Reads a Parquet glob in Arrow record batches, one row group per work item, so large
-    files spread over workers. Rows without a usable id or text go to the dead letter.
+    files spread over workers. Rows without a usable id or text go to the dead letter with a
+    reason code; of rows sharing an id, the first (by file, row group, row) is kept and the
+    others are dead-lettered as ``duplicate_id``.
 
     Example::
 
@@ -206,12 +287,19 @@ class ReadDocuments(beam.PTransform):
             | "ExpandGlob" >> beam.FlatMap(expand_glob)
             | "ListRowGroups" >> beam.ParDo(_ListRowGroupsFn()).with_outputs(DEAD_LETTER, main="groups")
         )
-        read = (
-            groups.groups
-            | "SpreadRowGroups" >> beam.Reshuffle()
-            | "ReadRowGroups" >> beam.ParDo(_ReadRowGroupFn(self._columns)).with_outputs(
-                DEAD_LETTER, main="documents")
+        spread = groups.groups | "SpreadRowGroups" >> beam.Reshuffle()
+        # Duplicate ids are found from the id column alone (a cheap columnar pass), so that
+        # the documents themselves stream without a shuffle.
+        duplicates = (
+            spread
+            | "ReadIds" >> beam.ParDo(_RowGroupIdsFn(self._columns.id))
+            | "CountIds" >> beam.CombinePerKey(_FirstPosition())
+            | "DuplicatedIds" >> beam.FlatMapTuple(
+                lambda key, acc: [(key, acc[0])] if acc[1] > 1 else [])
         )
+        read = spread | "ReadRowGroups" >> beam.ParDo(
+            _ReadRowGroupFn(self._columns), duplicates=beam.pvalue.AsDict(duplicates)
+        ).with_outputs(DEAD_LETTER, main="documents")
         dead = (groups.dead_letter, read.dead_letter) | "ReadDeadLetter" >> beam.Flatten()
         return {"documents": read.documents, DEAD_LETTER: dead}
 

@@ -134,7 +134,7 @@ def _from_hub(name: str, cache_dir: str | os.PathLike | None) -> str:
 def check_weights(local_dir: str, uri: str, *, allow_pickle_weights: bool) -> None:
     """Fails unless the directory holds weights this spec is allowed to load."""
     path = Path(local_dir)
-    if any(path.glob(p) for p in _SAFE_WEIGHTS):
+    if any(next(path.glob(p), None) for p in _SAFE_WEIGHTS):
         return
     pickled = [f.name for p in _PICKLE_WEIGHTS for f in path.glob(p)]
     if pickled and not allow_pickle_weights:

@@ -54,6 +54,26 @@ def add_common_args(parser: argparse.ArgumentParser, *, long_docs_default: str =
                         help="run model code shipped with the checkpoint")
 
 
+def beam_options(beam_args: list[str]) -> PipelineOptions:
+    """Beam pipeline options from the flags bertbeam did not parse; a flag that is neither
+    bertbeam's nor Beam's is an error, not a warning (a typo must not run a nightly job)."""
+    import difflib
+
+    from apache_beam.options.pipeline_options import _BeamArgumentParser
+
+    parser = _BeamArgumentParser(allow_abbrev=False)
+    for cls in {str(c): c for c in PipelineOptions.__subclasses__()}.values():
+        cls._add_argparse_args(parser)
+    _, unknown = parser.parse_known_args(beam_args)
+    flags = [a for a in unknown if a.startswith("-")]
+    if flags:
+        known = [o for action in parser._actions for o in action.option_strings]
+        close = difflib.get_close_matches(flags[0].split("=", 1)[0], known, n=1)
+        hint = f" Did you mean {close[0]}?" if close else ""
+        raise ValueError(f"Unknown option {flags[0]!r}: neither a bertbeam nor a Beam option.{hint}")
+    return PipelineOptions(beam_args)
+
+
 def run_spec(args: argparse.Namespace, options: PipelineOptions) -> RunSpec:
     return RunSpec(
         model=ModelSpec(
@@ -118,7 +138,7 @@ def execute(job: Job, beam_args: list[str]) -> dict:
     """
     import fsspec
 
-    options = PipelineOptions(beam_args)
+    options = beam_options(beam_args)
     config = preflight(job)
     fs, root = fsspec.core.url_to_fs(job.output)
     fs.makedirs(root, exist_ok=True)
