@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import apache_beam as beam
+import numpy as np
 from apache_beam.transforms.window import GlobalWindows
 
 from bertbeam import metrics
@@ -18,26 +19,33 @@ def padded_length(length: int, multiple: int) -> int:
 
 
 def cut_batches(windows: list[Window], spec: BatchSpec) -> list[Batch]:
-    """Sorts ``windows`` longest first and cuts them so that size x padded length <= budget.
+    """Sorts ``windows`` longest first and cuts them into batches of at most
+    ``spec.token_budget`` padded tokens and ``spec.max_batch_size`` windows.
 
-    A window longer than the whole budget still gets a batch of its own.
+    Where to cut is solved exactly (a dynamic programme over the sorted lengths) for the
+    least padded tokens plus ``spec.batch_overhead_tokens`` per batch: cutting only by count
+    would put a 40-token and a 10-token window in one batch whenever both fit. A window
+    longer than the whole budget still gets a batch of its own.
     """
     ordered = sorted(windows, key=lambda w: w.length, reverse=True)
-    batches: list[Batch] = []
-    current: list[Window] = []
-    current_len = 0
-    for window in ordered:
-        if not current:
-            current, current_len = [window], padded_length(window.length, spec.pad_multiple)
-            continue
-        # Sorted descending, so the batch's padded length is fixed by its first window.
-        if (len(current) + 1) * current_len > spec.token_budget or len(current) >= spec.max_batch_size:
-            batches.append(Batch(current, current_len))
-            current, current_len = [window], padded_length(window.length, spec.pad_multiple)
-        else:
-            current.append(window)
-    if current:
-        batches.append(Batch(current, current_len))
+    n = len(ordered)
+    if n == 0:
+        return []
+    padded = np.array([padded_length(w.length, spec.pad_multiple) for w in ordered], dtype=np.int64)
+    # best[i]: least cost of batching ordered[i:]; cut[i]: end of the first batch in that plan.
+    best = np.zeros(n + 1, dtype=np.int64)
+    cut = np.zeros(n, dtype=np.int64)
+    for i in range(n - 1, -1, -1):
+        # Sorted descending, so a batch starting at i is padded to padded[i].
+        size = max(1, min(spec.max_batch_size, spec.token_budget // int(padded[i]), n - i))
+        sizes = np.arange(1, size + 1)
+        costs = sizes * padded[i] + spec.batch_overhead_tokens + best[i + 1:i + size + 1]
+        k = int(np.argmin(costs))
+        best[i], cut[i] = costs[k], i + k + 1
+    batches, i = [], 0
+    while i < n:
+        batches.append(Batch(ordered[i:cut[i]], int(padded[i])))
+        i = int(cut[i])
     return batches
 
 

@@ -114,16 +114,23 @@ class BatchSpec:
             buffers pad less and hold more memory.
         max_batch_size: upper bound on windows per batch, whatever their length.
         pad_multiple: padded length is rounded up to a multiple of this.
+        batch_overhead_tokens: the fixed cost of one more batch, in padded tokens: batches
+            are cut where padding saved outweighs it (raise it on GPUs, where a launch costs
+            more relative to a token).
     """
 
     token_budget: int = 8192
     buffer_size: int = 4096
     max_batch_size: int = 256
     pad_multiple: int = 8
+    batch_overhead_tokens: int = 64
 
     def __post_init__(self) -> None:
         for name in ("token_budget", "buffer_size", "max_batch_size", "pad_multiple"):
             _check_positive(name, getattr(self, name))
+        if not isinstance(self.batch_overhead_tokens, int) or self.batch_overhead_tokens < 0:
+            raise ValueError(
+                f"batch_overhead_tokens must be a non-negative integer, got {self.batch_overhead_tokens!r}.")
 
 
 @dataclass(frozen=True, kw_only=True)
