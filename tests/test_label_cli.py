@@ -103,6 +103,9 @@ def test_bad_flags_exit_2_with_the_message(tmp_path, capsys):
     code = run_cli("label", "--task", "qa", "--input", "x", "--output", tmp_path, "--multi-label")
     assert code == 2
     assert "--multi-label does not apply to --task qa" in capsys.readouterr().err
+    code = run_cli("label", "--task", "classify", "--input", "x", "--output", tmp_path, "--topk", "2")
+    assert code == 2
+    assert "Unknown option '--topk'" in capsys.readouterr().err
 
 
 def test_jobs_carry_the_task_options_and_long_docs_defaults():
