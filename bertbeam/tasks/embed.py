@@ -1,7 +1,9 @@
 """Sentence embeddings: pooled (mean / cls / max) and optionally L2-normalized.
 
-Long documents: window embeddings are combined per document (token-count-weighted mean by
-default) and normalized after combining.
+Long documents: each window is embedded (and normalized, when the model normalizes) like a
+document of its own; the windows are then combined per document — a mean weighted by each
+window's token count by default, or the first window, or the element-wise max — and the
+result is normalized again.
 """
 
 from __future__ import annotations
@@ -76,9 +78,10 @@ class EmbedTask(Task):
         _, normalize = self._resolved(ctx.local_dir)
         vectors = np.stack([o.values["embedding"] for o in outputs]).astype(np.float32)
         lengths = np.array([o.window.length for o in outputs], dtype=np.float64)
-        if len(outputs) == 1:
-            vector = vectors[0]
-        elif self.chunk_pooling == "first":
+        if normalize:
+            # Each window's own embedding is what a single-window document would get.
+            vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        if len(outputs) == 1 or self.chunk_pooling == "first":
             vector = vectors[0]
         elif self.chunk_pooling == "max":
             vector = vectors.max(axis=0)
