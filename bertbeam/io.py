@@ -201,15 +201,15 @@ class _ReadRowGroupFn(beam.DoFn):
             row += batch.num_rows
 
     def _lost_group(self, url: str, group: int, exc: Exception) -> Iterator[Any]:
-        """Reports every row of an unreadable row group: by id when the ids can still be read."""
+        """Reports every row of an unreadable row group: by id when the ids can still be read,
+        else one id-less row per row the footer says the group holds."""
         message = f"row group {group} of {url}: {type(exc).__name__}: {exc}"[:500]
         try:
             ids = _read_group(url, group, [self._columns.id]).column(0).to_pylist()
         except Exception:
-            ids = None
-        if ids is None:
-            yield _read_dead_letter(None, "unreadable_file", message, url)
-            return
+            fs, path = _fs(url)
+            with fs.open(path, "rb") as f:
+                ids = [None] * pq.ParquetFile(f).metadata.row_group(group).num_rows
         for raw in ids:
             yield _read_dead_letter(_id_key(raw), "unreadable_file", message, url)
 
@@ -395,6 +395,24 @@ class WriteResults(beam.PTransform):
             | "Finalize" >> beam.ParDo(
                 _FinalizeFn(self._output_dir, self._temp_dir, self._prefix, self._schema))
         )
+
+
+def count_input_rows(pattern: str) -> int:
+    """Input units of a glob, from Parquet footers: the rows of every file whose footer reads,
+    plus one per file whose footer does not (the unit its dead-letter row stands for).
+
+    This is the ``read`` side of the accounting invariant, counted independently of the
+    pipeline, so a reader that skipped rows could not hide it.
+    """
+    total = 0
+    for url in expand_glob(pattern):
+        fs, path = _fs(url)
+        try:
+            with fs.open(path, "rb") as f:
+                total += pq.ParquetFile(f).metadata.num_rows
+        except Exception:
+            total += 1
+    return total
 
 
 def count_rows(output_dir: str, prefix: str) -> int:

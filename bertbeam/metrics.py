@@ -50,24 +50,27 @@ def query_counters(result: object) -> dict[str, int]:
 def build_summary(
     counters: dict[str, int],
     *,
+    input_pattern: str,
     output_dir: str,
     wall_seconds: float,
     model: str,
     task: str,
 ) -> dict:
-    """The run summary: counts from the finalized files, tokens and windows from counters."""
-    from bertbeam.io import count_rows, read_table
+    """The run summary: ``read`` from the input files' footers, ``written`` and
+    ``dead_lettered`` from the finalized output files, tokens and windows from counters."""
+    from bertbeam.io import count_input_rows, count_rows, read_table
 
+    read = count_input_rows(input_pattern)
     written = count_rows(output_dir, "results")
     dead = count_rows(output_dir, "dead_letter")
     real, padded = counters[REAL_TOKENS], counters[PADDED_TOKENS]
     summary = {
         "task": task,
         "model": model,
-        "read": counters[READ],
+        "read": read,
         "written": written,
         "dead_lettered": dead,
-        "accounted": counters[READ] == written + dead,
+        "accounted": read == written + dead,
         "windows": counters[WINDOWS],
         "chunked_documents": counters[CHUNKED_DOCS],
         "truncated_documents": counters[TRUNCATED_DOCS],

@@ -152,7 +152,7 @@ def execute(job: Job, beam_args: list[str]) -> dict:
     result.wait_until_finish()
     counters = metrics.query_counters(result)
     summary = metrics.build_summary(
-        counters, output_dir=job.output, wall_seconds=time.perf_counter() - start,
+        counters, input_pattern=job.input, output_dir=job.output, wall_seconds=time.perf_counter() - start,
         model=job.run.model.uri, task=job.task.name)
     metrics.write_summary(job.output, summary)
     if not summary["accounted"]:
