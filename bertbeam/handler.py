@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from typing import Any, Union
+from typing import Any
 
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
@@ -20,7 +20,8 @@ from bertbeam.config import BatchSpec, ModelSpec, TokenizeSpec
 from bertbeam.records import Document, WindowOutput
 from bertbeam.tasks.base import Task
 
-Example = Union[str, tuple[str, str]]  # noqa: UP007 - a runtime alias that Python 3.10 accepts
+Example = str | tuple[str, str]
+"""A text, or a (question, context) pair for pair tasks."""
 
 
 class _LoadedHandlerModel:

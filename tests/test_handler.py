@@ -113,6 +113,29 @@ def test_long_examples_are_chunked_like_the_pipeline(tiny_model):
                                atol=1e-6)
 
 
+def test_pair_examples_answer_like_the_pipeline(tmp_path, tiny_model):
+    """(question, context) examples for QA, contexts of one and of several windows: the same
+    answers, offsets and scores as InferDocuments on the same documents."""
+    from bertbeam.records import Document
+    from bertbeam.tasks.qa import QATask
+    from tests.beam_helpers import run_spec, run_variants
+
+    model = tiny_model("bert", "qa")
+    pairs = [("Where does John Smith live?", c) for c in SAMPLE_TEXTS[3:6]]
+    pairs.append(("What does a for loop iterate over?", " ".join(SAMPLE_TEXTS)))
+    spec = run_spec(model, max_length=48, stride=12)
+    ((rows, dead),) = run_variants(
+        tmp_path, [Document(f"q{i}", q, c) for i, (q, c) in enumerate(pairs)],
+        {"qa": (QATask(), spec)}).values()
+    handler = BertModelHandler(QATask(), model=spec.model, tokenize=spec.tokenize)
+    results = list(handler.run_inference(pairs, handler.load_model()))
+    assert not dead and [r.example for r in results] == pairs
+    assert results[-1].inference["n_chunks"] > 1
+    for i, result in enumerate(results):
+        expected = {k: v for k, v in rows[f"q{i}"].items() if k != "id"}
+        assert result.inference == pytest.approx(expected, abs=TOLERANCE)
+
+
 class _PairTask(Task):
     name = "pair-probe"
     pair_input = True
