@@ -205,7 +205,7 @@ class _Tokens:
             elif aggregation == "max":
                 scores = rows[int(rows.max(axis=-1).argmax())]
             else:
-                scores = np.nanmean(rows, axis=0)
+                scores = rows.mean(axis=0)
             k = int(scores.argmax())
             word = self._tokenizer.convert_tokens_to_string(self.words[head:stop])
             units.append((self._id2label[k], scores[k], word, self.starts[head], self.ends[stop - 1]))
@@ -213,23 +213,26 @@ class _Tokens:
 
     def _groups(self, units: list[tuple], ignore: set[str]) -> list[dict[str, Any]]:
         """``group_entities``: adjacent units with the same tag, a ``B-`` tag opening a new group."""
-        groups: list[list[tuple]] = []
+        heads: list[int] = []
         last_tag = None
-        for unit in units:
+        for i, unit in enumerate(units):
             bi, tag = _tag(unit[0])
-            if groups and tag == last_tag and bi != "B":
-                groups[-1].append(unit)
-            else:
-                groups.append([unit])
+            if not heads or tag != last_tag or bi == "B":
+                heads.append(i)
             last_tag = tag
+        if not heads:
+            return []
+        # A group's score is the mean of its units' scores (RunModel lets no NaN through).
+        scores = np.array([u[1] for u in units], dtype=np.float64)
+        means = np.add.reduceat(scores, heads) / np.diff([*heads, len(units)])
         out = []
-        for group in groups:
-            label = group[0][0].split("-", 1)[-1]
+        for g, head in enumerate(heads):
+            label = units[head][0].split("-", 1)[-1]
             if label in ignore:
                 continue
+            group = units[head:heads[g + 1] if g + 1 < len(heads) else len(units)]
             word = self._tokenizer.convert_tokens_to_string([u[2] for u in group])
-            score = np.nanmean([u[1] for u in group])
-            out.append(_entity(label, score, word, group[0][3], group[-1][4]))
+            out.append(_entity(label, means[g], word, group[0][3], group[-1][4]))
         return out
 
 
