@@ -12,7 +12,7 @@ from bertbeam.tasks.entities import EntitiesTask
 from tests.beam_helpers import documents, run_spec, run_variants
 from tests.conftest import ARCHITECTURES, SAMPLE_TEXTS
 
-# The reference pipeline warns that byte-level BPE has no word boundaries (RoBERTa); so do we.
+# The reference pipeline warns that byte-level BPE (RoBERTa) has no word boundaries.
 pytestmark = pytest.mark.filterwarnings("ignore:Tokenizer does not support real words")
 
 STRATEGIES = ("none", "simple", "first", "average", "max")
