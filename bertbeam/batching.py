@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 
 import apache_beam as beam
 import numpy as np
@@ -11,6 +12,20 @@ from apache_beam.transforms.window import GlobalWindows
 from bertbeam import metrics
 from bertbeam.config import BatchSpec
 from bertbeam.records import Batch, Window
+
+GPU_PAD_MULTIPLE = 8
+
+
+def resolve_pad_multiple(pad_multiple: int | str, device: str) -> int:
+    """The rounding for ``BatchSpec.pad_multiple`` on this worker: ``auto`` is 8 where the
+    model will run on a GPU and 1 on CPU; an explicit number is kept."""
+    if pad_multiple != "auto":
+        return int(pad_multiple)
+    if device == "cpu":
+        return 1
+    import torch
+
+    return GPU_PAD_MULTIPLE if torch.cuda.is_available() else 1
 
 
 def padded_length(length: int, multiple: int) -> int:
@@ -31,7 +46,9 @@ def cut_batches(windows: list[Window], spec: BatchSpec) -> list[Batch]:
     n = len(ordered)
     if n == 0:
         return []
-    padded = np.array([padded_length(w.length, spec.pad_multiple) for w in ordered], dtype=np.int64)
+    # Unresolved ``auto`` (a call outside a worker) keeps the GPU-safe rounding.
+    multiple = GPU_PAD_MULTIPLE if spec.pad_multiple == "auto" else spec.pad_multiple
+    padded = np.array([padded_length(w.length, multiple) for w in ordered], dtype=np.int64)
     # best[i]: least cost of batching ordered[i:]; cut[i]: end of the first batch in that plan.
     best = np.zeros(n + 1, dtype=np.int64)
     cut = np.zeros(n, dtype=np.int64)
@@ -50,9 +67,15 @@ def cut_batches(windows: list[Window], spec: BatchSpec) -> list[Batch]:
 
 
 class _BatchByTokensFn(beam.DoFn):
-    def __init__(self, spec: BatchSpec):
+    def __init__(self, spec: BatchSpec, device: str):
         self._spec = spec
+        self._device = device
         self._buffer: list[Window] = []
+
+    def setup(self) -> None:
+        # Decided here, on the worker, where it is known whether the model gets a GPU.
+        multiple = resolve_pad_multiple(self._spec.pad_multiple, self._device)
+        self._spec = replace(self._spec, pad_multiple=multiple)
 
     def start_bundle(self) -> None:
         self._buffer = []
@@ -85,9 +108,10 @@ class BatchByTokens(beam.PTransform):
         batches = windows | BatchByTokens(BatchSpec(token_budget=16384))
     """
 
-    def __init__(self, spec: BatchSpec | None = None):
+    def __init__(self, spec: BatchSpec | None = None, *, device: str = "auto"):
         super().__init__()
         self._spec = spec or BatchSpec()
+        self._device = device
 
     def expand(self, windows: beam.PCollection) -> beam.PCollection:
-        return windows | "BatchByTokens" >> beam.ParDo(_BatchByTokensFn(self._spec))
+        return windows | "BatchByTokens" >> beam.ParDo(_BatchByTokensFn(self._spec, self._device))

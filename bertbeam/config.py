@@ -113,7 +113,9 @@ class BatchSpec:
         buffer_size: windows held and sorted by length before batches are cut; larger
             buffers pad less and hold more memory.
         max_batch_size: upper bound on windows per batch, whatever their length.
-        pad_multiple: padded length is rounded up to a multiple of this.
+        pad_multiple: padded length is rounded up to a multiple of this; ``auto`` is decided
+            on the worker: 8 where the model runs on a GPU (tensor cores want multiples of 8),
+            1 on CPU, where rounding up only adds padding.
         batch_overhead_tokens: the fixed cost of one more batch, in padded tokens: batches
             are cut where padding saved outweighs it (raise it on GPUs, where a launch costs
             more relative to a token).
@@ -122,12 +124,14 @@ class BatchSpec:
     token_budget: int = 8192
     buffer_size: int = 4096
     max_batch_size: int = 256
-    pad_multiple: int = 8
+    pad_multiple: int | Literal["auto"] = "auto"
     batch_overhead_tokens: int = 64
 
     def __post_init__(self) -> None:
-        for name in ("token_budget", "buffer_size", "max_batch_size", "pad_multiple"):
+        for name in ("token_budget", "buffer_size", "max_batch_size"):
             _check_positive(name, getattr(self, name))
+        if self.pad_multiple != "auto":
+            _check_positive("pad_multiple", self.pad_multiple)
         if not isinstance(self.batch_overhead_tokens, int) or self.batch_overhead_tokens < 0:
             raise ValueError(
                 f"batch_overhead_tokens must be a non-negative integer, got {self.batch_overhead_tokens!r}.")

@@ -39,7 +39,7 @@ class InferDocuments(beam.PTransform):
             offsets=task.needs_offsets)
         finished = (
             tokenized["windows"]
-            | "BatchByTokens" >> BatchByTokens(run.batch)
+            | "BatchByTokens" >> BatchByTokens(run.batch, device=run.model.device)
             | "RunModel" >> RunModel(model=run.model, task=task)
             | "MergeWindows" >> MergeWindows()
             | "Postprocess" >> Postprocess(model=run.model, task=task)

@@ -1,0 +1,1 @@
+"""Side-by-side throughput benchmarks: ``python -m benchmarks.run --quick``."""

@@ -1,0 +1,115 @@
+"""From raw contender outcomes to the report: rates, model FLOP utilisation, ratios, table, chart.
+
+Model FLOPs count the useful work only, on real tokens at each document's real length
+(truncated to the window), so padding shows up as lost utilisation:
+
+    FLOPs(doc of n tokens) = 2 · n · P  +  4 · L · n² · d
+    P = L · (4·d² + 2·d·f)      weights of the Q, K, V, output and two FFN matrices per layer
+
+with L layers, hidden size d and FFN size f (embeddings, biases, layer norms and softmax
+left out). Utilisation = model FLOPs / seconds / the GEMM peak measured in the same run.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from typing import Any
+
+FORMULA = "FLOPs(doc of n tokens) = 2*n*P + 4*L*n^2*d, P = L*(4*d^2 + 2*d*f)"
+
+
+def encoder_shape(config: Any) -> tuple[int, int, int]:
+    """(layers, hidden, ffn) of a BERT-family config (DistilBERT names them differently)."""
+    layers = getattr(config, "num_hidden_layers", None) or config.n_layers
+    hidden = getattr(config, "hidden_size", None) or config.dim
+    ffn = getattr(config, "intermediate_size", None) or config.hidden_dim
+    return int(layers), int(hidden), int(ffn)
+
+
+def model_flops(lengths: Sequence[int], config: Any) -> float:
+    """Useful forward FLOPs of the encoder over documents of these token lengths."""
+    layers, d, f = encoder_shape(config)
+    params = layers * (4 * d * d + 2 * d * f)
+    return float(sum(2 * n * params + 4 * layers * n * n * d for n in lengths))
+
+
+def summarize(runs: list[dict], *, real_tokens: int, flops: float, peak_flops: float | None) -> dict:
+    """One row per contender from its repetitions: medians of time, max of peak RSS."""
+    ok = [r for r in runs if "error" not in r]
+    if not ok:
+        return {"error": runs[0]["error"] if runs else "not run"}
+    seconds = statistics.median(r["seconds"] for r in ok)
+    docs = ok[0]["docs"]
+    padded = ok[0].get("padded_tokens")
+    counted = ok[0].get("real_tokens")
+    row = {
+        "docs": docs,
+        "seconds": round(seconds, 3),
+        "seconds_all": [round(r["seconds"], 3) for r in ok],
+        "docs_per_second": round(docs / seconds, 2),
+        "tokens_per_second": round(real_tokens / seconds, 1),
+        "padding_efficiency": round(counted / padded, 4) if padded else None,
+        "model_flops_per_second": round(flops / seconds / 1e9, 2) * 1e9,
+        "mfu": round(flops / seconds / peak_flops, 4) if peak_flops else None,
+        "peak_rss_mb": max(r["peak_rss_mb"] for r in ok),
+    }
+    if len(ok) < len(runs):
+        row["failed_repetitions"] = [r["error"] for r in runs if "error" in r]
+    return row
+
+
+def ratio(rows: dict, a: str, b: str) -> float | None:
+    """docs/s of ``a`` over docs/s of ``b``, when both ran."""
+    ra, rb = rows.get(a, {}), rows.get(b, {})
+    if "docs_per_second" not in ra or "docs_per_second" not in rb:
+        return None
+    return round(ra["docs_per_second"] / rb["docs_per_second"], 3)
+
+
+def table(rows: dict) -> str:
+    """A Markdown table of the contenders, GEMM excluded."""
+    head = ("| contender | docs/s | tokens/s | padding eff. | model GFLOP/s | MFU | peak RSS MiB |\n"
+            "|---|---:|---:|---:|---:|---:|---:|")
+    lines = [head]
+    for name, row in rows.items():
+        if name == "gemm":
+            continue
+        if "error" in row:
+            lines.append(f"| {name} | error: {row['error'][:120]} | | | | | |")
+            continue
+        eff = "n/a" if row["padding_efficiency"] is None else f"{row['padding_efficiency']:.3f}"
+        mfu = "n/a" if row["mfu"] is None else f"{row['mfu']:.1%}"
+        lines.append(
+            f"| {name} | {row['docs_per_second']:.1f} | {row['tokens_per_second']:.0f} | {eff} | "
+            f"{row['model_flops_per_second'] / 1e9:.1f} | {mfu} | {row['peak_rss_mb']:.0f} |")
+    return "\n".join(lines)
+
+
+def chart(rows: dict, path: str, *, title: str) -> None:
+    """A PNG with two bar panels: docs/s (with MFU) and peak RSS, one bar per contender."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [n for n, r in rows.items() if n != "gemm" and "error" not in r]
+    fig, (speed, memory) = plt.subplots(1, 2, figsize=(11, 0.6 * len(names) + 1.8))
+    rates = [rows[n]["docs_per_second"] for n in names]
+    colors = ["tab:blue" if n.startswith("bertbeam") else "tab:gray" for n in names]
+    speed.barh(names, rates, color=colors)
+    for y, n in enumerate(names):
+        mfu = rows[n]["mfu"]
+        note = f" {rows[n]['docs_per_second']:.1f}" + (f"  (MFU {mfu:.0%})" if mfu is not None else "")
+        speed.text(rows[n]["docs_per_second"], y, note, va="center", fontsize=8)
+    speed.set_xlabel("documents / second (higher is better)")
+    speed.set_xlim(0, max(rates) * 1.45)
+    speed.invert_yaxis()
+    memory.barh(names, [rows[n]["peak_rss_mb"] for n in names], color=colors)
+    memory.set_xlabel("peak RSS, MiB (own process)")
+    memory.invert_yaxis()
+    memory.set_yticklabels([])
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,220 @@
+"""Side-by-side throughput: bertbeam against its peers, on one corpus, in one run.
+
+    python -m benchmarks.run --quick          # CI smoke: small corpus, one repetition
+    python -m benchmarks.run --full           # real numbers: larger corpus, repetitions,
+                                              # int8 and the linearity figures
+
+Each contender runs in a process of its own (so its peak RSS is its own) with the same
+thread count; repetitions are interleaved (the order rotates) and the median time counts.
+Absolute figures on a shared machine are noisy: read the ratios, which are measured in the
+same run. Writes ``<out>/<mode>.json`` and ``<out>/<mode>.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+from benchmarks import report
+from benchmarks.contenders import CONTENDERS, Job
+from benchmarks.corpus import Corpus, write_corpus
+
+SIZES = {"quick": 600, "full": 2400}
+REPETITIONS = {"quick": 1, "full": 3}
+DEFAULT_CONTENDERS = ("gemm", "bertbeam", "mltransform", "st-encode", "arrival-loop", "sorted-loop")
+MAX_LENGTH = 256  # all-MiniLM-L6-v2's max_seq_length: every contender truncates there
+REPO = Path(__file__).resolve().parent.parent
+
+# The targets of issue 5: (numerator, denominator, at least).
+TARGETS = (
+    ("bertbeam", "sorted-loop", 0.9),
+    ("bertbeam", "mltransform", 3.0),
+    ("bertbeam", "st-encode", 1.5),
+    ("bertbeam-int8", "bertbeam", 1.8),
+)
+
+
+def run_contender(name: str, job: Job, *, timeout: float) -> dict:
+    """Runs one contender in a fresh interpreter and returns its JSON report."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(job.threads), "MKL_NUM_THREADS": str(job.threads),
+           "TOKENIZERS_PARALLELISM": "true", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    cmd = [sys.executable, "-m", "benchmarks.contenders", name, "--job", json.dumps(asdict(job))]
+    try:
+        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"name": name, "error": f"timed out after {timeout:.0f} s"}
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        return {"name": name, "error": f"exit {proc.returncode}: {' | '.join(tail)}"[:2000]}
+    return json.loads(lines[-1])
+
+
+def token_lengths(corpus: Corpus, model_dir: str, max_length: int) -> tuple[list[int], object]:
+    """Real tokens per document (truncated to the window) and the model config."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    ids = tokenizer(corpus.texts, truncation=True, max_length=max_length)["input_ids"]
+    return [len(x) for x in ids], AutoConfig.from_pretrained(model_dir)
+
+
+def measure(names: list[str], job: Job, reps: int, *, timeout: float, log) -> dict[str, list[dict]]:
+    """``reps`` rounds over ``names``; each round starts one contender later (interleaving)."""
+    runs: dict[str, list[dict]] = {n: [] for n in names}
+    for rep in range(reps):
+        order = names[rep % len(names):] + names[:rep % len(names)]
+        for name in order:
+            work = Path(job.work_dir) / f"{name}-{rep}"
+            result = run_contender(name, replace(job, work_dir=str(work)), timeout=timeout)
+            runs[name].append(result)
+            shown = result.get("error") or f"{result['seconds']:.1f} s, {result['peak_rss_mb']:.0f} MiB"
+            log(f"  [{rep + 1}/{reps}] {name}: {shown}")
+    return runs
+
+
+def int8_fidelity(work_dir: str, reps: int) -> dict | None:
+    """Cosine of bertbeam's int8 embeddings to its fp32 ones, document by document."""
+    import numpy as np
+
+    from bertbeam.io import read_table
+
+    fp32 = Path(work_dir) / f"bertbeam-{reps - 1}" / "out"
+    int8 = Path(work_dir) / f"bertbeam-int8-{reps - 1}" / "out"
+    if not (fp32.exists() and int8.exists()):
+        return None
+    a, b = (read_table(str(d)).sort_by("id") for d in (fp32, int8))
+    va, vb = (np.stack(t.column("embedding").to_numpy(zero_copy_only=False)) for t in (a, b))
+    cos = (va * vb).sum(1) / (np.linalg.norm(va, axis=1) * np.linalg.norm(vb, axis=1))
+    return {"mean_cosine": round(float(cos.mean()), 5), "min_cosine": round(float(cos.min()), 5),
+            "docs": len(cos)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--quick", dest="mode", action="store_const", const="quick")
+    mode.add_argument("--full", dest="mode", action="store_const", const="full")
+    p.add_argument("--docs", type=int, default=None, help="corpus size (default: by mode)")
+    p.add_argument("--reps", type=int, default=None, help="repetitions (default: by mode)")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--contenders", default=None,
+                   help=f"comma-separated subset of: {', '.join(CONTENDERS)}")
+    p.add_argument("--model", default="embedded:all-MiniLM-L6-v2")
+    p.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    p.add_argument("--timeout", type=float, default=1800, help="seconds per contender run")
+    args = p.parse_args(argv)
+    mode = args.mode or "quick"
+    n_docs = args.docs or SIZES[mode]
+    reps = args.reps or REPETITIONS[mode]
+    names = (args.contenders.split(",") if args.contenders else
+             [*DEFAULT_CONTENDERS, *(["bertbeam-int8"] if mode == "full" else [])])
+    unknown = [n for n in names if n not in CONTENDERS]
+    if unknown:
+        p.error(f"unknown contender {unknown[0]!r}; valid: {', '.join(CONTENDERS)}")
+
+    from bertbeam.models import resolve_model_dir
+
+    model_dir = resolve_model_dir(args.model)
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    started = time.time()
+    with tempfile.TemporaryDirectory(prefix="bertbeam-bench-") as tmp:
+        corpus = write_corpus(Path(tmp) / "corpus", n_docs)
+        lengths, config = token_lengths(corpus, model_dir, MAX_LENGTH)
+        job = Job(corpus_glob=corpus.glob, model_dir=model_dir, threads=args.threads,
+                  max_length=MAX_LENGTH, work_dir=str(Path(tmp) / "runs"))
+        log(f"{mode}: {n_docs} docs, {sum(lengths)} tokens, {args.threads} threads, {reps} rep(s)")
+        runs = measure(names, job, reps, timeout=args.timeout, log=log)
+        fidelity = int8_fidelity(job.work_dir, reps) if "bertbeam-int8" in names else None
+        linearity = None
+        if mode == "full" and "bertbeam" in names and not args.docs:
+            linearity = measure_linearity(runs["bertbeam"], job, tmp, reps, args.timeout, log)
+    flops = report.model_flops(lengths, config)
+    gemm = [r for r in runs.get("gemm", []) if "error" not in r]
+    peak = max(r["docs"] / r["seconds"] for r in gemm) if gemm else None
+    rows = {n: report.summarize(runs[n], real_tokens=sum(lengths), flops=flops, peak_flops=peak)
+            for n in names}
+    result = {
+        "mode": mode,
+        "machine": {"cpus": os.cpu_count(), "threads": args.threads,
+                    "gemm_peak_gflops": round(peak / 1e9, 1) if peak else None,
+                    "load_average_at_end": os.getloadavg()},
+        "corpus": {"docs": n_docs, "real_tokens": sum(lengths), "max_length": MAX_LENGTH,
+                   "mean_tokens": round(sum(lengths) / len(lengths), 1)},
+        "model": args.model,
+        "flops_formula": report.FORMULA,
+        "model_gflops_total": round(flops / 1e9, 1),
+        "repetitions": reps,
+        "contenders": rows,
+        "ratios": {f"{a} / {b}": {"ratio": report.ratio(rows, a, b), "target": t}
+                   for a, b, t in TARGETS if a in rows and b in rows},
+        "int8_fidelity": fidelity,
+        "linearity": linearity,
+        "wall_seconds": round(time.time() - started, 1),
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{mode}.json").write_text(json.dumps(result, indent=2) + "\n")
+    report.chart(rows, str(out / f"{mode}.png"),
+                 title=f"all-MiniLM-L6-v2 embeddings, {n_docs} docs, {args.threads} threads "
+                       f"({os.cpu_count()}-core shared machine; median of {reps})")
+    print(render(result))
+    print(f"\nwrote {out / f'{mode}.json'} and {out / f'{mode}.png'}")
+    return 0
+
+
+def measure_linearity(full_runs: list[dict], job: Job, tmp: str, reps: int, timeout: float,
+                      log) -> dict:
+    """bertbeam at the quick size beside the full size: docs/s and peak RSS should match."""
+    small = write_corpus(Path(tmp) / "corpus-quick", SIZES["quick"])
+    log(f"linearity: bertbeam on {SIZES['quick']} docs")
+    quick_runs = measure(["bertbeam"], replace(job, corpus_glob=small.glob,
+                                               work_dir=str(Path(tmp) / "runs-quick")),
+                         reps, timeout=timeout, log=log)["bertbeam"]
+    out = {}
+    for label, runs in (("quick", quick_runs), ("full", full_runs)):
+        ok = [r for r in runs if "error" not in r]
+        if not ok:
+            return {"error": runs[0]["error"]}
+        rate = sorted(r["docs"] / r["seconds"] for r in ok)[len(ok) // 2]
+        out[label] = {"docs": ok[0]["docs"], "docs_per_second": round(rate, 2),
+                      "peak_rss_mb": max(r["peak_rss_mb"] for r in ok)}
+    out["docs_per_second_ratio"] = round(out["full"]["docs_per_second"] / out["quick"]["docs_per_second"], 3)
+    out["peak_rss_ratio"] = round(out["full"]["peak_rss_mb"] / out["quick"]["peak_rss_mb"], 3)
+    return out
+
+
+def render(result: dict) -> str:
+    """The human-readable report: table, ratios against targets, int8 and linearity."""
+    lines = [report.table(result["contenders"]), ""]
+    m = result["machine"]
+    lines.append(f"GEMM peak: {m['gemm_peak_gflops']} GFLOP/s on {m['threads']} threads; "
+                 f"model FLOPs: {result['flops_formula']}")
+    for key, r in result["ratios"].items():
+        verdict = "n/a" if r["ratio"] is None else ("meets" if r["ratio"] >= r["target"] else "BELOW")
+        lines.append(f"{key}: {r['ratio']} (target >= {r['target']}: {verdict})")
+    if result["int8_fidelity"]:
+        f = result["int8_fidelity"]
+        lines.append(f"int8 vs fp32 cosine: mean {f['mean_cosine']}, min {f['min_cosine']} "
+                     f"over {f['docs']} docs")
+    lin = result["linearity"]
+    if lin and "error" not in lin:
+        lines.append(f"linearity: docs/s full/quick {lin['docs_per_second_ratio']}, "
+                     f"peak RSS full/quick {lin['peak_rss_ratio']}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
