@@ -56,10 +56,26 @@ def hostile_corpus(tmp_path_factory):
     return str(root / "in" / "*.parquet"), expected
 
 
-def test_every_row_accounted_for_once_with_its_reason(tmp_path, hostile_corpus, tiny_model):
+JOBS = {
+    "embed": (("embed",), "base"),
+    "classify": (("label", "--task", "classify"), "classify"),
+}
+
+
+@pytest.mark.parametrize(("job", "runner"), [
+    ("embed", ()),
+    ("classify", ()),
+    pytest.param("embed", ("--direct_num_workers=2", "--direct_running_mode=multi_processing"),
+                 marks=pytest.mark.slow),
+    pytest.param("classify", ("--direct_num_workers=2", "--direct_running_mode=multi_processing"),
+                 marks=pytest.mark.slow),
+])
+def test_every_row_accounted_for_once_with_its_reason(tmp_path, hostile_corpus, tiny_model, job,
+                                                      runner):
     pattern, expected = hostile_corpus
-    code = run_cli("embed", "--input", pattern, "--output", tmp_path, "--model",
-                   tiny_model("bert", "base"), "--token-budget", "4096")
+    command, head = JOBS[job]
+    code = run_cli(*command, "--input", pattern, "--output", tmp_path, "--model",
+                   tiny_model("bert", head), "--token-budget", "4096", *runner)
     assert code == 0
     results = read_output(tmp_path)
     dead = read_output(tmp_path, "dead_letter")
