@@ -78,14 +78,16 @@ class _TokenizeFn(beam.DoFn):
         try:
             yield from self._encode(docs)
         except Exception:
-            if len(docs) == 1:
-                raise
-            # One bad document must not take its neighbours down: retry one by one.
+            # One bad document must not take its neighbours down (nor, alone in its call,
+            # the pipeline): retry one by one and dead-letter the ones that fail.
             for doc in docs:
                 try:
                     yield from self._encode([doc])
                 except Exception as exc:
-                    reason = "too_long" if "longer than" in str(exc) else "tokenize_error"
+                    # "too short to respect the provided max_length": the question of a
+                    # (question, context) pair leaves no room for the context.
+                    too_long = "longer than" in str(exc) or "too short to respect" in str(exc)
+                    reason = "too_long" if too_long else "tokenize_error"
                     metrics.inc(metrics.DEAD_LETTERED)
                     yield beam.pvalue.TaggedOutput(
                         DEAD_LETTER, dead_letter(doc.id, "tokenize", reason, str(exc)[:500], doc.text)

@@ -125,6 +125,19 @@ def test_best_span_of_a_long_context_can_be_in_its_last_window(tmp_path, tiny_mo
     assert truncated["n_chunks"] == 1 and truncated["end"] < ref["start"]
 
 
+def test_question_longer_than_the_window_is_dead_lettered(tmp_path, tiny_model):
+    """A question that leaves no room for the context goes to the dead letter as too_long,
+    even tokenized alone (chunk_size=1); the other document is answered."""
+    model = tiny_model("distilbert", "qa")
+    docs = [Document(id="long-question", text="word " * 40, text_pair="short context"),
+            Document(id="ok", text="Who?", text_pair="John lives in London.")]
+    spec = run_spec(model, max_length=32, stride=8, chunk_size=1)
+    ((rows, dead),) = run_variants(tmp_path, docs, {"qa": (QATask(), spec)}).values()
+    assert sorted(rows) == ["ok"] and sorted(dead) == ["long-question"]
+    assert (dead["long-question"]["stage"], dead["long-question"]["reason"]) == (
+        "tokenize", "too_long")
+
+
 def _window(index: int, n: int, context_offsets: list[tuple[int, int]], text_pair: str) -> Window:
     """[CLS] q [SEP] context tokens [SEP] with the given context character offsets."""
     m = len(context_offsets)
