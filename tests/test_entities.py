@@ -196,6 +196,20 @@ def test_ignore_labels_drops_only_those_labels(tmp_path, tiny_model):
         assert all(e["entity_group"] != "PER" for e in rows[f"d{i}"]["entities"])
 
 
+@pytest.mark.slow
+def test_multi_processing_runner_gives_the_same_entities(tmp_path, tiny_model):
+    """Two worker processes: the task pickles, models load in workers, entities unchanged."""
+    model = tiny_model("roberta", "ner")
+    expected = _pipeline(model)(TEXTS, aggregation_strategy="max")
+    args = ("--direct_num_workers=2", "--direct_running_mode=multi_processing")
+    ((rows, dead),) = run_variants(tmp_path, documents(TEXTS), {
+        "mp": (EntitiesTask(aggregation="max"), run_spec(model, budget=64))},
+        beam_args=args).values()
+    assert not dead and len(rows) == len(TEXTS)
+    for i, ref in enumerate(expected):
+        _assert_entities_match(rows[f"d{i}"]["entities"], ref, f"d{i}")
+
+
 @pytest.mark.parametrize(("options", "message"), [
     ({"aggregation": "mean"},
      "Invalid aggregation: 'mean'. Valid values are: 'none', 'simple', 'first', 'average', 'max'"),
