@@ -58,3 +58,25 @@ class EmbedDocuments(InferDocuments):
 
     def __init__(self, task: EmbedTask | None = None, *, run: RunSpec | None = None):
         super().__init__(task or EmbedTask(), run=run)
+
+
+class LabelDocuments(InferDocuments):
+    """Document -> label rows for one labeling task, by name or as a Task object.
+
+    ``task`` is ``"classify"``, ``"ner"``, ``"qa"``, ``"fill-mask"`` or ``"zero-shot"`` (with
+    the task's keyword options) or a Task instance. Output columns: see each task's schema.
+
+    Example::
+
+        out = docs | LabelDocuments("zero-shot", labels=("sports", "politics"))
+        out = docs | LabelDocuments("classify", top_k=3, run=RunSpec(model=ModelSpec(uri=d)))
+    """
+
+    def __init__(self, task: str | Task, *, run: RunSpec | None = None, **options: object):
+        from bertbeam.tasks import make_task
+
+        if isinstance(task, str):
+            task = make_task(task, **options)
+        elif options:
+            raise TypeError(f"Options {sorted(options)} only apply when the task is given by name.")
+        super().__init__(task, run=run)
