@@ -76,13 +76,19 @@ class _TokenizeFn(beam.DoFn):
         if not docs:
             return
         try:
-            yield from self._encode(docs)
+            # Materialized inside the try: a failure half-way must not leave some windows
+            # emitted before the one-by-one retry emits them again.
+            windows = list(self._encode(docs))
         except Exception:
+            windows = None
+        if windows is not None:
+            yield from windows
+        else:
             # One bad document must not take its neighbours down (nor, alone in its call,
             # the pipeline): retry one by one and dead-letter the ones that fail.
             for doc in docs:
                 try:
-                    yield from self._encode([doc])
+                    single = list(self._encode([doc]))
                 except Exception as exc:
                     # "too short to respect the provided max_length": the question of a
                     # (question, context) pair leaves no room for the context.
@@ -92,6 +98,8 @@ class _TokenizeFn(beam.DoFn):
                     yield beam.pvalue.TaggedOutput(
                         DEAD_LETTER, dead_letter(doc.id, "tokenize", reason, str(exc)[:500], doc.text)
                     )
+                else:
+                    yield from single
 
     def _encode(self, docs: list[Document]) -> Iterator[Window]:
         pairs = [d.text_pair for d in docs] if docs[0].text_pair is not None else None
