@@ -1,0 +1,73 @@
+"""The benchmark: corpus, FLOPs formula, report, and the quick mode end to end (smoke, no
+speed thresholds: the numbers are ratios read by people, not gates)."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+
+from benchmarks import report
+from benchmarks.corpus import benchmark_texts, write_corpus
+
+
+def test_corpus_is_a_fixed_shuffle_and_a_prefix_of_the_larger_size(tmp_path):
+    small, large = benchmark_texts(50), benchmark_texts(200)
+    assert small == large[:50] and small == benchmark_texts(50)
+    corpus = write_corpus(tmp_path, 30, files=2)
+    import pyarrow.parquet as pq
+
+    from bertbeam.io import expand_glob
+
+    ids = [i for f in expand_glob(corpus.glob) for i in pq.read_table(f)["id"].to_pylist()]
+    assert ids == corpus.ids and len(set(ids)) == 30
+
+
+def test_model_flops_follow_the_stated_formula():
+    config = SimpleNamespace(num_hidden_layers=6, hidden_size=384, intermediate_size=1536)
+    params = 6 * (4 * 384**2 + 2 * 384 * 1536)
+    assert params == 10_616_832  # MiniLM-L6's encoder matrices
+    expected = sum(2 * n * params + 4 * 6 * n * n * 384 for n in (10, 100))
+    assert report.model_flops([10, 100], config) == expected
+
+
+def test_summary_rates_ratios_table_and_chart(tmp_path):
+    runs = {
+        "bertbeam": [{"docs": 100, "seconds": s, "real_tokens": 900, "padded_tokens": 1000,
+                      "peak_rss_mb": 700.0} for s in (2.0, 2.5, 3.0)],
+        "mltransform": [{"error": "ImportError: no"}],
+        "st-encode": [{"docs": 100, "seconds": 5.0, "real_tokens": 900, "padded_tokens": None,
+                       "peak_rss_mb": 800.0}],
+    }
+    rows = {n: report.summarize(r, real_tokens=900, flops=1e10, peak_flops=1e11)
+            for n, r in runs.items()}
+    assert rows["bertbeam"]["docs_per_second"] == 40.0  # median of three times
+    assert rows["bertbeam"]["padding_efficiency"] == 0.9
+    assert rows["bertbeam"]["mfu"] == pytest.approx(0.04)
+    assert rows["st-encode"]["padding_efficiency"] is None
+    assert rows["mltransform"] == {"error": "ImportError: no"}
+    assert report.ratio(rows, "bertbeam", "st-encode") == 2.0
+    assert report.ratio(rows, "bertbeam", "mltransform") is None
+    text = report.table(rows)
+    assert "| bertbeam | 40.0 |" in text and "error: ImportError" in text
+    report.chart(rows, str(tmp_path / "chart.png"), title="test")
+    assert (tmp_path / "chart.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_quick_mode_runs_every_contender_and_reports(tmp_path):
+    """``python -m benchmarks.run --quick`` on a few documents: every contender reports a
+    rate or an error string, and the JSON, PNG and ratios are written."""
+    from benchmarks.run import DEFAULT_CONTENDERS, main
+
+    assert main(["--quick", "--docs", "24", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "quick.json").read_text())
+    assert set(result["contenders"]) == set(DEFAULT_CONTENDERS)
+    for name, row in result["contenders"].items():
+        assert "docs_per_second" in row or "error" in row, name
+    assert result["contenders"]["bertbeam"]["docs"] == 24
+    assert result["contenders"]["sorted-loop"]["docs"] == 24
+    assert result["machine"]["gemm_peak_gflops"] > 0
+    assert "bertbeam / sorted-loop" in result["ratios"]
+    assert (tmp_path / "quick.png").exists()
