@@ -1,4 +1,4 @@
-"""The Dataflow jobs of docs/readme-parts/dataflow.md, built offline: every documented
+"""The Dataflow jobs of README.md (Run on Dataflow), built offline: every documented
 command is run with ``--dry_run=True``, so Beam parses its Dataflow options, builds the
 pipeline proto and the Dataflow job, and we build the job's environment (worker pool,
 container image, service options) and unpickle every DoFn, without credentials or network.
@@ -16,7 +16,7 @@ import pytest
 from tests.conftest import SAMPLE_TEXTS, write_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
-DOC = ROOT / "docs" / "readme-parts" / "dataflow.md"
+DOC = ROOT / "README.md"
 LAUNCHER = "bertbeam_in_image"
 SHELL_VARS = {
     "PROJECT": "my-project",
