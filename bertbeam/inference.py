@@ -70,13 +70,31 @@ def forward_batch(loaded: Any, task: Task, windows: list[Window], padded_length:
         for k, v in arrays.items()
     }
     with torch.inference_mode():
-        outputs = task.forward(loaded, inputs)
-        return {k: v.float() for k, v in outputs.items()}
+        outputs = {k: v.float() for k, v in task.forward(loaded, inputs).items()}
+        if not cuda:
+            return outputs
+        # Copy back into pinned host memory without blocking: the copy overlaps with the
+        # tokenizing and batching of the next batch; window_outputs waits for this event.
+        host = _InFlight({k: torch.empty(v.shape, dtype=v.dtype, pin_memory=True)
+                          for k, v in outputs.items()})
+        for k, v in outputs.items():
+            host[k].copy_(v, non_blocking=True)
+        host.ready = torch.cuda.Event()
+        host.ready.record()
+        return host
+
+
+class _InFlight(dict):
+    """Batched outputs in pinned host memory, valid once the ``ready`` CUDA event completes."""
+
+    ready: Any = None
 
 
 def window_outputs(task: Task, windows: list[Window], outputs: dict[str, Any]) -> Iterator[WindowOutput]:
     """Cuts batched outputs into one WindowOutput per window (``task.token_level`` keys to the
     window's length); a window with NaN or infinite values gets a ``nan_output`` error."""
+    if getattr(outputs, "ready", None) is not None:
+        outputs.ready.synchronize()
     arrays = {k: v.cpu().numpy() for k, v in outputs.items()}
     for i, w in enumerate(windows):
         # np.array(..., copy) gives each output its own memory: a row never pins the batch.
