@@ -141,6 +141,9 @@ class ZeroShotTask(Task):
         import torch
 
         pooled = self._embedder.forward(loaded, inputs)["embedding"].float()
+        # Unit windows, as EmbedTask combines them for a normalizing model: a long document's
+        # vector is then the same here as in `bertbeam embed`.
+        pooled = torch.nn.functional.normalize(pooled, dim=1)
         unit_labels = _label_matrix(loaded, self._embedder, self.label_texts)
         # Dot products are linear in the embedding, so appending them to it lets EmbedTask's
         # window combination carry them along: the combined tail is the combined vector's
