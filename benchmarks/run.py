@@ -172,6 +172,11 @@ def main(argv: list[str] | None = None) -> int:
                        f"({os.cpu_count()}-core shared machine; median of {reps})")
     print(render(result))
     print(f"\nwrote {out / f'{mode}.json'} and {out / f'{mode}.png'}")
+    # A peer may fail to run (that is reported); bertbeam itself failing is a failed run.
+    broken = [n for n in names if n.startswith("bertbeam") and "error" in rows[n]]
+    if broken:
+        print(f"bertbeam contender failed: {rows[broken[0]]['error']}", file=sys.stderr)
+        return 1
     return 0
 
 
