@@ -7,9 +7,9 @@ from dataclasses import replace
 
 import apache_beam as beam
 import numpy as np
-from apache_beam.transforms.window import GlobalWindows
 
 from bertbeam import metrics
+from bertbeam.buffering import BufferedDoFn
 from bertbeam.config import BatchSpec
 from bertbeam.records import Batch, Window
 
@@ -66,31 +66,20 @@ def cut_batches(windows: list[Window], spec: BatchSpec) -> list[Batch]:
     return batches
 
 
-class _BatchByTokensFn(beam.DoFn):
+class _BatchByTokensFn(BufferedDoFn):
+    """Holds ``spec.buffer_size`` windows, then cuts them into length-sorted batches."""
+
     def __init__(self, spec: BatchSpec, device: str):
+        super().__init__(spec.buffer_size)
         self._spec = spec
         self._device = device
-        self._buffer: list[Window] = []
 
     def setup(self) -> None:
         # Decided here, on the worker, where it is known whether the model gets a GPU.
         multiple = resolve_pad_multiple(self._spec.pad_multiple, self._device)
         self._spec = replace(self._spec, pad_multiple=multiple)
 
-    def start_bundle(self) -> None:
-        self._buffer = []
-
-    def process(self, window: Window) -> Iterator[Batch]:
-        self._buffer.append(window)
-        if len(self._buffer) >= self._spec.buffer_size:
-            yield from self._flush()
-
-    def finish_bundle(self) -> Iterator[object]:
-        for batch in self._flush():
-            yield GlobalWindows.windowed_value(batch)
-
-    def _flush(self) -> Iterator[Batch]:
-        windows, self._buffer = self._buffer, []
+    def flush(self, windows: list[Window]) -> Iterator[Batch]:
         for batch in cut_batches(windows, self._spec):
             metrics.inc(metrics.BATCHES)
             metrics.inc(metrics.REAL_TOKENS, batch.real_tokens)

@@ -22,9 +22,9 @@ from typing import Any
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
-from apache_beam.transforms.window import GlobalWindows
 
 from bertbeam import metrics
+from bertbeam.buffering import BufferedDoFn
 from bertbeam.records import Document, dead_letter, rows_to_table
 
 _LOG = logging.getLogger(__name__)
@@ -304,28 +304,19 @@ class ReadDocuments(beam.PTransform):
         return {"documents": read.documents, DEAD_LETTER: dead}
 
 
-class _WriteShardFn(beam.DoFn):
+class _WriteShardFn(BufferedDoFn):
+    """Writes rows ``rows_per_file`` at a time to a new temporary Parquet file; yields its URL."""
+
     def __init__(self, temp_dir: str, prefix: str, schema: pa.Schema, rows_per_file: int):
+        super().__init__(rows_per_file)
         self._temp_dir = temp_dir
         self._prefix = prefix
         self._schema = schema
-        self._rows_per_file = rows_per_file
-        self._rows: list[dict] = []
 
-    def start_bundle(self) -> None:
-        self._rows = []
+    def flush(self, rows: list[dict]) -> Iterator[str]:
+        yield self._write(rows)
 
-    def process(self, row: dict) -> Iterator[str]:
-        self._rows.append(row)
-        if len(self._rows) >= self._rows_per_file:
-            yield self._write()
-
-    def finish_bundle(self) -> Iterator[Any]:
-        if self._rows:
-            yield GlobalWindows.windowed_value(self._write())
-
-    def _write(self) -> str:
-        rows, self._rows = self._rows, []
+    def _write(self, rows: list[dict]) -> str:
         table = rows_to_table(rows, self._schema)
         fs, root = _fs(self._temp_dir)
         fs.makedirs(root, exist_ok=True)

@@ -8,9 +8,9 @@ from typing import Any
 
 import apache_beam as beam
 import numpy as np
-from apache_beam.transforms.window import GlobalWindows
 
 from bertbeam import metrics
+from bertbeam.buffering import BufferedDoFn
 from bertbeam.config import ModelSpec, TokenizeSpec
 from bertbeam.records import Document, Window, dead_letter
 
@@ -39,13 +39,15 @@ def resolve_max_length(tokenizer: Any, config: Any, local_dir: str, spec: Tokeni
     return min(preferred, limit)
 
 
-class _TokenizeFn(beam.DoFn):
+class _TokenizeFn(BufferedDoFn):
+    """Tokenizes documents ``spec.chunk_size`` at a time, in one tokenizer call."""
+
     def __init__(self, model: ModelSpec, spec: TokenizeSpec, *, keep_text: bool, offsets: bool):
+        super().__init__(spec.chunk_size)
         self._model = model
         self._spec = spec
         self._keep_text = keep_text
         self._offsets = offsets
-        self._buffer: list[Document] = []
 
     def setup(self) -> None:
         from bertbeam.models import load_context
@@ -57,24 +59,7 @@ class _TokenizeFn(beam.DoFn):
         self._chunk = self._spec.long_docs == "chunk"
         self._type_ids = "token_type_ids" in self._tokenizer.model_input_names
 
-    def start_bundle(self) -> None:
-        self._buffer = []
-
-    def process(self, doc: Document) -> Iterator[Any]:
-        self._buffer.append(doc)
-        if len(self._buffer) >= self._spec.chunk_size:
-            yield from self._flush()
-
-    def finish_bundle(self) -> Iterator[Any]:
-        for out in self._flush():
-            yield GlobalWindows.windowed_value(out) if isinstance(out, Window) else (
-                beam.pvalue.TaggedOutput(DEAD_LETTER, GlobalWindows.windowed_value(out.value))
-            )
-
-    def _flush(self) -> Iterator[Any]:
-        docs, self._buffer = self._buffer, []
-        if not docs:
-            return
+    def flush(self, docs: list[Document]) -> Iterator[Any]:
         try:
             # Materialized inside the try: a failure half-way must not leave some windows
             # emitted before the one-by-one retry emits them again.

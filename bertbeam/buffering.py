@@ -1,0 +1,46 @@
+"""A DoFn that gathers elements and hands them over in groups, for the stages that work on
+many elements at once (tokenizer calls, length-sorted batching, Parquet files)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.transforms.window import GlobalWindows
+
+
+class BufferedDoFn(beam.DoFn):
+    """Holds up to ``capacity`` elements and passes them to ``flush`` when full and at the end
+    of each bundle. ``flush`` may yield main outputs and ``TaggedOutput``s.
+
+    Outputs of the end-of-bundle flush go to the global window: these stages serve batch
+    pipelines, whose elements all live there.
+    """
+
+    def __init__(self, capacity: int):
+        self._capacity = capacity
+        self._buffer: list[Any] = []
+
+    def flush(self, items: list[Any]) -> Iterator[Any]:
+        raise NotImplementedError
+
+    def start_bundle(self) -> None:
+        self._buffer = []
+
+    def process(self, element: Any) -> Iterator[Any]:
+        self._buffer.append(element)
+        if len(self._buffer) >= self._capacity:
+            yield from self._drain()
+
+    def finish_bundle(self) -> Iterator[Any]:
+        for out in self._drain():
+            if isinstance(out, beam.pvalue.TaggedOutput):
+                yield beam.pvalue.TaggedOutput(out.tag, GlobalWindows.windowed_value(out.value))
+            else:
+                yield GlobalWindows.windowed_value(out)
+
+    def _drain(self) -> Iterator[Any]:
+        items, self._buffer = self._buffer, []
+        if items:
+            yield from self.flush(items)
