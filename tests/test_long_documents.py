@@ -77,7 +77,8 @@ def test_a_100k_word_document_and_1000_short_ones_in_one_run(tmp_path):
     from bertbeam.demo import demo_texts
 
     texts = demo_texts()
-    long = " ".join((" ".join(texts)).split()[:100_000])
+    words = " ".join(texts).split()
+    long = " ".join((words * (100_000 // len(words) + 1))[:100_000])
     assert len(long.split()) == 100_000
     ids = ["long"] + [f"s{i}" for i in range(1000)]
     docs = [long] + [texts[i % len(texts)][:300] for i in range(1000)]
