@@ -37,7 +37,7 @@ def _training_texts() -> list[str]:
 def _build_tokenizer(arch: str, directory: Path):
     """A real fast tokenizer trained on Python's docs: WordPiece (BERT, DistilBERT) or
     byte-level BPE (RoBERTa)."""
-    from tokenizers import ByteLevelBPETokenizer, BertWordPieceTokenizer
+    from tokenizers import BertWordPieceTokenizer, ByteLevelBPETokenizer
 
     directory.mkdir(parents=True, exist_ok=True)
     if arch == "roberta":
