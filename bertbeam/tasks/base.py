@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+import numpy as np
 import pyarrow as pa
 
 from bertbeam.records import WindowOutput
@@ -44,6 +45,12 @@ class Task:
 class TaskInputError(ValueError):
     """Raised by ``finish`` when a document is unfit for the task (e.g. fill-mask text with no
     mask token); Postprocess dead-letters it with reason ``bad_task_input``."""
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis (one row of scores, or one row per token)."""
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
 
 
 def chunk_columns(outputs: list[WindowOutput]) -> dict[str, Any]:

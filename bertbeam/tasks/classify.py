@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from bertbeam.config import _check_choice, _check_positive
 from bertbeam.records import WindowOutput
-from bertbeam.tasks.base import CHUNK_FIELDS, ID_FIELD, MODEL_FIELD, Task, chunk_columns
+from bertbeam.tasks.base import CHUNK_FIELDS, ID_FIELD, MODEL_FIELD, Task, chunk_columns, softmax
 
 ChunkMerge = Literal["mean", "max"]
 
@@ -37,11 +37,6 @@ def merge_window_rows(rows: np.ndarray, how: ChunkMerge) -> np.ndarray:
     """Combines one row per window ([windows, n]) into one row ([n]) by ``mean`` or ``max``."""
     rows = np.asarray(rows, dtype=np.float64)
     return rows.max(axis=0) if how == "max" else rows.mean(axis=0)
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max())
-    return shifted / shifted.sum()
 
 
 def sigmoid(logits: np.ndarray) -> np.ndarray:

@@ -21,7 +21,7 @@ import pyarrow as pa
 
 from bertbeam.config import _check_choice
 from bertbeam.records import WindowOutput
-from bertbeam.tasks.base import CHUNK_FIELDS, ID_FIELD, MODEL_FIELD, Task, chunk_columns
+from bertbeam.tasks.base import CHUNK_FIELDS, ID_FIELD, MODEL_FIELD, Task, chunk_columns, softmax
 
 Aggregation = Literal["none", "simple", "first", "average", "max"]
 
@@ -85,17 +85,12 @@ class EntitiesTask(Task):
     def finish(self, ctx: Any, outputs: list[WindowOutput]) -> dict[str, Any]:
         text = outputs[0].window.text
         ids, offsets, logits = merge_token_windows(outputs)
-        tokens = _Tokens(ctx, text, ids, offsets, _softmax(logits), self.aggregation)
+        tokens = _Tokens(ctx, text, ids, offsets, softmax(logits), self.aggregation)
         return {
             "entities": tokens.entities(self.aggregation, set(self.ignore_labels)),
             **chunk_columns(outputs),
             "model": ctx.uri,
         }
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return shifted / shifted.sum(axis=-1, keepdims=True)
 
 
 def _overlap(previous: np.ndarray, current: np.ndarray) -> int:

@@ -23,8 +23,8 @@ import pyarrow as pa
 
 from bertbeam.config import _check_choice
 from bertbeam.records import WindowOutput
-from bertbeam.tasks.base import Task, chunk_columns
-from bertbeam.tasks.classify import label_columns, label_schema, softmax
+from bertbeam.tasks.base import Task, chunk_columns, softmax
+from bertbeam.tasks.classify import label_columns, label_schema
 from bertbeam.tasks.embed import EmbedTask, Pooling
 
 ZeroShotChunkPooling = Literal["mean", "first"]
