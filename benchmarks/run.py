@@ -31,6 +31,7 @@ REPETITIONS = {"quick": 1, "full": 3}
 DEFAULT_CONTENDERS = ("gemm", "bertbeam", "mltransform", "st-encode", "arrival-loop", "sorted-loop")
 MAX_LENGTH = 256  # all-MiniLM-L6-v2's max_seq_length: every contender truncates there
 REPO = Path(__file__).resolve().parent.parent
+QUICK_BERTBEAM = "bertbeam@quick"  # the linearity entry: bertbeam on the quick-size corpus
 
 # The targets of issue 5: (numerator, denominator, at least).
 TARGETS = (
@@ -67,17 +68,20 @@ def token_lengths(corpus: Corpus, model_dir: str, max_length: int) -> tuple[list
     return [len(x) for x in ids], AutoConfig.from_pretrained(model_dir)
 
 
-def measure(names: list[str], job: Job, reps: int, *, timeout: float, log) -> dict[str, list[dict]]:
-    """``reps`` rounds over ``names``; each round starts one contender later (interleaving)."""
-    runs: dict[str, list[dict]] = {n: [] for n in names}
+def measure(entries: dict[str, tuple[str, Job]], reps: int, *, timeout: float,
+            log) -> dict[str, list[dict]]:
+    """``reps`` rounds over ``entries`` (label -> contender and its job); each round starts
+    one entry later, so slow spells of a shared machine fall on every entry alike."""
+    labels = list(entries)
+    runs: dict[str, list[dict]] = {label: [] for label in labels}
     for rep in range(reps):
-        order = names[rep % len(names):] + names[:rep % len(names)]
-        for name in order:
-            work = Path(job.work_dir) / f"{name}-{rep}"
+        for label in labels[rep % len(labels):] + labels[:rep % len(labels)]:
+            name, job = entries[label]
+            work = Path(job.work_dir) / f"{label}-{rep}"
             result = run_contender(name, replace(job, work_dir=str(work)), timeout=timeout)
-            runs[name].append(result)
+            runs[label].append(result)
             shown = result.get("error") or f"{result['seconds']:.1f} s, {result['peak_rss_mb']:.0f} MiB"
-            log(f"  [{rep + 1}/{reps}] {name}: {shown}")
+            log(f"  [{rep + 1}/{reps}] {label}: {shown}")
     return runs
 
 
@@ -136,11 +140,15 @@ def main(argv: list[str] | None = None) -> int:
         job = Job(corpus_glob=corpus.glob, model_dir=model_dir, threads=args.threads,
                   max_length=MAX_LENGTH, work_dir=str(Path(tmp) / "runs"))
         log(f"{mode}: {n_docs} docs, {sum(lengths)} tokens, {args.threads} threads, {reps} rep(s)")
-        runs = measure(names, job, reps, timeout=args.timeout, log=log)
+        entries = {name: (name, job) for name in names}
+        with_linearity = mode == "full" and "bertbeam" in names and not args.docs
+        if with_linearity:
+            # bertbeam on the quick-size prefix of the same corpus, in the same rotation.
+            small = write_corpus(Path(tmp) / "corpus-quick", SIZES["quick"])
+            entries[QUICK_BERTBEAM] = ("bertbeam", replace(job, corpus_glob=small.glob))
+        runs = measure(entries, reps, timeout=args.timeout, log=log)
         fidelity = int8_fidelity(job.work_dir, reps) if "bertbeam-int8" in names else None
-        linearity = None
-        if mode == "full" and "bertbeam" in names and not args.docs:
-            linearity = measure_linearity(runs["bertbeam"], job, tmp, reps, args.timeout, log)
+        linearity = linearity_figures(runs[QUICK_BERTBEAM], runs["bertbeam"]) if with_linearity else None
     flops = report.model_flops(lengths, config)
     gemm = [r for r in runs.get("gemm", []) if "error" not in r]
     peak = max(r["docs"] / r["seconds"] for r in gemm) if gemm else None
@@ -180,14 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def measure_linearity(full_runs: list[dict], job: Job, tmp: str, reps: int, timeout: float,
-                      log) -> dict:
+def linearity_figures(quick_runs: list[dict], full_runs: list[dict]) -> dict:
     """bertbeam at the quick size beside the full size: docs/s and peak RSS should match."""
-    small = write_corpus(Path(tmp) / "corpus-quick", SIZES["quick"])
-    log(f"linearity: bertbeam on {SIZES['quick']} docs")
-    quick_runs = measure(["bertbeam"], replace(job, corpus_glob=small.glob,
-                                               work_dir=str(Path(tmp) / "runs-quick")),
-                         reps, timeout=timeout, log=log)["bertbeam"]
     out = {}
     for label, runs in (("quick", quick_runs), ("full", full_runs)):
         ok = [r for r in runs if "error" not in r]

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import apache_beam as beam
+from apache_beam.transforms.window import GlobalWindows
+from apache_beam.utils.windowed_value import WindowedValue
 
 from bertbeam import metrics
 from bertbeam.config import ModelSpec
@@ -14,25 +16,44 @@ from bertbeam.tasks.base import Task, TaskInputError
 DEAD_LETTER = "dead_letter"
 
 
+class _MergeWindowsFn(beam.DoFn):
+    """Holds the windows of chunked documents until all of a document's windows are in."""
+
+    def start_bundle(self) -> None:
+        self._open: dict[str, list[WindowOutput]] = {}
+
+    def process(self, output: WindowOutput) -> Iterator[list[WindowOutput]]:
+        window = output.window
+        if window.n_windows == 1:
+            yield [output]
+            return
+        got = self._open.setdefault(window.doc_id, [])
+        got.append(output)
+        if len(got) == window.n_windows:
+            del self._open[window.doc_id]
+            yield sorted(got, key=lambda o: o.window.index)
+
+    def finish_bundle(self) -> Iterator[WindowedValue]:
+        # Not reached from Tokenize | BatchByTokens | RunModel, which emit every window of
+        # a document in the bundle that read it. A document cut short anyway still comes
+        # out (Postprocess dead-letters it: "k of n windows came back"), never vanishes.
+        open_docs, self._open = self._open, {}
+        for outputs in open_docs.values():
+            yield GlobalWindows.windowed_value(sorted(outputs, key=lambda o: o.window.index))
+
+
 class MergeWindows(beam.PTransform):
     """WindowOutput -> list[WindowOutput] per document, in window order.
 
-    Documents that fit in one window take a fast path with no shuffle; only windows of
-    chunked documents are grouped by document id.
+    Without a shuffle: all windows of a document come from one input element, so the fused
+    stage that tokenized it also runs them through the model in the same bundle. The windows
+    of chunked documents wait here until the last one arrives; memory holds only documents
+    whose windows straddle the batching buffer, and the local runner never has to
+    materialize the corpus's outputs between stages.
     """
 
     def expand(self, outputs: beam.PCollection) -> beam.PCollection:
-        single, multi = outputs | "SplitByWindowCount" >> beam.Partition(
-            lambda o, _: int(o.window.n_windows > 1), 2)
-        grouped = (
-            multi
-            | "KeyByDocument" >> beam.Map(lambda o: (o.window.doc_id, o))
-            | "GroupWindows" >> beam.GroupByKey()
-            | "OrderWindows" >> beam.MapTuple(
-                lambda _, outs: sorted(outs, key=lambda o: o.window.index))
-        )
-        alone = single | "AsList" >> beam.Map(lambda o: [o])
-        return (alone, grouped) | "Documents" >> beam.Flatten()
+        return outputs | "MergeWindows" >> beam.ParDo(_MergeWindowsFn())
 
 
 class _PostprocessFn(beam.DoFn):

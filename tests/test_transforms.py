@@ -8,7 +8,9 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import apache_beam as beam
+import numpy as np
 from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.portability import common_urns
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
@@ -25,6 +27,8 @@ from bertbeam import (
     Tokenize,
     TokenizeSpec,
 )
+from bertbeam.postprocess import MergeWindows, _MergeWindowsFn, _PostprocessFn
+from bertbeam.records import Window, WindowOutput
 from bertbeam.runners import resolve_runner
 from tests.conftest import SAMPLE_TEXTS
 
@@ -110,3 +114,47 @@ def test_a_failing_batch_is_bisected_down_to_the_bad_rows(tiny_model):
                         equal_to(sorted({f"t{i}" for i in range(len(texts))} - bad)), label="Good")
             assert_that(out["dead_letter"] | beam.Map(lambda r: (r["id"], r["reason"])),
                         equal_to([(b, reason) for b in sorted(bad)]), label="Bad")
+
+
+def _output(doc_id: str, index: int, n_windows: int) -> WindowOutput:
+    window = Window(doc_id=doc_id, index=index, n_windows=n_windows,
+                    input_ids=np.arange(3, dtype=np.int32), type_ids=None, offsets=None,
+                    sequence_ids=None)
+    return WindowOutput(window, {"x": np.float32([index])})
+
+
+def test_merge_windows_gathers_each_document_in_window_order():
+    arriving = [_output("a", 2, 3), _output("b", 0, 1), _output("c", 1, 2), _output("a", 0, 3),
+                _output("c", 0, 2), _output("a", 1, 3)]
+    with _pipeline() as p:
+        merged = (p | beam.Create(arriving) | MergeWindows()
+                  | beam.Map(lambda outs: (outs[0].window.doc_id, [o.window.index for o in outs])))
+        assert_that(merged, equal_to([("a", [0, 1, 2]), ("b", [0]), ("c", [0, 1])]))
+
+
+def test_a_document_cut_short_comes_out_of_merge_windows_and_is_dead_lettered(tiny_model):
+    """Windows missing at the end of a bundle (not produced by bertbeam's own stages, which
+    keep a document in one bundle) still reach Postprocess, which reports them."""
+    fn = _MergeWindowsFn()
+    fn.start_bundle()
+    assert list(fn.process(_output("a", 1, 2))) == []
+    left = [v.value for v in fn.finish_bundle()]
+    assert [[o.window.index for o in outs] for outs in left] == [[1]]
+    post = _PostprocessFn(ModelSpec(uri=tiny_model("bert", "base")), EmbedTask())
+    post.setup()
+    (dead,) = list(post.process(left[0]))
+    assert dead.tag == "dead_letter" and dead.value["reason"] == "model_error"
+    assert "1 of 2 windows" in dead.value["message"]
+
+
+def test_inference_path_has_no_shuffle():
+    """Read to write is one fused stage: no GroupByKey and no Flatten on the results path, so
+    the local runner streams instead of holding every output between stages."""
+    p = beam.Pipeline(runner=resolve_runner(PipelineOptions([])))
+    docs = p | beam.Create([Document("a", "text")])
+    _ = docs | "Infer" >> InferDocuments(EmbedTask())
+    transforms = p.to_runner_api().components.transforms.values()
+    urns = {t.unique_name: t.spec.urn for t in transforms if t.unique_name.startswith("Infer/")}
+    shuffles = [n for n, u in urns.items() if u in (common_urns.primitives.GROUP_BY_KEY.urn,
+                                                    common_urns.primitives.FLATTEN.urn)]
+    assert shuffles == ["Infer/DeadLetter"]
