@@ -41,8 +41,13 @@ class ModelSpec:
         device: ``auto`` picks CUDA when the worker has a GPU; resolved on the worker.
         dtype: ``auto`` is bfloat16 on GPUs that support it, float32 otherwise.
         quantize: ``int8`` applies dynamic int8 quantization on CPU.
-        num_threads: torch intra-op threads per worker process; ``None`` keeps torch's
-            default (all cores) and is right for one SDK process per machine.
+        num_threads: torch threads per worker process; ``None`` keeps torch's default (all
+            cores) and is right for one SDK process per machine.
+        cpu_streams: batches a CPU worker process runs at once, each on a thread of its own
+            with ``num_threads // cpu_streams`` intra-op threads. BERT's matrices are small
+            enough that one core per batch beats a team of threads on one batch (2-core
+            machine: about 1.3x float32, 1.4x int8). ``auto`` is ``min(num_threads, 4)``;
+            a GPU always runs one stream.
         allow_pickle_weights: accept ``.bin``/``.pt`` weights (pickle can run code).
         trust_remote_code: run model code shipped with the checkpoint.
         cache_dir: local directory for copies of remote models; ``None`` uses
@@ -54,6 +59,7 @@ class ModelSpec:
     dtype: DType = "auto"
     quantize: Quantize = "none"
     num_threads: int | None = None
+    cpu_streams: int | Literal["auto"] = "auto"
     allow_pickle_weights: bool = False
     trust_remote_code: bool = False
     cache_dir: str | None = None
@@ -65,6 +71,8 @@ class ModelSpec:
         _check_choice("dtype", self.dtype, DType)
         _check_choice("quantize", self.quantize, Quantize)
         _check_positive("num_threads", self.num_threads, allow_none=True)
+        if self.cpu_streams != "auto":
+            _check_positive("cpu_streams", self.cpu_streams)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import pickle
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import apache_beam as beam
@@ -115,8 +117,9 @@ def _is_oom(exc: BaseException) -> bool:
 
 
 class _RunModelFn(beam.DoFn):
-    """Keeps one batch in flight: kernels of batch i run (asynchronously on a GPU) while the
-    stages upstream tokenize and batch i+1; outputs are fetched one call later."""
+    """Keeps batches in flight: on a GPU one, whose kernels run asynchronously while the
+    stages upstream tokenize and batch the next; on a CPU ``streams`` of them, each on a
+    thread of its own. Outputs leave in batch order, once the batch behind them is launched."""
 
     def __init__(self, spec: ModelSpec, task: Task):
         self._spec = spec
@@ -127,22 +130,44 @@ class _RunModelFn(beam.DoFn):
         pad = self._loaded.tokenizer.pad_token_id
         self._pad_id = 0 if pad is None else int(pad)
         self._max_tokens: int | None = None  # learned from CUDA out-of-memory errors
-        self._pending: list[tuple[list[Window], Any]] = []
+        self._pending: deque[Any] = deque()
+        self._pool: ThreadPoolExecutor | None = None
+        if self._loaded.streams > 1:
+            import torch
+
+            # torch's thread count is per thread: each stream's thread takes its share.
+            self._pool = ThreadPoolExecutor(
+                self._loaded.streams, thread_name_prefix="bertbeam-model",
+                initializer=torch.set_num_threads, initargs=(torch.get_num_threads(),))
 
     def start_bundle(self) -> None:
-        self._pending = []
+        self._pending = deque()
 
     def process(self, batch: Batch) -> Iterator[WindowOutput]:
-        launched = self._launch_safely(batch.windows, batch.padded_length)
-        ready, self._pending = self._pending, launched
-        for windows, outputs in ready:
-            yield from self._fetch(windows, outputs)
+        if self._pool is None:
+            self._pending.append(self._launch_safely(batch.windows, batch.padded_length))
+        else:
+            self._pending.append(
+                self._pool.submit(self._launch_safely, batch.windows, batch.padded_length))
+        while len(self._pending) > (self._loaded.streams if self._pool else 1):
+            yield from self._fetch_oldest()
 
     def finish_bundle(self) -> Iterator[Any]:
-        ready, self._pending = self._pending, []
-        for windows, outputs in ready:
-            for out in self._fetch(windows, outputs):
+        while self._pending:
+            for out in self._fetch_oldest():
                 yield GlobalWindows.windowed_value(out)
+
+    def teardown(self) -> None:
+        if getattr(self, "_pool", None) is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    def _fetch_oldest(self) -> Iterator[WindowOutput]:
+        launched = self._pending.popleft()
+        if isinstance(launched, Future):
+            launched = launched.result()
+        for windows, outputs in launched:
+            yield from self._fetch(windows, outputs)
 
     def _launch(self, windows: list[Window], padded_length: int) -> Any:
         return forward_batch(self._loaded, self._task, windows, padded_length, self._pad_id)

@@ -194,6 +194,7 @@ class LoadedModel(ModelContext):
     model: Any
     device: Any
     dtype: Any
+    streams: int = 1  # batches run at once (threads of RunModel); 1 on a GPU
 
 
 def load_context(spec: ModelSpec) -> ModelContext:
@@ -213,6 +214,17 @@ def resolve_device(requested: str) -> Any:
     if requested == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device 'cuda' was requested but this worker sees no CUDA device.")
     return torch.device(requested)
+
+
+MAX_AUTO_CPU_STREAMS = 4
+
+
+def resolve_cpu_streams(requested: int | str, threads: int) -> int:
+    """Concurrent CPU batches: ``auto`` gives each of up to ``MAX_AUTO_CPU_STREAMS`` batches
+    its own share of the ``threads``; a number is kept."""
+    if requested == "auto":
+        return max(1, min(threads, MAX_AUTO_CPU_STREAMS))
+    return int(requested)
 
 
 def resolve_dtype(requested: str, device: Any) -> Any:
@@ -245,9 +257,14 @@ def load_model(spec: ModelSpec, model_class: str) -> LoadedModel:
     transformers.utils.logging.disable_progress_bar()
     local_dir = resolve_model_dir(spec.uri, spec.cache_dir)
     check_weights(local_dir, spec.uri, allow_pickle_weights=spec.allow_pickle_weights)
-    if spec.num_threads:
-        torch.set_num_threads(spec.num_threads)
     device = resolve_device(spec.device)
+    streams = 1
+    if device.type == "cpu":
+        threads = spec.num_threads or torch.get_num_threads()
+        streams = resolve_cpu_streams(spec.cpu_streams, threads)
+        torch.set_num_threads(max(1, threads // streams))
+    elif spec.num_threads:
+        torch.set_num_threads(spec.num_threads)
     dtype = resolve_dtype(spec.dtype, device)
     tokenizer = load_tokenizer(local_dir, spec)
     cls = getattr(transformers, model_class)
@@ -276,8 +293,9 @@ def load_model(spec: ModelSpec, model_class: str) -> LoadedModel:
             raise ValueError(f"quantize='int8' runs on CPU only, but the device is {device.type!r}.")
         model = quantize_int8(model)
     model.to(device)
-    _LOG.info("Loaded %s as %s on %s (%s)", spec.uri, model_class, device, dtype)
-    return LoadedModel(spec.uri, local_dir, tokenizer, model.config, model, device, dtype)
+    _LOG.info("Loaded %s as %s on %s (%s, %d stream(s) of %d thread(s))", spec.uri, model_class,
+              device, dtype, streams, torch.get_num_threads())
+    return LoadedModel(spec.uri, local_dir, tokenizer, model.config, model, device, dtype, streams)
 
 
 _HEADS = {

@@ -47,11 +47,23 @@ def add_common_args(parser: argparse.ArgumentParser, *, long_docs_default: str =
     parser.add_argument("--quantize", choices=["none", "int8"], default="none")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads per worker process (default: cores / local workers)")
+    parser.add_argument("--cpu-streams", type=_streams, default="auto",
+                        help="CPU batches run at once per worker process, each on its share of "
+                             "--threads (default: auto = min(threads, 4))")
     parser.add_argument("--model-cache-dir", default=None, help="local cache for remote models")
     parser.add_argument("--allow-pickle-weights", action="store_true",
                         help="accept .bin/.pt weights (pickle can run code)")
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="run model code shipped with the checkpoint")
+
+
+def _streams(value: str) -> int | str:
+    if value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {value!r}") from None
 
 
 def beam_options(beam_args: list[str]) -> PipelineOptions:
@@ -78,7 +90,7 @@ def run_spec(args: argparse.Namespace, options: PipelineOptions) -> RunSpec:
     return RunSpec(
         model=ModelSpec(
             uri=args.model, device=args.device, dtype=args.dtype, quantize=args.quantize,
-            num_threads=args.threads or torch_threads(options),
+            num_threads=args.threads or torch_threads(options), cpu_streams=args.cpu_streams,
             allow_pickle_weights=args.allow_pickle_weights,
             trust_remote_code=args.trust_remote_code, cache_dir=args.model_cache_dir),
         tokenize=TokenizeSpec(max_length=args.max_length, long_docs=args.long_docs,

@@ -34,12 +34,14 @@ def reference(corpus, embedded_model_dir):
     return dict(zip(texts, vectors, strict=True))
 
 
-@pytest.mark.parametrize("budget", ["64", "1024", "65536"])
-def test_embeddings_match_sentence_transformers(tmp_path, corpus, reference, budget):
+@pytest.mark.parametrize(("budget", "streams"), [("64", "3"), ("1024", "1"), ("65536", "auto")])
+def test_embeddings_match_sentence_transformers(tmp_path, corpus, reference, budget, streams):
     """Every row's cosine to sentence-transformers' normalized embedding is >= 0.9999, for token
-    budgets that make one-window batches up to one batch for the whole corpus."""
+    budgets that make one-window batches up to one batch for the whole corpus, and for one or
+    several CPU streams (batches running at once, finishing out of order)."""
     path, texts = corpus
-    assert run_cli("embed", "--input", path, "--output", tmp_path, "--token-budget", budget) == 0
+    assert run_cli("embed", "--input", path, "--output", tmp_path, "--token-budget", budget,
+                   "--cpu-streams", streams) == 0
     rows = read_output(tmp_path)
     assert sorted(r["id"] for r in rows) == sorted(texts)
     for row in rows:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from bertbeam.config import ModelSpec
 from bertbeam.models import ModelLoadError, check_weights, resolve_model_dir
 
 
@@ -88,3 +89,23 @@ def test_checkpoint_without_the_task_head_is_refused(tiny_model):
         check_task_fit(config, "AutoModelForSequenceClassification", "tiny")
     check_task_fit(AutoConfig.from_pretrained(tiny_model("bert", "classify")),
                    "AutoModelForSequenceClassification", "tiny")
+
+
+def test_cpu_streams_share_out_the_threads(tiny_model):
+    import torch
+
+    from bertbeam.models import load_model, resolve_cpu_streams
+
+    assert [resolve_cpu_streams("auto", n) for n in (1, 2, 16)] == [1, 2, 4]
+    assert resolve_cpu_streams(3, 2) == 3
+    with pytest.raises(ValueError, match="cpu_streams"):
+        ModelSpec(cpu_streams=0)
+    before = torch.get_num_threads()
+    try:
+        for streams, expected in (("auto", (2, 1)), (1, (1, 2))):
+            spec = ModelSpec(uri=tiny_model("bert", "base"), device="cpu", num_threads=2,
+                             cpu_streams=streams)
+            loaded = load_model(spec, "AutoModel")
+            assert (loaded.streams, torch.get_num_threads()) == expected
+    finally:
+        torch.set_num_threads(before)
