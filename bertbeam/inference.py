@@ -17,6 +17,7 @@ from apache_beam.utils import shared
 
 from bertbeam import metrics
 from bertbeam.config import ModelSpec
+from bertbeam.memory import HeapTrimmer
 from bertbeam.records import Batch, Window, WindowOutput
 from bertbeam.tasks.base import Task
 
@@ -132,6 +133,8 @@ class _RunModelFn(beam.DoFn):
         self._max_tokens: int | None = None  # learned from CUDA out-of-memory errors
         self._pending: deque[Any] = deque()
         self._pool: ThreadPoolExecutor | None = None
+        cpu = self._loaded.device.type == "cpu"
+        self._trimmer = HeapTrimmer() if cpu else None
         if self._loaded.streams > 1:
             import torch
 
@@ -168,6 +171,8 @@ class _RunModelFn(beam.DoFn):
             launched = launched.result()
         for windows, outputs in launched:
             yield from self._fetch(windows, outputs)
+        if self._trimmer is not None:
+            self._trimmer.maybe_trim()
 
     def _launch(self, windows: list[Window], padded_length: int) -> Any:
         return forward_batch(self._loaded, self._task, windows, padded_length, self._pad_id)

@@ -291,7 +291,7 @@ def load_model(spec: ModelSpec, model_class: str) -> LoadedModel:
 
         if device.type != "cpu":
             raise ValueError(f"quantize='int8' runs on CPU only, but the device is {device.type!r}.")
-        model = quantize_int8(model)
+        model = quantize_int8(model, inplace=True)
     model.to(device)
     _LOG.info("Loaded %s as %s on %s (%s, %d stream(s) of %d thread(s))", spec.uri, model_class,
               device, dtype, streams, torch.get_num_threads())

@@ -66,10 +66,11 @@ def select_engine() -> str:
     return engine
 
 
-def quantize_int8(model: Any) -> Any:
+def quantize_int8(model: Any, *, inplace: bool = False) -> Any:
     """Returns ``model`` (float32, on the CPU, in eval mode) with the linear layers of its
     transformer blocks dynamically quantized to int8: per-channel weights, 8-bit
-    activations; heads stay float32.
+    activations; heads stay float32. ``inplace`` converts ``model`` itself instead of a copy
+    (a worker's loader, which keeps only the result, saves the copy's memory).
 
     Example::
 
@@ -86,4 +87,4 @@ def quantize_int8(model: Any) -> Any:
             "(encoder.layer.N / transformer.layer.N) to quantize.")
     spec = dict.fromkeys(names, per_channel_dynamic_qconfig)
     return quantize_dynamic(model, spec, dtype=torch.qint8,
-                            mapping={torch.nn.Linear: _full_range_linear()})
+                            mapping={torch.nn.Linear: _full_range_linear()}, inplace=inplace)
