@@ -51,10 +51,17 @@ def _build_tokenizer(arch: str, directory: Path):
                                 merges=str(directory / "merges.txt"))
     from transformers import BertTokenizer, DistilBertTokenizer
 
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     wp = BertWordPieceTokenizer(lowercase=True)
     wp.train_from_iterator(_training_texts(), vocab_size=VOCAB_SIZE, min_frequency=2,
-                           special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
+                           special_tokens=specials)
     wp.save_model(str(directory))
+    # The trainer picks the same tokens every time but numbers them in hash-map order, which
+    # changes from process to process: number them in sorted order, so that the seeded
+    # models (and every test that depends on their outputs) are the same in every session.
+    vocab = directory / "vocab.txt"
+    learned = sorted(set(vocab.read_text(encoding="utf-8").splitlines()) - set(specials))
+    vocab.write_text("\n".join(specials + learned) + "\n", encoding="utf-8")
     cls = DistilBertTokenizer if arch == "distilbert" else BertTokenizer
     return cls(vocab=str(directory / "vocab.txt"))
 
