@@ -47,7 +47,7 @@ class ModelSpec:
             with ``num_threads // cpu_streams`` intra-op threads. BERT's matrices are small
             enough that one core per batch beats a team of threads on one batch (2-core
             machine: about 1.3x float32, 1.4x int8). ``auto`` is ``min(num_threads, 4)``;
-            a GPU always runs one stream.
+            a GPU, and ``BertModelHandler``, always run one stream.
         allow_pickle_weights: accept ``.bin``/``.pt`` weights (pickle can run code).
         trust_remote_code: run model code shipped with the checkpoint.
         cache_dir: local directory for copies of remote models; ``None`` uses

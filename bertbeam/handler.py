@@ -97,7 +97,8 @@ class BertModelHandler(ModelHandler[Example, PredictionResult, _LoadedHandlerMod
         from bertbeam.models import check_task_fit, load_model
         from bertbeam.tokenization import window_encoder
 
-        loaded = load_model(self._model, self._task.model_class)
+        # The handler runs its batches one after another: all of the threads go to each one.
+        loaded = load_model(dataclasses.replace(self._model, cpu_streams=1), self._task.model_class)
         check_task_fit(loaded.config, self._task.model_class, self._model.uri)
         encode = window_encoder(self._model, self._tokenize, keep_text=self._task.needs_text,
                                 offsets=self._task.needs_offsets)

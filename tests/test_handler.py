@@ -175,3 +175,17 @@ def test_model_handler_contract():
         BertModelHandler(EmbedTask(), max_batch_size=0)
     with pytest.raises(ValueError, match=r"min_batch_size \(8\) must not exceed max_batch_size \(4\)"):
         BertModelHandler(EmbedTask(), min_batch_size=8, max_batch_size=4)
+
+
+def test_handler_gives_its_one_batch_at_a_time_all_the_threads(tiny_model):
+    """RunModel splits the threads among CPU streams; the handler runs no streams, so its
+    batches must keep every thread asked for."""
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        spec = ModelSpec(uri=tiny_model("bert", "base"), device="cpu", num_threads=2)
+        loaded = BertModelHandler(EmbedTask(), model=spec).load_model()
+        assert (loaded.loaded.streams, torch.get_num_threads()) == (1, 2)
+    finally:
+        torch.set_num_threads(before)
