@@ -16,6 +16,10 @@ from bertbeam.tasks.base import Task, TaskInputError
 DEAD_LETTER = "dead_letter"
 
 
+def _in_window_order(outputs: list[WindowOutput]) -> list[WindowOutput]:
+    return sorted(outputs, key=lambda o: o.window.index)
+
+
 class _MergeWindowsFn(beam.DoFn):
     """Holds the windows of chunked documents until all of a document's windows are in."""
 
@@ -31,7 +35,7 @@ class _MergeWindowsFn(beam.DoFn):
         got.append(output)
         if len(got) == window.n_windows:
             del self._open[window.doc_id]
-            yield sorted(got, key=lambda o: o.window.index)
+            yield _in_window_order(got)
 
     def finish_bundle(self) -> Iterator[WindowedValue]:
         # Not reached from Tokenize | BatchByTokens | RunModel, which emit every window of
@@ -39,7 +43,7 @@ class _MergeWindowsFn(beam.DoFn):
         # out (Postprocess dead-letters it: "k of n windows came back"), never vanishes.
         open_docs, self._open = self._open, {}
         for outputs in open_docs.values():
-            yield GlobalWindows.windowed_value(sorted(outputs, key=lambda o: o.window.index))
+            yield GlobalWindows.windowed_value(_in_window_order(outputs))
 
 
 class MergeWindows(beam.PTransform):
