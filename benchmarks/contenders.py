@@ -58,7 +58,7 @@ class Outcome:
 def _texts(job: Job) -> list[str]:
     import pyarrow.parquet as pq
 
-    from bertbeam.io import expand_glob
+    from bertbeam.filesystems import expand_glob
 
     return [t for f in expand_glob(job.corpus_glob) for t in pq.read_table(f, columns=["text"])
             .column("text").to_pylist()]
@@ -88,8 +88,8 @@ def _sync(job: Job) -> None:
 
 
 def _bertbeam(job: Job, extra: list[str]) -> Outcome:
-    from pipelines.common import execute
-    from pipelines.embed import make_job
+    from bertbeam.jobs.common import execute
+    from bertbeam.jobs.embed import make_job
 
     argv = ["--input", job.corpus_glob, "--output", str(Path(job.work_dir) / "out"),
             "--model", job.model_dir, "--threads", str(job.threads),

@@ -89,7 +89,7 @@ def int8_fidelity(work_dir: str, reps: int) -> dict | None:
     """Cosine of bertbeam's int8 embeddings to its fp32 ones, document by document."""
     import numpy as np
 
-    from bertbeam.io import read_table
+    from bertbeam.writing import read_table
 
     fp32 = Path(work_dir) / f"bertbeam-{reps - 1}" / "out"
     int8 = Path(work_dir) / f"bertbeam-int8-{reps - 1}" / "out"

@@ -5,13 +5,24 @@ Importing bertbeam does not import torch; models load on workers.
 
 from bertbeam.batching import BatchByTokens
 from bertbeam.config import EMBEDDED_MODEL, BatchSpec, ModelSpec, RunSpec, TokenizeSpec
+from bertbeam.deadletter import (
+    DEAD_LETTER,
+    DEAD_LETTER_SCHEMA,
+    REASONS,
+    DeadLetter,
+    DeadLetterError,
+    Reason,
+    Stage,
+)
+from bertbeam.engine import Engine, EngineSpec
 from bertbeam.gcs import configure_emulator as _configure_emulator
 from bertbeam.inference import RunModel
-from bertbeam.io import Columns, ReadDocuments, WriteResults
+from bertbeam.models import ModelLoadError
 from bertbeam.postprocess import MergeWindows, Postprocess
+from bertbeam.reading import Columns, InputError, ReadDocuments
 from bertbeam.records import Batch, Document, Window, WindowOutput
 from bertbeam.tasks import TASKS, make_task
-from bertbeam.tasks.base import Task
+from bertbeam.tasks.base import Task, TaskInputError
 from bertbeam.tasks.classify import ClassifyTask
 from bertbeam.tasks.embed import EmbedTask
 from bertbeam.tasks.entities import EntitiesTask
@@ -20,14 +31,29 @@ from bertbeam.tasks.qa import QATask
 from bertbeam.tasks.zero_shot import ZeroShotTask
 from bertbeam.tokenization import Tokenize
 from bertbeam.transforms import EmbedDocuments, InferDocuments, LabelDocuments
+from bertbeam.validation import ValidateDocuments
+from bertbeam.writing import WriteResults
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
+
+
+def __getattr__(name: str) -> object:
+    # Beam's ml.inference package imports torch: the handler loads on first use only.
+    if name == "BertModelHandler":
+        from bertbeam.handler import BertModelHandler
+
+        return BertModelHandler
+    raise AttributeError(f"module 'bertbeam' has no attribute {name!r}")
+
 
 # Before any gs:// URL is opened, in the launcher and in every worker (see bertbeam/gcs.py).
 _configure_emulator()
 
 __all__ = [
+    "DEAD_LETTER",
+    "DEAD_LETTER_SCHEMA",
     "EMBEDDED_MODEL",
+    "REASONS",
     "TASKS",
     "Batch",
     "BatchByTokens",
@@ -35,26 +61,37 @@ __all__ = [
     "BertModelHandler",
     "ClassifyTask",
     "Columns",
+    "DeadLetter",
+    "DeadLetterError",
     "Document",
     "EmbedDocuments",
     "EmbedTask",
+    "Engine",
+    "EngineSpec",
     "EntitiesTask",
     "FillMaskTask",
     "InferDocuments",
+    "InputError",
     "LabelDocuments",
     "MergeWindows",
+    "ModelLoadError",
     "ModelSpec",
     "Postprocess",
     "QATask",
     "ReadDocuments",
+    "Reason",
     "RunModel",
     "RunSpec",
+    "Stage",
     "Task",
+    "TaskInputError",
     "Tokenize",
     "TokenizeSpec",
+    "ValidateDocuments",
     "Window",
     "WindowOutput",
     "WriteResults",
     "ZeroShotTask",
+    "__version__",
     "make_task",
 ]

@@ -11,21 +11,8 @@ import numpy as np
 from bertbeam import metrics
 from bertbeam.buffering import BufferedDoFn
 from bertbeam.config import BatchSpec
+from bertbeam.engine import GPU_PAD_MULTIPLE, Engine, EngineSpec
 from bertbeam.records import Batch, Window
-
-GPU_PAD_MULTIPLE = 8
-
-
-def resolve_pad_multiple(pad_multiple: int | str, device: str) -> int:
-    """The rounding for ``BatchSpec.pad_multiple`` on this worker: ``auto`` is 8 where the
-    model will run on a GPU and 1 on CPU; an explicit number is kept."""
-    if pad_multiple != "auto":
-        return int(pad_multiple)
-    if device == "cpu":
-        return 1
-    import torch
-
-    return GPU_PAD_MULTIPLE if torch.cuda.is_available() else 1
 
 
 def padded_length(length: int, multiple: int) -> int:
@@ -66,21 +53,27 @@ def cut_batches(windows: list[Window], spec: BatchSpec) -> list[Batch]:
     return batches
 
 
+def device_batch_spec(spec: BatchSpec, engine: Engine | None) -> BatchSpec:
+    """``spec`` with ``pad_multiple`` resolved for the engine's device (kept without one)."""
+    if engine is None:
+        return spec
+    return replace(spec, pad_multiple=engine.pad_multiple(spec.pad_multiple))
+
+
 class _BatchByTokensFn(BufferedDoFn):
     """Holds ``spec.buffer_size`` windows, then cuts them into length-sorted batches."""
 
-    def __init__(self, spec: BatchSpec, device: str):
+    def __init__(self, spec: BatchSpec, engine: EngineSpec | None):
         super().__init__(spec.buffer_size)
         self._spec = spec
-        self._device = device
+        self._engine_spec = engine
 
     def setup(self) -> None:
-        # Decided here, on the worker, where it is known whether the model gets a GPU.
-        multiple = resolve_pad_multiple(self._spec.pad_multiple, self._device)
-        self._spec = replace(self._spec, pad_multiple=multiple)
+        # The padding depends on the device, which the engine decides on this worker.
+        self._engine = Engine.acquire(self._engine_spec) if self._engine_spec else None
 
     def flush(self, windows: list[Window]) -> Iterator[Batch]:
-        for batch in cut_batches(windows, self._spec):
+        for batch in cut_batches(windows, device_batch_spec(self._spec, self._engine)):
             metrics.inc(metrics.BATCHES)
             metrics.inc(metrics.REAL_TOKENS, batch.real_tokens)
             metrics.inc(metrics.PADDED_TOKENS, batch.padded_tokens)
@@ -92,15 +85,19 @@ class BatchByTokens(beam.PTransform):
     batches whose padded size (windows x longest, rounded up to ``pad_multiple``) stays
     within ``token_budget``.
 
+    With ``engine`` (what ``InferDocuments`` passes), ``pad_multiple='auto'`` follows the
+    device the engine runs on; without, ``auto`` pads to multiples of 8.
+
     Example::
 
         batches = windows | BatchByTokens(BatchSpec(token_budget=16384))
     """
 
-    def __init__(self, spec: BatchSpec | None = None, *, device: str = "auto"):
+    def __init__(self, spec: BatchSpec | None = None, *, engine: EngineSpec | None = None):
         super().__init__()
         self._spec = spec or BatchSpec()
-        self._device = device
+        self._engine = engine
 
-    def expand(self, windows: beam.PCollection) -> beam.PCollection:
-        return windows | "BatchByTokens" >> beam.ParDo(_BatchByTokensFn(self._spec, self._device))
+    def expand(self, windows: beam.PCollection[Window]) -> beam.PCollection[Batch]:
+        return windows | "BatchByTokens" >> beam.ParDo(
+            _BatchByTokensFn(self._spec, self._engine)).with_output_types(Batch)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import sys
 
 _USAGE = """usage: bertbeam COMMAND [options]
@@ -11,7 +12,17 @@ commands:
   label          label a Parquet corpus with a task (bertbeam label --help)
   demo-corpus    write a demo corpus: bertbeam demo-corpus DIR [--files N] [--limit N]
   check-gpu      fail fast when workers see no GPU (bertbeam check-gpu --help)
+
+options:
+  --version      print bertbeam's version
 """
+
+_COMMANDS = {
+    "embed": "bertbeam.jobs.embed:run",
+    "label": "bertbeam.jobs.label:run",
+    "check-gpu": "bertbeam.jobs.check_gpu:run",
+    "demo-corpus": "bertbeam.cli:_demo_corpus",
+}
 
 
 def _demo_corpus(argv: list[str]) -> int:
@@ -19,10 +30,11 @@ def _demo_corpus(argv: list[str]) -> int:
 
     from bertbeam.demo import write_demo_corpus
 
-    p = argparse.ArgumentParser(prog="bertbeam demo-corpus",
+    p = argparse.ArgumentParser(prog="bertbeam demo-corpus", allow_abbrev=False,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                 description="Write a Parquet corpus made from Python's own docs.")
     p.add_argument("directory")
-    p.add_argument("--files", type=int, default=2)
+    p.add_argument("--files", type=int, default=2, help="Parquet files to write")
     p.add_argument("--limit", type=int, default=None, help="at most this many documents")
     args = p.parse_args(argv)
     paths = write_demo_corpus(args.directory, files=args.files, limit=args.limit)
@@ -35,23 +47,22 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(_USAGE)
         return 0 if argv else 2
+    if argv[0] == "--version":
+        from bertbeam import __version__
+
+        print(f"bertbeam {__version__}")
+        return 0
     command, rest = argv[0], argv[1:]
-    if command == "embed":
-        from pipelines.embed import run
+    target = _COMMANDS.get(command)
+    if target is None:
+        close = difflib.get_close_matches(command, list(_COMMANDS), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        print(f"bertbeam: unknown command {command!r}.{hint}\n\n{_USAGE}", file=sys.stderr)
+        return 2
+    from importlib import import_module
 
-        return run(rest)
-    if command == "label":
-        from pipelines.label import run
-
-        return run(rest)
-    if command == "check-gpu":
-        from pipelines.check_gpu import run
-
-        return run(rest)
-    if command == "demo-corpus":
-        return _demo_corpus(rest)
-    print(f"bertbeam: unknown command {command!r}\n\n{_USAGE}", file=sys.stderr)
-    return 2
+    module, name = target.split(":")
+    return getattr(import_module(module), name)(rest)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 """BertModelHandler: any bertbeam task as a Beam ``ModelHandler``, for ``RunInference`` users.
 
-The handler reuses the pipeline's pieces: the same tokenizer windows (long texts are chunked
-with a stride), the same length-sorted, token-budgeted batches, the task's own ``forward``
-and ``finish``. So a prediction holds exactly the columns ``bertbeam embed`` / ``bertbeam
-label`` write for that task (without ``id``).
+A thin adapter over the worker's engine (``bertbeam.engine``): the same validation, windows
+(long texts are chunked with a stride), length-sorted token-budgeted batches, model outputs
+and post-processing as ``bertbeam embed`` / ``bertbeam label``, so a prediction holds exactly
+the columns those commands write for the task (without ``id``).
 """
 
 from __future__ import annotations
@@ -15,43 +15,50 @@ from typing import Any
 
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from bertbeam.batching import cut_batches
-from bertbeam.config import BatchSpec, ModelSpec, TokenizeSpec
+from bertbeam.batching import cut_batches, device_batch_spec
+from bertbeam.config import RunSpec
+from bertbeam.deadletter import DeadLetter, DeadLetterError, Reason
+from bertbeam.engine import Engine
 from bertbeam.records import Document, WindowOutput
 from bertbeam.tasks.base import Task
+from bertbeam.tokenization import engine_spec
+from bertbeam.validation import check_document
 
 Example = str | tuple[str, str]
 """A text, or a (question, context) pair for pair tasks."""
 
 
-class _LoadedHandlerModel:
-    """What ``load_model`` returns: RunInference keeps it in ``shared.Shared``, which needs a
-    weak-referenceable object, not a tuple."""
-
-    def __init__(self, loaded: Any, encode: Any):
-        self.loaded = loaded
-        self.encode = encode
-        pad = loaded.tokenizer.pad_token_id
-        self.pad_id = 0 if pad is None else int(pad)
+def raise_dead_letter(result: PredictionResult) -> PredictionResult:
+    """RunInference post-processing: raises :class:`DeadLetterError` for an example that
+    failed, so ``with_exception_handling()`` reports it on its own (``failed_postprocessing``)."""
+    if isinstance(result.inference, DeadLetter):
+        raise DeadLetterError(result.inference)
+    return result
 
 
-class BertModelHandler(ModelHandler[Example, PredictionResult, _LoadedHandlerModel]):
+class BertModelHandler(ModelHandler[Example, PredictionResult, Engine]):
     """A ``ModelHandler`` running a bertbeam task: ``str`` (or ``(question, context)`` for
     pair tasks) -> ``PredictionResult(example, inference=<the task's result dict>)``.
 
-    The model loads on the worker (``load_model``), once per process, on the device and with
-    the dtype that ``model`` resolves there. Each RunInference batch is tokenized in one call,
-    long texts become overlapping windows (``tokenize``), and the windows run in length-sorted
-    batches within ``batch.token_budget`` padded tokens under ``torch.inference_mode``.
+    The engine loads on the worker (``load_model``), once per process, on the device and
+    with the dtype resolved there. Each RunInference batch is tokenized in one call, long
+    texts become overlapping windows, and the windows run in length-sorted batches within
+    ``run.batch.token_budget`` padded tokens under ``torch.inference_mode``.
+
+    Failures are per example, never per batch: an example that is not a string, is empty,
+    or fails in the tokenizer, the model (a failing batch is bisected) or post-processing
+    raises :class:`~bertbeam.deadletter.DeadLetterError` in RunInference's post-processing
+    step, so ``RunInference(handler).with_exception_handling()`` puts exactly that example in
+    ``failed_postprocessing[0]`` with its dead-letter reason. ``inline_errors=True`` returns
+    the :class:`~bertbeam.deadletter.DeadLetter` as the example's ``inference`` instead (for
+    ``KeyedModelHandler``, which takes no handler with post-processing of its own).
 
     Args:
         task: the task, e.g. ``EmbedTask()``, ``ClassifyTask(top_k=3)``, ``ZeroShotTask(...)``.
-        model: which checkpoint and how to run it; defaults to the embedded all-MiniLM-L6-v2.
-        tokenize: window length, chunking and stride, as in the pipelines.
-        batch: how a RunInference batch is cut into model batches (token budget, padding).
-        min_batch_size: fewest examples per RunInference batch.
-        max_batch_size: most examples per RunInference batch.
-        max_batch_duration_secs: longest a streaming batch waits to fill.
+        run: model, tokenize and batch options, as for ``InferDocuments``.
+        min_batch_size, max_batch_size, max_batch_duration_secs: RunInference's batching.
+        large_model, model_copies: RunInference's model sharing across processes.
+        inline_errors: return dead letters as inferences instead of raising them.
 
     Example::
 
@@ -65,20 +72,15 @@ class BertModelHandler(ModelHandler[Example, PredictionResult, _LoadedHandlerMod
         self,
         task: Task,
         *,
-        model: ModelSpec | None = None,
-        tokenize: TokenizeSpec | None = None,
-        batch: BatchSpec | None = None,
+        run: RunSpec | None = None,
         min_batch_size: int = 1,
         max_batch_size: int = 64,
         max_batch_duration_secs: int | None = None,
+        large_model: bool = False,
+        model_copies: int | None = None,
+        inline_errors: bool = False,
     ):
-        if not isinstance(task, Task):
-            raise TypeError(f"task must be a bertbeam Task such as EmbedTask(), got "
-                            f"{type(task).__name__}: {task!r}.")
-        for name, value, kind in (("model", model, ModelSpec), ("tokenize", tokenize, TokenizeSpec),
-                                  ("batch", batch, BatchSpec)):
-            if value is not None and not isinstance(value, kind):
-                raise TypeError(f"{name} must be a {kind.__name__} or None, got {type(value).__name__}.")
+        spec = engine_spec(task, run)
         for name, value in (("min_batch_size", min_batch_size), ("max_batch_size", max_batch_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")
@@ -86,70 +88,74 @@ class BertModelHandler(ModelHandler[Example, PredictionResult, _LoadedHandlerMod
             raise ValueError(f"min_batch_size ({min_batch_size}) must not exceed "
                              f"max_batch_size ({max_batch_size}).")
         super().__init__(min_batch_size=min_batch_size, max_batch_size=max_batch_size,
-                         max_batch_duration_secs=max_batch_duration_secs)
-        self._task = task
-        self._model = model or ModelSpec()
-        self._tokenize = tokenize or TokenizeSpec()
-        self._batch = batch or BatchSpec()
-
-    def load_model(self) -> _LoadedHandlerModel:
-        """Loads tokenizer and model on this worker, on the device resolved here."""
-        from bertbeam.models import check_task_fit, load_model
-        from bertbeam.tokenization import window_encoder
-
+                         max_batch_duration_secs=max_batch_duration_secs,
+                         large_model=large_model, model_copies=model_copies)
         # The handler runs its batches one after another: all of the threads go to each one.
-        loaded = load_model(dataclasses.replace(self._model, cpu_streams=1), self._task.model_class)
-        check_task_fit(loaded.config, self._task.model_class, self._model.uri)
-        encode = window_encoder(self._model, self._tokenize, keep_text=self._task.needs_text,
-                                offsets=self._task.needs_offsets)
-        return _LoadedHandlerModel(loaded, encode)
+        self._spec = dataclasses.replace(
+            spec, model=dataclasses.replace(spec.model, cpu_streams=1))
+        self._batch = (run or RunSpec()).batch
+        self._inline_errors = inline_errors
+
+    @property
+    def task(self) -> Task:
+        return self._spec.task
+
+    def load_model(self) -> Engine:
+        """The worker's engine: tokenizer and model, on the device resolved here."""
+        from bertbeam.models import check_task_fit
+
+        engine = Engine.acquire(self._spec)
+        check_task_fit(engine.config, self.task.model_class, engine.uri)
+        return engine
 
     def run_inference(
         self,
         batch: Sequence[Example],
-        model: _LoadedHandlerModel,
+        model: Engine,
         inference_args: dict[str, Any] | None = None,
     ) -> Iterable[PredictionResult]:
-        """Runs the task on a batch of examples; one PredictionResult per example, in order.
-
-        Raises:
-            TypeError: an example is not a ``str`` (or a pair of ``str`` for pair tasks).
-            RuntimeError: the model produced NaN/infinite values for an example.
-        """
-        from bertbeam.inference import forward_batch, window_outputs
-
-        docs = [self._document(i, example) for i, example in enumerate(batch)]
+        """One PredictionResult per example, in order; a failed example's inference is its
+        DeadLetter (raised by the handler's post-processing unless ``inline_errors``)."""
+        engine = model
+        checked = [self._document(i, example) for i, example in enumerate(batch)]
+        docs = [d for d in checked if isinstance(d, Document)]
+        failed = {d.id: d for d in checked if isinstance(d, DeadLetter)}
+        windows = []
+        for out in engine.encode(docs) if docs else ():
+            if isinstance(out, DeadLetter):
+                failed[out.id] = out
+            else:
+                windows.append(out)
         per_doc: dict[str, list[WindowOutput]] = defaultdict(list)
-        for cut in cut_batches(list(model.encode(docs)), self._batch):
-            outputs = forward_batch(model.loaded, self._task, cut.windows, cut.padded_length,
-                                    model.pad_id)
-            for out in window_outputs(self._task, cut.windows, outputs):
+        for cut in cut_batches(windows, device_batch_spec(self._batch, engine)):
+            for out in engine.run(cut):
                 per_doc[out.window.doc_id].append(out)
-        return [
-            PredictionResult(example, self._finish(model.loaded, per_doc[doc.id], example),
-                             model_id=self._model.uri)
-            for doc, example in zip(docs, batch, strict=True)
-        ]
+        results = []
+        for i, example in enumerate(batch):
+            key = str(i)
+            row = failed.get(key)
+            if row is None:
+                row = (engine.postprocess(per_doc[key]) if per_doc[key] else DeadLetter.of(
+                    key, Reason.MODEL_ERROR, "no window came back", value=example))
+            if isinstance(row, dict):
+                row = {k: v for k, v in row.items() if k != "id"}
+            elif isinstance(row, DeadLetter):
+                row = row._replace(id=None)
+            results.append(PredictionResult(example, row, model_id=self._spec.model.uri))
+        return results
 
-    def _document(self, index: int, example: Any) -> Document:
-        if self._task.pair_input:
-            if (not isinstance(example, tuple | list) or len(example) != 2
-                    or not all(isinstance(x, str) for x in example)):
-                raise TypeError(f"Task {self._task.name!r} takes (question, context) pairs of "
-                                f"strings, got {type(example).__name__}: {example!r:.200}.")
-            return Document(str(index), example[0], example[1])
-        if not isinstance(example, str):
-            raise TypeError(f"Task {self._task.name!r} takes str examples, got "
-                            f"{type(example).__name__}: {example!r:.200}.")
-        return Document(str(index), example)
+    def _document(self, index: int, example: Any) -> Document | DeadLetter:
+        pair = self.task.pair_input
+        if pair:
+            if (not isinstance(example, tuple | list) or len(example) != 2):
+                return DeadLetter.of(str(index), Reason.NOT_A_STRING, (
+                    f"task {self.task.name!r} takes (question, context) pairs of strings, got "
+                    f"{type(example).__name__}"), value=example)
+            return check_document(str(index), example[0], example[1], with_pair=True)
+        return check_document(str(index), example)
 
-    def _finish(self, loaded: Any, outputs: list[WindowOutput], example: Any) -> dict[str, Any]:
-        outputs.sort(key=lambda o: o.window.index)
-        failed = next((o.error for o in outputs if o.error is not None), None)
-        if failed is not None:
-            raise RuntimeError(f"Task {self._task.name!r} failed on example {example!r:.200}: "
-                               f"{failed[0]}: {failed[1]}")
-        return self._task.finish(loaded, outputs)
+    def get_postprocess_fns(self) -> Iterable[Any]:
+        return [] if self._inline_errors else [raise_dead_letter]
 
     def validate_inference_args(self, inference_args: dict[str, Any] | None) -> None:
         if inference_args:
@@ -159,12 +165,16 @@ class BertModelHandler(ModelHandler[Example, PredictionResult, _LoadedHandlerMod
     def update_model_path(self, model_path: str | None = None) -> None:
         """Points the handler at a new checkpoint URI (RunInference's model updates)."""
         if model_path:
-            self._model = dataclasses.replace(self._model, uri=model_path)
+            self._spec = dataclasses.replace(
+                self._spec, model=dataclasses.replace(self._spec.model, uri=model_path))
 
     def get_num_bytes(self, batch: Sequence[Example]) -> int:
-        """UTF-8 bytes of the batch's texts."""
-        return sum(len(part.encode("utf-8")) for example in batch
-                   for part in ((example,) if isinstance(example, str) else example))
+        """UTF-8 bytes of the batch's texts (non-text examples count as their repr)."""
+        def size(part: Any) -> int:
+            return len((part if isinstance(part, str) else repr(part)).encode("utf-8", "replace"))
+
+        return sum(size(part) for example in batch
+                   for part in (example if isinstance(example, tuple | list) else (example,)))
 
     def get_metrics_namespace(self) -> str:
         return "bertbeam"

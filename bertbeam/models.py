@@ -17,13 +17,17 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 import re
 import shutil
+import threading
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+
+from apache_beam.utils import shared
 
 from bertbeam.config import EMBEDDED_MODEL, ModelSpec
 
@@ -177,33 +181,39 @@ def sentence_transformers_config(local_dir: str) -> dict[str, Any]:
     return out
 
 
-@dataclass
-class ModelContext:
-    """What post-processing needs of a checkpoint: tokenizer and config, no weights."""
+@dataclass(eq=False)
+class LoadedModel:
+    """What a worker holds once per process and checkpoint: the model on its device, its
+    tokenizer and config. Fast tokenizers are not safe to call from several threads at once
+    (each call sets the backend's truncation and padding), so calls take ``tokenizer_lock``."""
 
     uri: str
     local_dir: str
     tokenizer: Any
     config: Any
-
-
-@dataclass
-class LoadedModel(ModelContext):
-    """What a worker holds once per process: the model on its device, plus its context."""
-
     model: Any
     device: Any
     dtype: Any
     streams: int = 1  # batches run at once (threads of RunModel); 1 on a GPU
+    tokenizer_lock: Any = field(default_factory=threading.Lock)
 
 
-def load_context(spec: ModelSpec) -> ModelContext:
-    """Tokenizer and config only: cheap enough for every post-processing worker."""
+_SHARED = shared.Shared()
+
+
+def acquire_model(spec: ModelSpec, model_class: str) -> LoadedModel:
+    """The process-wide LoadedModel for (spec, model_class), loaded on first use; it lives
+    while an engine of this process holds it."""
+    tag = hashlib.sha256(pickle.dumps((spec, model_class))).hexdigest()
+    return _SHARED.acquire(lambda: load_model(spec, model_class), tag=tag)
+
+
+def load_config(spec: ModelSpec) -> Any:
+    """The checkpoint's transformers config (what a task's output schema depends on)."""
     from transformers import AutoConfig
 
     local_dir = resolve_model_dir(spec.uri, spec.cache_dir)
-    config = AutoConfig.from_pretrained(local_dir, trust_remote_code=spec.trust_remote_code)
-    return ModelContext(spec.uri, local_dir, load_tokenizer(local_dir, spec), config)
+    return AutoConfig.from_pretrained(local_dir, trust_remote_code=spec.trust_remote_code)
 
 
 def resolve_device(requested: str) -> Any:
@@ -238,15 +248,22 @@ def resolve_dtype(requested: str, device: Any) -> Any:
 
 
 def load_tokenizer(local_dir: str, spec: ModelSpec) -> Any:
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(local_dir, trust_remote_code=spec.trust_remote_code)
+    """The checkpoint's fast tokenizer; loaded once per process and directory (the launcher's
+    check and the worker share it when they are one process, as on the local runner)."""
+    tokenizer = _cached_tokenizer(local_dir, spec.trust_remote_code)
     if not getattr(tokenizer, "is_fast", False):
         raise ModelLoadError(
             f"Model {spec.uri!r} has no fast tokenizer (tokenizer.json); bertbeam needs one for "
             "offsets and vectorized tokenization."
         )
     return tokenizer
+
+
+@lru_cache(maxsize=8)
+def _cached_tokenizer(local_dir: str, trust_remote_code: bool) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(local_dir, trust_remote_code=trust_remote_code)
 
 
 def load_model(spec: ModelSpec, model_class: str) -> LoadedModel:

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import apache_beam as beam
 from apache_beam.transforms.window import GlobalWindows
 from apache_beam.utils.windowed_value import WindowedValue
 
 from bertbeam import metrics
-from bertbeam.config import ModelSpec
-from bertbeam.records import WindowOutput, dead_letter
-from bertbeam.tasks.base import Task, TaskInputError
-
-DEAD_LETTER = "dead_letter"
+from bertbeam.config import RunSpec
+from bertbeam.deadletter import DEAD_LETTER, DeadLetter
+from bertbeam.engine import Engine, EngineSpec
+from bertbeam.records import WindowOutput, beam_row_type, to_beam_row
+from bertbeam.tasks.base import Task
+from bertbeam.tokenization import engine_spec
 
 
 def _in_window_order(outputs: list[WindowOutput]) -> list[WindowOutput]:
@@ -47,7 +49,7 @@ class _MergeWindowsFn(beam.DoFn):
 
 
 class MergeWindows(beam.PTransform):
-    """WindowOutput -> list[WindowOutput] per document, in window order.
+    """WindowOutput -> list[WindowOutput] per document.
 
     Without a shuffle: all windows of a document come from one input element, so the fused
     stage that tokenized it also runs them through the model in the same bundle. The windows
@@ -56,49 +58,44 @@ class MergeWindows(beam.PTransform):
     materialize the corpus's outputs between stages.
     """
 
-    def expand(self, outputs: beam.PCollection) -> beam.PCollection:
+    def expand(self, outputs: beam.PCollection[WindowOutput]) -> beam.PCollection:
         return outputs | "MergeWindows" >> beam.ParDo(_MergeWindowsFn())
 
 
 class _PostprocessFn(beam.DoFn):
-    def __init__(self, spec: ModelSpec, task: Task):
+    def __init__(self, spec: EngineSpec, schema: Any):
         self._spec = spec
-        self._task = task
+        self._schema = schema
 
     def setup(self) -> None:
-        from bertbeam.models import load_context
+        self._engine = Engine.acquire(self._spec)
 
-        self._ctx = load_context(self._spec)
-
-    def process(self, outputs: list[WindowOutput]) -> Iterator[object]:
-        first = outputs[0].window
-        failed = next((o.error for o in outputs if o.error is not None), None)
-        if failed is None and len(outputs) != first.n_windows:
-            failed = ("model_error", f"{len(outputs)} of {first.n_windows} windows came back")
-        if failed is None:
-            try:
-                row = self._task.finish(self._ctx, outputs)
-            except TaskInputError as exc:
-                failed = ("bad_task_input", str(exc)[:500])
-            except Exception as exc:
-                failed = ("postprocess_error", f"{type(exc).__name__}: {exc}"[:500])
-            else:
-                metrics.inc(metrics.WRITTEN)
-                yield {"id": first.doc_id, **row}
-                return
-        metrics.inc(metrics.DEAD_LETTERED)
-        stage = "postprocess" if failed[0] in ("postprocess_error", "bad_task_input") else "model"
-        yield beam.pvalue.TaggedOutput(
-            DEAD_LETTER, dead_letter(first.doc_id, stage, failed[0], failed[1], first.text))
+    def process(self, outputs: list[WindowOutput]) -> Iterator[Any]:
+        row = self._engine.postprocess(outputs)
+        if isinstance(row, DeadLetter):
+            metrics.inc(metrics.DEAD_LETTERED)
+            yield row.tagged()
+        else:
+            metrics.inc(metrics.WRITTEN)
+            yield to_beam_row(row, self._schema)
 
 
 class Postprocess(beam.PTransform):
-    """list[WindowOutput] (one document) -> result row dict (main) and dead-letter rows
-    (``dead_letter``) for documents whose model step failed."""
+    """list[WindowOutput] (one document) -> result ``beam.Row`` (``results``, with the
+    task's Beam schema) and DeadLetter (``dead_letter``) for documents that failed.
 
-    def __init__(self, *, model: ModelSpec, task: Task):
+    ``schema`` is the task's Arrow schema of result rows (``task.schema(config)``).
+
+    Example::
+
+        out = merged | Postprocess(EmbedTask(), run=RunSpec(), schema=schema)
+    """
+
+    def __init__(self, task: Task, *, schema: Any, run: RunSpec | None = None):
         super().__init__()
-        self._fn = _PostprocessFn(model, task)
+        self._fn = _PostprocessFn(engine_spec(task, run), schema)
+        self._row_type = beam_row_type(schema)
 
     def expand(self, docs: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
-        return docs | "Postprocess" >> beam.ParDo(self._fn).with_outputs(DEAD_LETTER, main="results")
+        return docs | "Postprocess" >> beam.ParDo(self._fn).with_outputs(
+            DEAD_LETTER, main="results").with_output_types(self._row_type)

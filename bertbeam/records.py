@@ -1,18 +1,21 @@
 """The element types that flow between stages, and their Arrow conversion.
 
-Document -> Window -> Batch -> WindowOutput -> result row (a dict of task columns).
-Bad inputs leave the flow as dead-letter rows (``DEAD_LETTER_SCHEMA``).
+Document -> Window -> Batch -> WindowOutput -> result row (a ``beam.Row`` of the task's
+columns, typed by the task's Arrow schema). Bad inputs leave the flow as
+:class:`bertbeam.deadletter.DeadLetter` records.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
+import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 
-PREVIEW_CHARS = 200
+from bertbeam.deadletter import DeadLetter
 
 
 @dataclass(slots=True)
@@ -40,6 +43,7 @@ class Window:
     offsets: np.ndarray | None  # int32 [length, 2] character offsets, when the task needs them
     sequence_ids: np.ndarray | None  # int8 [length]: -1 special token, 0 first text, 1 second
     truncated: bool = False
+    preview: str = ""  # the document's first characters, for a dead letter of any stage
     text: str | None = None
     text_pair: str | None = None
 
@@ -74,35 +78,13 @@ class WindowOutput:
 
     window: Window
     values: dict[str, np.ndarray]
-    error: tuple[str, str] | None = None  # (reason code, message) when the model step failed
+    error: DeadLetter | None = None  # set when the model step failed for this window
 
 
-def dead_letter(doc_id: Any, stage: str, reason: str, message: str, value: Any = None) -> dict:
-    """A dead-letter row: which input, where it failed, a reason code and a preview."""
-    preview = value if isinstance(value, str) else ("" if value is None else repr(value))
-    preview = preview[:PREVIEW_CHARS].encode("utf-8", "replace").decode("utf-8")
-    return {
-        "id": None if doc_id is None else str(doc_id),
-        "stage": stage,
-        "reason": reason,
-        "message": message,
-        "preview": preview,
-    }
-
-
-DEAD_LETTER_SCHEMA = pa.schema(
-    [
-        pa.field("id", pa.string(), nullable=True),
-        pa.field("stage", pa.string(), nullable=False),
-        pa.field("reason", pa.string(), nullable=False),
-        pa.field("message", pa.string(), nullable=False),
-        pa.field("preview", pa.string(), nullable=False),
-    ]
-)
-
-
-def rows_to_table(rows: list[dict], schema: pa.Schema) -> pa.Table:
-    """Columnar conversion of result rows; fixed-size vectors go through one numpy stack."""
+def rows_to_table(rows: list[Any], schema: pa.Schema) -> pa.Table:
+    """Columnar conversion of result rows (dicts, ``beam.Row``s or NamedTuples such as
+    DeadLetter); fixed-size vectors go through one numpy stack."""
+    rows = [as_dict(row) for row in rows]
     arrays = []
     for f in schema:
         values = [row[f.name] for row in rows]
@@ -114,3 +96,69 @@ def rows_to_table(rows: list[dict], schema: pa.Schema) -> pa.Table:
         else:
             arrays.append(pa.array(values, type=f.type))
     return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def as_dict(value: Any) -> Any:
+    """Plain Python values of a row: ``beam.Row``s and NamedTuples (nested ones too) as dicts."""
+    if isinstance(value, dict):
+        return value
+    if isinstance(value, beam.Row):
+        return {k: _plain(v) for k, v in value.as_dict().items()}
+    if hasattr(value, "_asdict"):
+        return {k: _plain(v) for k, v in value._asdict().items()}
+    raise TypeError(f"Expected a result row (dict, beam.Row or NamedTuple), got {type(value).__name__}.")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, beam.Row) or hasattr(value, "_asdict"):
+        return as_dict(value)
+    return value
+
+
+def beam_row_type(schema: pa.Schema) -> Any:
+    """The Beam schema (a ``RowTypeConstraint``) of rows with this Arrow schema, so that
+    schema-aware transforms (``beam.Select``, SqlTransform, BigQuery) take them."""
+    from apache_beam.typehints.row_type import RowTypeConstraint
+
+    return RowTypeConstraint.from_fields([(f.name, _python_type(f)) for f in schema])
+
+
+def _python_type(f: pa.Field) -> Any:
+    t = f.type
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        hint: Any = str
+    elif pa.types.is_boolean(t):
+        hint = bool
+    elif pa.types.is_int32(t):
+        hint = np.int32
+    elif pa.types.is_integer(t):
+        hint = np.int64
+    elif pa.types.is_float32(t):
+        hint = np.float32
+    elif pa.types.is_floating(t):
+        hint = np.float64
+    elif pa.types.is_binary(t) or pa.types.is_large_binary(t):
+        hint = bytes
+    elif pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        hint = Sequence[_python_type(t.value_field)]
+    elif pa.types.is_struct(t):
+        from apache_beam.typehints.row_type import RowTypeConstraint
+
+        hint = RowTypeConstraint.from_fields([(c.name, _python_type(c)) for c in t])
+    else:
+        raise TypeError(f"No Beam schema type for Arrow type {t} (field {f.name!r}).")
+    return Optional[hint] if f.nullable else hint  # noqa: UP045 - Beam reads typing.Optional
+
+
+def to_beam_row(values: dict[str, Any], schema: pa.Schema) -> beam.Row:
+    """A ``beam.Row`` of a task's result dict; list-of-struct values become lists of Rows."""
+    out = {}
+    for f in schema:
+        value = values[f.name]
+        t = f.type
+        if (pa.types.is_list(t) and pa.types.is_struct(t.value_type)) and value is not None:
+            value = [beam.Row(**item) for item in value]
+        out[f.name] = value
+    return beam.Row(**out)

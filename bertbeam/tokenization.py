@@ -2,170 +2,71 @@
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import apache_beam as beam
-import numpy as np
 
 from bertbeam import metrics
 from bertbeam.buffering import BufferedDoFn
-from bertbeam.config import ModelSpec, TokenizeSpec
-from bertbeam.records import Document, Window, dead_letter
-
-_LOG = logging.getLogger(__name__)
-
-DEAD_LETTER = "dead_letter"
-_HARD_MAX_LENGTH = 512
-# Models whose position ids start after the padding index (RoBERTa family): two positions fewer.
-_OFFSET_POSITIONS = {"roberta", "xlm-roberta", "camembert", "longformer"}
-
-
-def resolve_max_length(tokenizer: Any, config: Any, local_dir: str, spec: TokenizeSpec) -> int:
-    """Window length: the spec's, else sentence-transformers' or the tokenizer's, within the model."""
-    from bertbeam.models import sentence_transformers_config
-
-    limit = getattr(config, "max_position_embeddings", _HARD_MAX_LENGTH)
-    if getattr(config, "model_type", "") in _OFFSET_POSITIONS:
-        limit -= 2
-    if spec.max_length is not None:
-        if spec.max_length > limit:
-            raise ValueError(f"max_length={spec.max_length} exceeds the model's limit of {limit} tokens.")
-        return spec.max_length
-    preferred = sentence_transformers_config(local_dir).get("max_seq_length")
-    if preferred is None:
-        preferred = min(int(getattr(tokenizer, "model_max_length", _HARD_MAX_LENGTH)), _HARD_MAX_LENGTH)
-    return min(preferred, limit)
+from bertbeam.config import RunSpec
+from bertbeam.deadletter import DEAD_LETTER, DeadLetter
+from bertbeam.engine import Engine, EngineSpec
+from bertbeam.records import Document, Window
+from bertbeam.tasks.base import Task
 
 
 class _TokenizeFn(BufferedDoFn):
-    """Tokenizes documents ``spec.chunk_size`` at a time, in one tokenizer call."""
+    """Tokenizes documents ``chunk_size`` at a time, in one tokenizer call of the engine."""
 
-    def __init__(self, model: ModelSpec, spec: TokenizeSpec, *, keep_text: bool, offsets: bool):
-        super().__init__(spec.chunk_size)
-        self._model = model
+    def __init__(self, spec: EngineSpec):
+        super().__init__(spec.tokenize.chunk_size)
         self._spec = spec
-        self._keep_text = keep_text
-        self._offsets = offsets
 
     def setup(self) -> None:
-        from bertbeam.models import load_context
-
-        ctx = load_context(self._model)
-        self._tokenizer = ctx.tokenizer
-        self._max_length = resolve_max_length(ctx.tokenizer, ctx.config, ctx.local_dir, self._spec)
-        self._stride = self._spec.resolved_stride(self._max_length)
-        self._chunk = self._spec.long_docs == "chunk"
-        self._type_ids = "token_type_ids" in self._tokenizer.model_input_names
+        self._engine = Engine.acquire(self._spec)
 
     def flush(self, docs: list[Document]) -> Iterator[Any]:
-        try:
-            # Materialized inside the try: a failure half-way must not leave some windows
-            # emitted before the one-by-one retry emits them again.
-            windows = list(self._encode(docs))
-        except Exception:
-            windows = None
-        if windows is not None:
-            yield from windows
-        else:
-            # One bad document must not take its neighbours down (nor, alone in its call,
-            # the pipeline): retry one by one and dead-letter the ones that fail.
-            for doc in docs:
-                try:
-                    single = list(self._encode([doc]))
-                except Exception as exc:
-                    # "too short to respect the provided max_length": the question of a
-                    # (question, context) pair leaves no room for the context.
-                    too_long = "longer than" in str(exc) or "too short to respect" in str(exc)
-                    reason = "too_long" if too_long else "tokenize_error"
-                    metrics.inc(metrics.DEAD_LETTERED)
-                    yield beam.pvalue.TaggedOutput(
-                        DEAD_LETTER, dead_letter(doc.id, "tokenize", reason, str(exc)[:500], doc.text)
-                    )
-                else:
-                    yield from single
-
-    def _encode(self, docs: list[Document]) -> Iterator[Window]:
-        pairs = [d.text_pair for d in docs] if docs[0].text_pair is not None else None
-        enc = self._tokenizer(
-            [d.text for d in docs],
-            pairs,
-            truncation="only_second" if pairs else True,
-            max_length=self._max_length,
-            stride=self._stride if self._chunk else 0,
-            return_overflowing_tokens=True,
-            return_offsets_mapping=self._offsets,
-            return_token_type_ids=self._type_ids and pairs is not None,
-            return_attention_mask=False,
-            padding=False,
-        )
-        mapping = np.asarray(enc["overflow_to_sample_mapping"])
-        counts = np.bincount(mapping, minlength=len(docs))
-        starts = np.searchsorted(mapping, np.arange(len(docs)))
-        windows_out = chunked = truncated = 0
-        for i, sample in enumerate(mapping):
-            doc, total = docs[sample], int(counts[sample])
-            index = i - int(starts[sample])
-            if not self._chunk and index > 0:
-                continue
-            n_windows = total if self._chunk else 1
-            first = index == 0
-            windows_out += 1
-            if first:
-                chunked += n_windows > 1
-                truncated += not self._chunk and total > 1
-            yield Window(
-                doc_id=doc.id,
-                index=index,
-                n_windows=n_windows,
-                input_ids=np.asarray(enc["input_ids"][i], dtype=np.int32),
-                type_ids=(np.asarray(enc["token_type_ids"][i], dtype=np.int8)
-                          if "token_type_ids" in enc else None),
-                offsets=(np.asarray(enc["offset_mapping"][i], dtype=np.int32).reshape(-1, 2)
-                         if self._offsets else None),
-                sequence_ids=(np.array([-1 if s is None else s for s in enc.sequence_ids(i)],
-                                       dtype=np.int8) if self._offsets else None),
-                truncated=not self._chunk and total > 1,
-                text=doc.text if (self._keep_text and first) else None,
-                text_pair=doc.text_pair if (self._keep_text and first) else None,
-            )
-        metrics.inc(metrics.WINDOWS, windows_out)
-        metrics.inc(metrics.CHUNKED_DOCS, chunked)
-        metrics.inc(metrics.TRUNCATED_DOCS, truncated)
-
-
-def window_encoder(model: ModelSpec, tokenize: TokenizeSpec, *, keep_text: bool = False,
-                   offsets: bool = False) -> Callable[[list[Document]], Iterator[Window]]:
-    """Tokenize outside a pipeline (the RunInference handler): loads the tokenizer now and
-    returns a function from Documents to their Windows, in one vectorized call, in order."""
-    fn = _TokenizeFn(model, tokenize, keep_text=keep_text, offsets=offsets)
-    fn.setup()
-    return fn._encode
+        for out in self._engine.encode(docs):
+            if isinstance(out, DeadLetter):
+                metrics.inc(metrics.DEAD_LETTERED)
+                yield out.tagged()
+            else:
+                yield out
 
 
 class Tokenize(beam.PTransform):
-    """Document -> Window (main output) and dead-letter rows (``dead_letter`` output).
+    """Document -> Window (``windows``) and DeadLetter (``dead_letter``).
 
     A document longer than the window becomes several overlapping windows
-    (``long_docs='chunk'``) or its first window (``'truncate'``).
+    (``long_docs='chunk'``) or its first window (``'truncate'``). Windows carry what the task
+    needs later (offsets, text) and nothing more.
 
     Example::
 
-        tokenized = docs | Tokenize(model=ModelSpec(), tokenize=TokenizeSpec())
-        windows, bad = tokenized.windows, tokenized.dead_letter
+        tokenized = docs | Tokenize(EmbedTask(), run=RunSpec())
+        windows, bad = tokenized["windows"], tokenized["dead_letter"]
     """
 
-    def __init__(
-        self,
-        *,
-        model: ModelSpec,
-        tokenize: TokenizeSpec,
-        keep_text: bool = False,
-        offsets: bool = False,
-    ):
+    def __init__(self, task: Task, *, run: RunSpec | None = None):
         super().__init__()
-        self._fn = _TokenizeFn(model, tokenize, keep_text=keep_text, offsets=offsets)
+        self._spec = engine_spec(task, run)
 
-    def expand(self, docs: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
-        return docs | "Tokenize" >> beam.ParDo(self._fn).with_outputs(DEAD_LETTER, main="windows")
+    def expand(self, docs: beam.PCollection[Document]) -> beam.pvalue.DoOutputsTuple:
+        return docs | "Tokenize" >> beam.ParDo(_TokenizeFn(self._spec)).with_outputs(
+            DEAD_LETTER, main="windows").with_output_types(Window)
+
+
+def engine_spec(task: Task, run: RunSpec | None) -> EngineSpec:
+    """The EngineSpec of a task and run; a run made for the task when none is given (fill-mask
+    then reads first windows only)."""
+    if not isinstance(task, Task):
+        raise TypeError(f"task must be a bertbeam Task such as EmbedTask(), got "
+                        f"{type(task).__name__}: {task!r}.")
+    if run is None:
+        from bertbeam.config import TokenizeSpec
+
+        run = RunSpec(tokenize=TokenizeSpec(long_docs=task.default_long_docs))
+    if not isinstance(run, RunSpec):
+        raise TypeError(f"run must be a RunSpec or None, got {type(run).__name__}.")
+    return EngineSpec(run.model, run.tokenize, task)

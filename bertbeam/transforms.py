@@ -2,50 +2,92 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import apache_beam as beam
+from apache_beam.transforms.window import GlobalWindows
 
 from bertbeam.batching import BatchByTokens
 from bertbeam.config import RunSpec
+from bertbeam.deadletter import DEAD_LETTER
 from bertbeam.inference import RunModel
 from bertbeam.postprocess import MergeWindows, Postprocess
+from bertbeam.records import Document
 from bertbeam.tasks.base import Task
 from bertbeam.tasks.embed import EmbedTask
-from bertbeam.tokenization import Tokenize
+from bertbeam.tokenization import Tokenize, engine_spec
+from bertbeam.validation import ValidateDocuments
 
-DEAD_LETTER = "dead_letter"
+
+def check_global_windows(pcoll: beam.PCollection, transform: str) -> None:
+    """Refuses input in non-global windows: bertbeam batches documents across elements, and
+    its stages serve batch pipelines whose elements all live in the global window."""
+    windowfn = pcoll.windowing.windowfn
+    if not isinstance(windowfn, GlobalWindows):
+        raise ValueError(
+            f"{transform} takes input in the global window, got {type(windowfn).__name__}: "
+            "apply it before beam.WindowInto, or re-window with "
+            "beam.WindowInto(beam.window.GlobalWindows()) first.")
 
 
 class InferDocuments(beam.PTransform):
-    """Document -> ``{"results": row dicts, "dead_letter": dead-letter rows}`` for any task.
+    """Document -> ``{"results": beam.Row, "dead_letter": DeadLetter}`` for any task.
 
-    Runs Tokenize | BatchByTokens | RunModel | MergeWindows | Postprocess with the task's
-    model head and post-processing.
+    Runs ValidateDocuments | Tokenize | BatchByTokens | RunModel | MergeWindows | Postprocess
+    with the task's model head and post-processing. Result rows carry the task's Beam schema
+    (the columns of ``task.schema(config)``), so ``beam.Select``, SqlTransform and BigQuery
+    take them as they are.
+
+    Args:
+        task: the task, e.g. ``EmbedTask()`` or ``ClassifyTask(top_k=3)``.
+        run: model, tokenize and batch options; by default the embedded model, with the
+            window policy the task wants.
+        validate: check documents (ids, texts, duplicate ids) first, with the dead-letter
+            reasons of ``ReadDocuments``. ``ReadDocuments`` output is already checked: pass
+            ``False`` after it.
 
     Example::
 
         out = docs | InferDocuments(EmbedTask(), run=RunSpec())
-        out["results"] | WriteResults("out/", schema=...)
+        out["results"] | beam.Select("id", "embedding")
     """
 
-    def __init__(self, task: Task, *, run: RunSpec | None = None):
+    def __init__(self, task: Task, *, run: RunSpec | None = None, validate: bool = True):
         super().__init__()
-        self._task = task
-        self._run = run or RunSpec()
+        self._spec = engine_spec(task, run)
+        self._run = RunSpec(model=self._spec.model, tokenize=self._spec.tokenize,
+                            batch=(run or RunSpec()).batch)
+        self._validate = validate
 
-    def expand(self, docs: beam.PCollection) -> dict[str, beam.PCollection]:
-        task, run = self._task, self._run
-        tokenized = docs | "Tokenize" >> Tokenize(
-            model=run.model, tokenize=run.tokenize, keep_text=task.needs_text,
-            offsets=task.needs_offsets)
+    @property
+    def task(self) -> Task:
+        return self._spec.task
+
+    def schema(self) -> Any:
+        """The Arrow schema of the result rows (reads the checkpoint's config on the launcher)."""
+        from bertbeam.models import load_config
+
+        return self.task.schema(load_config(self._spec.model))
+
+    def expand(self, docs: beam.PCollection[Document]) -> dict[str, beam.PCollection]:
+        check_global_windows(docs, type(self).__name__)
+        task, run = self.task, self._run
+        dead = []
+        if self._validate:
+            checked = docs | "ValidateDocuments" >> ValidateDocuments(pairs=task.pair_input)
+            docs = checked["documents"]
+            dead.append(checked[DEAD_LETTER])
+        tokenized = docs | "Tokenize" >> Tokenize(task, run=run)
         finished = (
             tokenized["windows"]
-            | "BatchByTokens" >> BatchByTokens(run.batch, device=run.model.device)
-            | "RunModel" >> RunModel(model=run.model, task=task)
+            | "BatchByTokens" >> BatchByTokens(run.batch, engine=self._spec)
+            | "RunModel" >> RunModel(task, run=run)
             | "MergeWindows" >> MergeWindows()
-            | "Postprocess" >> Postprocess(model=run.model, task=task)
+            | "Postprocess" >> Postprocess(task, run=run, schema=self.schema())
         )
-        dead = (tokenized[DEAD_LETTER], finished[DEAD_LETTER]) | "DeadLetter" >> beam.Flatten()
-        return {"results": finished["results"], DEAD_LETTER: dead}
+        dead += [tokenized[DEAD_LETTER], finished[DEAD_LETTER]]
+        return {"results": finished["results"],
+                DEAD_LETTER: tuple(dead) | "DeadLetter" >> beam.Flatten()}
 
 
 class EmbedDocuments(InferDocuments):
@@ -56,8 +98,9 @@ class EmbedDocuments(InferDocuments):
         out = docs | EmbedDocuments(run=RunSpec(model=ModelSpec(uri="gs://models/minilm")))
     """
 
-    def __init__(self, task: EmbedTask | None = None, *, run: RunSpec | None = None):
-        super().__init__(task or EmbedTask(), run=run)
+    def __init__(self, task: EmbedTask | None = None, *, run: RunSpec | None = None,
+                 validate: bool = True):
+        super().__init__(task or EmbedTask(), run=run, validate=validate)
 
 
 class LabelDocuments(InferDocuments):
@@ -72,11 +115,12 @@ class LabelDocuments(InferDocuments):
         out = docs | LabelDocuments("classify", top_k=3, run=RunSpec(model=ModelSpec(uri=d)))
     """
 
-    def __init__(self, task: str | Task, *, run: RunSpec | None = None, **options: object):
+    def __init__(self, task: str | Task, *, run: RunSpec | None = None, validate: bool = True,
+                 **options: object):
         from bertbeam.tasks import make_task
 
         if isinstance(task, str):
             task = make_task(task, **options)
         elif options:
             raise TypeError(f"Options {sorted(options)} only apply when the task is given by name.")
-        super().__init__(task, run=run)
+        super().__init__(task, run=run, validate=validate)

@@ -1,43 +1,62 @@
-"""Embed a Parquet corpus: ``python -m pipelines.embed --input GLOB --output DIR [options]``."""
+"""Example pipeline: embed a Parquet corpus with bertbeam's transforms and write Parquet.
+
+    python pipelines/embed.py --input 'demo/*.parquet' --output out/ [Beam options]
+
+``bertbeam embed`` does the same with launcher checks and a summary; copy this file to build
+your own pipeline around the transforms (another source, another sink, more steps).
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
+import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from bertbeam.io import Columns
-from bertbeam.tasks.embed import EmbedTask
-from pipelines.common import Job, add_common_args, main, run_spec
+from bertbeam import (
+    DEAD_LETTER,
+    DEAD_LETTER_SCHEMA,
+    EMBEDDED_MODEL,
+    Columns,
+    EmbedDocuments,
+    ModelSpec,
+    ReadDocuments,
+    RunSpec,
+    WriteResults,
+)
+from bertbeam.runners import resolve_runner
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="bertbeam embed", description="Embed documents with a BERT-family model.",
-        epilog="Other flags are Beam pipeline options (--runner, --direct_num_workers, ...).")
-    add_common_args(p)
-    p.add_argument("--pooling", choices=["auto", "mean", "cls", "max"], default="auto")
-    p.add_argument("--normalize", choices=["auto", "yes", "no"], default="auto")
-    p.add_argument("--chunk-pooling", choices=["mean", "first", "max"], default="mean",
-                   help="how window embeddings of a long document are combined")
-    return p
+def build_pipeline(p: beam.Pipeline, args: argparse.Namespace) -> None:
+    """Parquet -> embeddings -> ``results-*.parquet`` and ``dead_letter-*.parquet``."""
+    read = p | "Read" >> ReadDocuments(args.input, Columns(id=args.id_column, text=args.text_column))
+    embed = EmbedDocuments(run=RunSpec(model=ModelSpec(uri=args.model)), validate=False)
+    out = read["documents"] | "Embed" >> embed
+    out["results"] | "WriteResults" >> WriteResults(args.output, schema=embed.schema())
+    (
+        (read[DEAD_LETTER], out[DEAD_LETTER])
+        | "DeadLetters" >> beam.Flatten()
+        | "WriteDeadLetter" >> WriteResults(args.output, schema=DEAD_LETTER_SCHEMA,
+                                            prefix="dead_letter")
+    )
 
 
-def make_job(argv: list[str] | None) -> tuple[Job, list[str]]:
-    args, beam_args = parser().parse_known_args(argv)
-    task = EmbedTask(
-        pooling=args.pooling,
-        normalize=None if args.normalize == "auto" else args.normalize == "yes",
-        chunk_pooling=args.chunk_pooling)
-    job = Job(task=task, run=run_spec(args, PipelineOptions(beam_args)), input=args.input,
-              output=args.output, columns=Columns(id=args.id_column, text=args.text_column))
-    return job, beam_args
-
-
-def run(argv: list[str] | None = None) -> int:
-    return main(make_job, argv)
+def run(argv: list[str] | None = None) -> beam.runners.runner.PipelineResult:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--input", required=True)
+    parser.add_argument("--output", required=True)
+    parser.add_argument("--model", default=EMBEDDED_MODEL)
+    parser.add_argument("--id-column", default="id")
+    parser.add_argument("--text-column", default="text")
+    args, beam_args = parser.parse_known_args(argv)
+    options = PipelineOptions(beam_args)
+    p = beam.Pipeline(runner=resolve_runner(options), options=options)
+    build_pipeline(p, args)
+    result = p.run()
+    result.wait_until_finish()
+    return result
 
 
 if __name__ == "__main__":
-    sys.exit(run())
+    run(sys.argv[1:])

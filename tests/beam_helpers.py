@@ -19,10 +19,13 @@ def run_spec(model_dir: str, *, budget: int = 8192, **tokenize) -> RunSpec:
                    batch=BatchSpec(token_budget=budget))
 
 
-def _save(row: dict, directory: str) -> None:
-    # One file per row: safe whatever process or thread of the runner writes it.
+def _save(row: object, directory: str) -> None:
+    """Saves a result Row or DeadLetter as a plain dict; one file per row: safe whatever
+    process or thread of the runner writes it."""
+    from bertbeam.records import as_dict
+
     Path(directory).mkdir(parents=True, exist_ok=True)
-    (Path(directory) / f"{uuid.uuid4().hex}.pkl").write_bytes(pickle.dumps(row))
+    (Path(directory) / f"{uuid.uuid4().hex}.pkl").write_bytes(pickle.dumps(as_dict(row)))
 
 
 def _load(directory: Path) -> dict[str | None, dict]:

@@ -151,7 +151,7 @@ def run_cli(*argv: str) -> int:
 
 
 def read_output(directory, prefix: str = "results") -> list[dict]:
-    from bertbeam.io import read_table
+    from bertbeam.writing import read_table
 
     return read_table(str(directory), prefix).to_pylist()
 

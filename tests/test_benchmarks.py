@@ -18,7 +18,7 @@ def test_corpus_is_a_fixed_shuffle_and_a_prefix_of_the_larger_size(tmp_path):
     corpus = write_corpus(tmp_path, 30, files=2)
     import pyarrow.parquet as pq
 
-    from bertbeam.io import expand_glob
+    from bertbeam.filesystems import expand_glob
 
     ids = [i for f in expand_glob(corpus.glob) for i in pq.read_table(f)["id"].to_pylist()]
     assert ids == corpus.ids and len(set(ids)) == 30

@@ -64,7 +64,7 @@ def dry_run(argv: list[str], local: dict[str, str] | None = None):
     """Builds ``bertbeam <argv>`` as a Dataflow job without submitting it; returns the
     Beam options and the runner's ``apiclient.Job``."""
     from bertbeam.runners import resolve_runner
-    from pipelines import check_gpu, common, embed, label
+    from bertbeam.jobs import check_gpu, common, embed, label
 
     command, rest = argv[0], list(argv[1:])
     for flag, value in (local or {}).items():

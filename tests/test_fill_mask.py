@@ -94,16 +94,15 @@ def test_mask_cut_off_by_truncation_is_dead_lettered(tmp_path, tiny_model):
     assert "truncated" in dead["d0"]["message"]
 
 
-def test_chunked_documents_are_refused_not_cut(tmp_path, tiny_model):
-    """With long_docs='chunk' a multi-window document is dead-lettered with a clear reason
-    rather than silently scored on part of its text."""
+def test_chunking_is_refused_at_construction_and_truncate_is_the_default(tiny_model):
+    """fill-mask reads first windows only: asking it to chunk fails when the pipeline is
+    built (as the CLI refuses the flag), and a RunSpec-less transform truncates."""
+    from bertbeam.transforms import LabelDocuments
+
     model = tiny_model("bert", "fill-mask")
-    text = "[MASK] " + " ".join(SAMPLE_TEXTS[:4])
-    ((rows, dead),) = run_variants(tmp_path, documents([text, "The [MASK] sat."]), {
-        "c": (FillMaskTask(), run_spec(model, max_length=16, long_docs="chunk", stride=4))}).values()
-    assert set(rows) == {"d1"}
-    assert dead["d0"]["reason"] == "bad_task_input"
-    assert "long_docs='truncate'" in dead["d0"]["message"]
+    with pytest.raises(ValueError, match="long_docs='truncate'"):
+        LabelDocuments(FillMaskTask(), run=run_spec(model, max_length=16, long_docs="chunk", stride=4))
+    assert LabelDocuments("fill-mask")._spec.tokenize.long_docs == "truncate"
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)

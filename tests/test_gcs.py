@@ -69,7 +69,7 @@ def _gs(key: str) -> str:
 
 def _read_back(fs, out: str) -> tuple[pa.Table, pa.Table, dict, list[str]]:
     """Results, dead letter, summary and the object names under ``out``, from the emulator."""
-    from bertbeam.io import read_table
+    from bertbeam.writing import read_table
 
     fs.invalidate_cache()  # the listing cache predates what the pipeline wrote
     names = sorted(p.rsplit("/", 1)[-1] for p in fs.find(f"{BUCKET}/{out}"))
@@ -119,7 +119,7 @@ def test_a_fresh_process_honours_storage_emulator_host(gcs):
     """A process with nothing but STORAGE_EMULATOR_HOST in its environment reaches the
     emulator through plain, anonymous gcsfs as soon as it imports bertbeam."""
     code = (
-        "import fsspec, bertbeam.io as io; "
+        "import fsspec, bertbeam.reading as io; "
         "print(type(fsspec.filesystem('gs')).__module__, "
         f"io.check_input({_gs('corpus/*.parquet')!r}, io.Columns()))"
     )

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.label import make_job
+from bertbeam.jobs.label import make_job
 from tests.conftest import SAMPLE_TEXTS, read_output, read_summary, run_cli, write_corpus
 
 
@@ -90,7 +90,7 @@ def _job(*argv: str):
     (["--task", "classify", "--multi-label", "--top-k", "2"],
      "--top-k applies to single-label classification"),
     (["--task", "fill-mask", "--long-docs", "chunk"],
-     "--task fill-mask reads the first window of each document: use --long-docs truncate."),
+     "reads the first window of each document: use long_docs='truncate' (--long-docs truncate)"),
     (["--task", "classify", "--top-k", "0"], "top_k must be a positive integer, got 0."),
 ])
 def test_bad_flag_combinations_fail_with_one_clear_error(argv, message):
@@ -148,7 +148,7 @@ def test_zero_shot_labels_from_flag_and_file(tmp_path):
 
 
 def test_module_entry_point_prints_help():
-    done = subprocess.run([sys.executable, "-m", "pipelines.label", "--help"], capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "bertbeam.jobs.label", "--help"], capture_output=True,
                           text=True, timeout=120, check=False)
     assert done.returncode == 0
     assert "--task {classify,ner,qa,fill-mask,zero-shot}" in done.stdout

@@ -167,7 +167,7 @@ def test_planted_span_in_the_last_window_wins_over_earlier_windows():
         target = (4, 5) if i == len(spans) - 1 else (3, 3)  # last window: "gg hh"
         start[target[0]], end[target[1]] = (8.0, 8.0) if i == len(spans) - 1 else (2.0, 2.0)
         outputs.append(WindowOutput(w, {"start_logits": start, "end_logits": end}))
-    row = QATask(align_to_words=False).finish(_Ctx(), outputs)
+    row = QATask(align_to_words=False).postprocess(_Ctx(), outputs)
     # The softmax runs over the window's 3 context tokens and CLS; the other three logits are 0.
     p = np.exp(8.0) / (np.exp(8.0) + 3)
     assert (row["answer"], row["start"], row["end"], row["n_chunks"]) == ("gg hh", 18, 23, 3)
@@ -181,9 +181,9 @@ def test_handle_impossible_answer_returns_the_empty_answer():
     logits = np.zeros(w.length, np.float32)
     logits[0] = 10.0
     out = [WindowOutput(w, {"start_logits": logits, "end_logits": logits.copy()})]
-    impossible = QATask(handle_impossible_answer=True, align_to_words=False).finish(_Ctx(), out)
+    impossible = QATask(handle_impossible_answer=True, align_to_words=False).postprocess(_Ctx(), out)
     assert (impossible["answer"], impossible["start"], impossible["end"]) == ("", 0, 0)
-    assert QATask(align_to_words=False).finish(_Ctx(), out)["answer"] in ("aa", "bb", "aa bb")
+    assert QATask(align_to_words=False).postprocess(_Ctx(), out)["answer"] in ("aa", "bb", "aa bb")
 
 
 @pytest.mark.parametrize(("options", "message"), [

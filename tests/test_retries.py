@@ -49,13 +49,13 @@ def test_a_bundle_retried_after_a_failure_writes_each_row_once(tmp_path, corpus,
                                                               monkeypatch, target):
     """BundleBasedDirectRunner retries failed bundles (Dataflow does too): the failed
     attempt's temporary file or outputs must not reach the final result set."""
-    from bertbeam import inference, io
+    from bertbeam import engine, writing
 
     calls: list[str] = []
     if target == "write":
-        _fail_first_call(monkeypatch, io._WriteShardFn, "_write", calls)
+        _fail_first_call(monkeypatch, writing._WriteShardFn, "_write", calls)
     else:
-        _fail_first_call(monkeypatch, inference._RunModelFn, "process", calls)
+        _fail_first_call(monkeypatch, engine.Engine, "launch", calls)
     path, ids = corpus
     code = run_cli("embed", "--input", path, "--output", tmp_path, "--model",
                    tiny_model("bert", "base"), "--token-budget", "512",

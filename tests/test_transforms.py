@@ -19,6 +19,7 @@ from bertbeam import (
     BatchSpec,
     Document,
     EmbedTask,
+    EngineSpec,
     InferDocuments,
     LabelDocuments,
     ModelSpec,
@@ -47,7 +48,7 @@ def test_label_documents_composes_with_the_users_own_io(tiny_model):
     with _pipeline() as p:
         out = (p | beam.Create(_docs(SAMPLE_TEXTS))
                | LabelDocuments("classify", top_k=2, run=run))
-        assert_that(out["results"] | beam.Map(lambda r: (r["id"], len(r["labels"]))),
+        assert_that(out["results"] | beam.Map(lambda r: (r.id, len(r.labels))),
                     equal_to([(f"t{i}", 2) for i in range(len(SAMPLE_TEXTS))]), label="Rows")
         assert_that(out["dead_letter"], equal_to([]), label="NoDeadLetter")
 
@@ -55,7 +56,7 @@ def test_label_documents_composes_with_the_users_own_io(tiny_model):
 def test_stage_transforms_compose_and_outputs_are_compact(tiny_model):
     """Tokenize | BatchByTokens | RunModel by hand: one WindowOutput per window, whose arrays
     own their memory (never views of the batch) and pickle to one window's size."""
-    model = ModelSpec(uri=tiny_model("bert", "base"))
+    run = RunSpec(model=ModelSpec(uri=tiny_model("bert", "base")))
 
     def check(output):
         arrays = output.values.values()
@@ -64,9 +65,9 @@ def test_stage_transforms_compose_and_outputs_are_compact(tiny_model):
 
     with _pipeline() as p:
         windows = (p | beam.Create(_docs(SAMPLE_TEXTS))
-                   | Tokenize(model=model, tokenize=TokenizeSpec()))["windows"]
+                   | Tokenize(EmbedTask(), run=run))["windows"]
         outputs = (windows | BatchByTokens(BatchSpec(token_budget=100_000))
-                   | RunModel(model=model, task=EmbedTask()))
+                   | RunModel(EmbedTask(), run=run))
         assert_that(outputs | beam.Map(check),
                     equal_to([(f"t{i}", True, True) for i in range(len(SAMPLE_TEXTS))]))
 
@@ -110,9 +111,9 @@ def test_a_failing_batch_is_bisected_down_to_the_bad_rows(tiny_model):
                          (_NaNOnMarker(marker=marker), "nan_output")):
         with _pipeline() as p:
             out = p | beam.Create(_docs(texts)) | InferDocuments(task, run=run)
-            assert_that(out["results"] | beam.Map(lambda r: r["id"]),
+            assert_that(out["results"] | beam.Map(lambda r: r.id),
                         equal_to(sorted({f"t{i}" for i in range(len(texts))} - bad)), label="Good")
-            assert_that(out["dead_letter"] | beam.Map(lambda r: (r["id"], r["reason"])),
+            assert_that(out["dead_letter"] | beam.Map(lambda r: (r.id, r.reason)),
                         equal_to([(b, reason) for b in sorted(bad)]), label="Bad")
 
 
@@ -140,11 +141,12 @@ def test_a_document_cut_short_comes_out_of_merge_windows_and_is_dead_lettered(ti
     assert list(fn.process(_output("a", 1, 2))) == []
     left = [v.value for v in fn.finish_bundle()]
     assert [[o.window.index for o in outs] for outs in left] == [[1]]
-    post = _PostprocessFn(ModelSpec(uri=tiny_model("bert", "base")), EmbedTask())
+    spec = EngineSpec(ModelSpec(uri=tiny_model("bert", "base")), TokenizeSpec(), EmbedTask())
+    post = _PostprocessFn(spec, schema=None)
     post.setup()
     (dead,) = list(post.process(left[0]))
-    assert dead.tag == "dead_letter" and dead.value["reason"] == "model_error"
-    assert "1 of 2 windows" in dead.value["message"]
+    assert dead.tag == "dead_letter" and dead.value.reason == "model_error"
+    assert "1 of 2 windows" in dead.value.message
 
 
 def test_inference_path_has_no_shuffle():
@@ -152,7 +154,7 @@ def test_inference_path_has_no_shuffle():
     the local runner streams instead of holding every output between stages."""
     p = beam.Pipeline(runner=resolve_runner(PipelineOptions([])))
     docs = p | beam.Create([Document("a", "text")])
-    _ = docs | "Infer" >> InferDocuments(EmbedTask())
+    _ = docs | "Infer" >> InferDocuments(EmbedTask(), validate=False)
     transforms = p.to_runner_api().components.transforms.values()
     urns = {t.unique_name: t.spec.urn for t in transforms if t.unique_name.startswith("Infer/")}
     shuffles = [n for n, u in urns.items() if u in (common_urns.primitives.GROUP_BY_KEY.urn,

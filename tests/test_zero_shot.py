@@ -164,8 +164,8 @@ def test_labels_are_embedded_once_per_process_and_model(tiny_model, monkeypatch)
     or another model get their own."""
     import torch
 
-    from bertbeam.config import ModelSpec
-    from bertbeam.models import load_model
+    from bertbeam.config import ModelSpec, TokenizeSpec
+    from bertbeam.engine import Engine, EngineSpec
     from bertbeam.tasks import zero_shot
 
     calls = []
@@ -173,7 +173,8 @@ def test_labels_are_embedded_once_per_process_and_model(tiny_model, monkeypatch)
     monkeypatch.setattr(zero_shot, "_embed_texts",
                         lambda loaded, embedder, texts: calls.append(texts) or real(loaded, embedder, texts))
     inputs = {"input_ids": torch.tensor([[2, 40, 41, 3]]), "attention_mask": torch.ones(1, 4, dtype=torch.long)}
-    loaded = load_model(ModelSpec(uri=tiny_model("bert", "base"), device="cpu"), "AutoModel")
+    loaded = Engine.acquire(EngineSpec(ModelSpec(uri=tiny_model("bert", "base"), device="cpu"),
+                                       TokenizeSpec(), ZeroShotTask(labels=("a", "b"))))
     with torch.inference_mode():
         first = ZeroShotTask(labels=("a", "b")).forward(loaded, inputs)["embedding"]
         again = ZeroShotTask(labels=("a", "b")).forward(loaded, inputs)["embedding"]

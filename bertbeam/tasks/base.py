@@ -1,13 +1,19 @@
 """The task contract: what a task adds to the shared tokenize -> batch -> model flow.
 
-A task is a small object built on the launcher from plain options. On the worker it
-reduces a batch's model output on the device (``forward``), and turns the outputs of one
-document's windows into that document's result columns (``finish``).
+A task is a small frozen dataclass built on the launcher from plain options. It declares
+its options (fields made with :func:`option` carry the help text the ``label`` command
+shows), its window policy and its output schema. On the worker it reduces a batch's model
+output on the device (``forward``), and turns the outputs of one document's windows into
+that document's result columns (``postprocess``); both receive the worker's engine
+(``bertbeam.engine.Engine``: model, tokenizer, config, resolved lengths).
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+import dataclasses
+import typing
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal, get_args, get_origin
 
 import numpy as np
 import pyarrow as pa
@@ -28,22 +34,36 @@ class Task:
     """Documents are (question, context) pairs."""
     token_level: ClassVar[tuple[str, ...]] = ()
     """Output keys with one row per token; they are cut to each window's real length."""
+    windows: ClassVar[Literal["all", "first"]] = "all"
+    """``first``: the task reads a document's first window only (``long_docs='truncate'``)."""
+
+    @property
+    def default_long_docs(self) -> str:
+        """What ``long_docs`` a RunSpec made for this task defaults to."""
+        return "truncate" if self.windows == "first" else "chunk"
+
+    def check_tokenize(self, tokenize: Any) -> None:
+        """Refuses tokenize options the task cannot serve, at construction."""
+        if self.windows == "first" and tokenize.long_docs == "chunk":
+            raise ValueError(
+                f"Task {self.name!r} reads the first window of each document: use "
+                "long_docs='truncate' (--long-docs truncate), not 'chunk'.")
 
     def schema(self, config: Any) -> pa.Schema:
         """The Arrow schema of result rows, ``id`` first; ``config`` is the model's config."""
         raise NotImplementedError
 
-    def forward(self, loaded: Any, inputs: dict[str, Any]) -> dict[str, Any]:
-        """Runs the model on padded ``inputs``; returns batched tensors (first dim = batch)."""
+    def forward(self, engine: Any, inputs: dict[str, Any]) -> dict[str, Any]:
+        """Runs ``engine.model`` on padded ``inputs``; returns batched tensors (first dim = batch)."""
         raise NotImplementedError
 
-    def finish(self, ctx: Any, outputs: list[WindowOutput]) -> dict[str, Any]:
+    def postprocess(self, engine: Any, outputs: list[WindowOutput]) -> dict[str, Any]:
         """One document's result columns (without ``id``) from its windows' outputs, in order."""
         raise NotImplementedError
 
 
 class TaskInputError(ValueError):
-    """Raised by ``finish`` when a document is unfit for the task (e.g. fill-mask text with no
+    """Raised by ``postprocess`` when a document is unfit for the task (e.g. fill-mask text with no
     mask token); Postprocess dead-letters it with reason ``bad_task_input``."""
 
 
@@ -62,3 +82,45 @@ ID_FIELD = pa.field("id", pa.string(), nullable=False)
 MODEL_FIELD = pa.field("model", pa.string(), nullable=False)
 CHUNK_FIELDS = [pa.field("n_chunks", pa.int32(), nullable=False),
                 pa.field("truncated", pa.bool_(), nullable=False)]
+
+
+def option(default: Any, help: str) -> Any:
+    """A task option that the ``bertbeam label`` command offers as a flag (``top_k`` ->
+    ``--top-k``), with ``help``; its default is the task's own."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class TaskOption:
+    """One option of a task as the command line sees it."""
+
+    name: str
+    flag: str
+    help: str
+    default: Any
+    kind: type
+    choices: tuple[Any, ...] | None = None
+
+
+def task_options(cls: type[Task]) -> list[TaskOption]:
+    """The options of a task class made with :func:`option`, in field order."""
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        if "help" not in f.metadata:
+            continue
+        kind, choices = _kind(hints[f.name])
+        out.append(TaskOption(f.name, "--" + f.name.replace("_", "-"), f.metadata["help"],
+                              f.default, kind, choices))
+    return out
+
+
+def _kind(hint: Any) -> tuple[type, tuple[Any, ...] | None]:
+    args = [a for a in get_args(hint) if a is not type(None)]
+    if get_origin(hint) is Literal:
+        return str, tuple(get_args(hint))
+    if len(args) == 1:  # X | None
+        return _kind(args[0])
+    if isinstance(hint, type):
+        return hint, None
+    raise TypeError(f"Task option type {hint!r} has no command-line form.")

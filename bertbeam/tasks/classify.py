@@ -15,7 +15,15 @@ import pyarrow as pa
 
 from bertbeam.config import _check_choice, _check_positive
 from bertbeam.records import WindowOutput
-from bertbeam.tasks.base import CHUNK_FIELDS, ID_FIELD, MODEL_FIELD, Task, chunk_columns, softmax
+from bertbeam.tasks.base import (
+    CHUNK_FIELDS,
+    ID_FIELD,
+    MODEL_FIELD,
+    Task,
+    chunk_columns,
+    option,
+    softmax,
+)
 
 ChunkMerge = Literal["mean", "max"]
 
@@ -93,10 +101,12 @@ class ClassifyTask(Task):
         out = docs | InferDocuments(task, run=RunSpec(model=ModelSpec(uri="gs://m/sst2")))
     """
 
-    top_k: int = 1
-    multi_label: bool | None = None
-    threshold: float = 0.5
-    chunk_merge: ChunkMerge = "mean"
+    top_k: int = option(1, "labels listed in `labels`, best first (single-label)")
+    multi_label: bool | None = option(
+        None, "an independent sigmoid per label; `labels` holds every label over --threshold "
+              "(default: as the checkpoint's problem_type says)")
+    threshold: float = option(0.5, "with --multi-label: the least score a label in `labels` has")
+    chunk_merge: ChunkMerge = option("mean", "how the window logits of a long document combine")
 
     name: ClassVar[str] = "classify"
     model_class: ClassVar[str] = "AutoModelForSequenceClassification"
@@ -119,14 +129,14 @@ class ClassifyTask(Task):
         return (getattr(config, "problem_type", None) == "multi_label_classification"
                 or int(getattr(config, "num_labels", 2)) == 1)
 
-    def forward(self, loaded: Any, inputs: dict[str, Any]) -> dict[str, Any]:
-        return {"logits": loaded.model(**inputs).logits}
+    def forward(self, engine: Any, inputs: dict[str, Any]) -> dict[str, Any]:
+        return {"logits": engine.model(**inputs).logits}
 
-    def finish(self, ctx: Any, outputs: list[WindowOutput]) -> dict[str, Any]:
+    def postprocess(self, engine: Any, outputs: list[WindowOutput]) -> dict[str, Any]:
         logits = merge_window_rows(np.stack([o.values["logits"] for o in outputs]), self.chunk_merge)
-        if self.uses_sigmoid(ctx.config):
-            labels = label_columns(id2label(ctx.config), sigmoid(logits), top_k=None,
+        if self.uses_sigmoid(engine.config):
+            labels = label_columns(id2label(engine.config), sigmoid(logits), top_k=None,
                                    threshold=self.threshold)
         else:
-            labels = label_columns(id2label(ctx.config), softmax(logits), top_k=self.top_k)
-        return {**labels, **chunk_columns(outputs), "model": ctx.uri}
+            labels = label_columns(id2label(engine.config), softmax(logits), top_k=self.top_k)
+        return {**labels, **chunk_columns(outputs), "model": engine.uri}

@@ -59,11 +59,11 @@ class EmbedTask(Task):
         normalize = self.normalize if self.normalize is not None else st.get("normalize", True)
         return pooling, normalize
 
-    def forward(self, loaded: Any, inputs: dict[str, Any]) -> dict[str, Any]:
+    def forward(self, engine: Any, inputs: dict[str, Any]) -> dict[str, Any]:
         import torch
 
-        pooling, _ = self._resolved(loaded.local_dir)
-        hidden = loaded.model(**inputs).last_hidden_state
+        pooling, _ = self._resolved(engine.local_dir)
+        hidden = engine.model(**inputs).last_hidden_state
         mask = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         if pooling == "cls":
             pooled = hidden[:, 0]
@@ -74,8 +74,8 @@ class EmbedTask(Task):
             pooled = (hidden.float() * mask.float()).sum(1) / mask.float().sum(1).clamp(min=1e-9)
         return {"embedding": pooled}
 
-    def finish(self, ctx: Any, outputs: list[WindowOutput]) -> dict[str, Any]:
-        _, normalize = self._resolved(ctx.local_dir)
+    def postprocess(self, engine: Any, outputs: list[WindowOutput]) -> dict[str, Any]:
+        _, normalize = self._resolved(engine.local_dir)
         vectors = np.stack([o.values["embedding"] for o in outputs]).astype(np.float32)
         lengths = np.array([o.window.length for o in outputs], dtype=np.float64)
         if normalize:
@@ -93,5 +93,5 @@ class EmbedTask(Task):
             "embedding": vector.astype(np.float32, copy=False),
             "n_tokens": int(lengths.sum()),
             **chunk_columns(outputs),
-            "model": ctx.uri,
+            "model": engine.uri,
         }

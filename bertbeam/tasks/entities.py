@@ -21,7 +21,15 @@ import pyarrow as pa
 
 from bertbeam.config import _check_choice
 from bertbeam.records import WindowOutput
-from bertbeam.tasks.base import CHUNK_FIELDS, ID_FIELD, MODEL_FIELD, Task, chunk_columns, softmax
+from bertbeam.tasks.base import (
+    CHUNK_FIELDS,
+    ID_FIELD,
+    MODEL_FIELD,
+    Task,
+    chunk_columns,
+    option,
+    softmax,
+)
 
 Aggregation = Literal["none", "simple", "first", "average", "max"]
 
@@ -54,7 +62,7 @@ class EntitiesTask(Task):
             model=ModelSpec(uri="gs://models/bert-ner")))
     """
 
-    aggregation: Aggregation = "simple"
+    aggregation: Aggregation = option("simple", "how tokens become entities, as in transformers")
     ignore_labels: tuple[str, ...] = ("O",)
 
     name: ClassVar[str] = "ner"
@@ -79,17 +87,17 @@ class EntitiesTask(Task):
             MODEL_FIELD,
         ])
 
-    def forward(self, loaded: Any, inputs: dict[str, Any]) -> dict[str, Any]:
-        return {"logits": loaded.model(**inputs).logits}
+    def forward(self, engine: Any, inputs: dict[str, Any]) -> dict[str, Any]:
+        return {"logits": engine.model(**inputs).logits}
 
-    def finish(self, ctx: Any, outputs: list[WindowOutput]) -> dict[str, Any]:
+    def postprocess(self, engine: Any, outputs: list[WindowOutput]) -> dict[str, Any]:
         text = outputs[0].window.text
         ids, offsets, logits = merge_token_windows(outputs)
-        tokens = _Tokens(ctx, text, ids, offsets, softmax(logits), self.aggregation)
+        tokens = _Tokens(engine, text, ids, offsets, softmax(logits), self.aggregation)
         return {
             "entities": tokens.entities(self.aggregation, set(self.ignore_labels)),
             **chunk_columns(outputs),
-            "model": ctx.uri,
+            "model": engine.uri,
         }
 
 
@@ -146,11 +154,11 @@ def merge_token_windows(outputs: list[WindowOutput]) -> tuple[np.ndarray, np.nda
 class _Tokens:
     """A document's tokens with their label scores: ``gather_pre_entities`` of the pipeline."""
 
-    def __init__(self, ctx: Any, text: str, ids: np.ndarray, offsets: np.ndarray,
+    def __init__(self, engine: Any, text: str, ids: np.ndarray, offsets: np.ndarray,
                  scores: np.ndarray, aggregation: str):
-        tokenizer = ctx.tokenizer
+        tokenizer = engine.tokenizer
         self._tokenizer = tokenizer
-        self._id2label = {int(k): v for k, v in ctx.config.id2label.items()}
+        self._id2label = {int(k): v for k, v in engine.config.id2label.items()}
         self.scores = scores
         self.starts = offsets[:, 0].tolist()
         self.ends = offsets[:, 1].tolist()

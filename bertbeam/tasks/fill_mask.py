@@ -8,14 +8,14 @@ never the [length, vocabulary] logits.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
 
 from bertbeam.config import _check_positive
 from bertbeam.records import WindowOutput
-from bertbeam.tasks.base import ID_FIELD, MODEL_FIELD, Task, TaskInputError
+from bertbeam.tasks.base import ID_FIELD, MODEL_FIELD, Task, TaskInputError, option
 
 PREDICTION = pa.struct([
     pa.field("token_str", pa.string()),
@@ -76,11 +76,11 @@ class FillMaskTask(Task):
         out = docs | InferDocuments(task, run=run)
     """
 
-    top_k: int = 5
+    top_k: int = option(5, "predicted tokens per mask")
 
     name: ClassVar[str] = "fill-mask"
     model_class: ClassVar[str] = "AutoModelForMaskedLM"
-    needs_text: ClassVar[bool] = True  # only for the dead-letter preview of a text with no mask
+    windows: ClassVar[Literal["all", "first"]] = "first"
 
     def __post_init__(self) -> None:
         _check_positive("top_k", self.top_k)
@@ -92,13 +92,13 @@ class FillMaskTask(Task):
             MODEL_FIELD,
         ])
 
-    def forward(self, loaded: Any, inputs: dict[str, Any]) -> dict[str, Any]:
+    def forward(self, engine: Any, inputs: dict[str, Any]) -> dict[str, Any]:
         import torch
 
         input_ids = inputs["input_ids"]
-        is_mask = input_ids == loaded.tokenizer.mask_token_id
+        is_mask = input_ids == engine.tokenizer.mask_token_id
         rows, cols = is_mask.nonzero(as_tuple=True)  # row-major: masks of a row in text order
-        logits = _mask_logits(loaded.model, inputs, rows, cols)  # [masks in batch, vocab]
+        logits = _mask_logits(engine.model, inputs, rows, cols)  # [masks in batch, vocab]
         k = min(self.top_k, logits.shape[-1])
         scores, ids = logits.float().softmax(dim=-1).topk(k, dim=-1)
         # Scatter into [batch, most masks in a row, k]; rows with fewer masks are zero-padded
@@ -112,13 +112,13 @@ class FillMaskTask(Task):
         out_ids[rows, slot] = ids.float()  # exact: float32 holds integers up to 2**24
         return {"scores": out_scores, "token_ids": out_ids}
 
-    def finish(self, ctx: Any, outputs: list[WindowOutput]) -> dict[str, Any]:
+    def postprocess(self, engine: Any, outputs: list[WindowOutput]) -> dict[str, Any]:
         if len(outputs) > 1:
             raise TaskInputError(
                 f"fill-mask reads one window per document, got {len(outputs)}: run it with "
                 "long_docs='truncate' (--long-docs truncate).")
         out = outputs[0]
-        tokenizer = ctx.tokenizer
+        tokenizer = engine.tokenizer
         input_ids = np.asarray(out.window.input_ids, dtype=np.int64)
         positions = np.flatnonzero(input_ids == tokenizer.mask_token_id)
         if positions.size == 0:
@@ -139,4 +139,4 @@ class FillMaskTask(Task):
                     "sequence": tokenizer.decode(filled, skip_special_tokens=single),
                     "mask_index": m,
                 })
-        return {"predictions": predictions, "model": ctx.uri}
+        return {"predictions": predictions, "model": engine.uri}

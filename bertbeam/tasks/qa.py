@@ -22,7 +22,7 @@ import pyarrow as pa
 
 from bertbeam.config import _check_positive
 from bertbeam.records import Window, WindowOutput
-from bertbeam.tasks.base import ID_FIELD, MODEL_FIELD, Task
+from bertbeam.tasks.base import ID_FIELD, MODEL_FIELD, Task, option
 
 _MASKED = -10000.0
 # The pipeline keeps top_k * 2 + 10 candidates per window before aligning them to words,
@@ -48,7 +48,7 @@ class QATask(Task):
             model=ModelSpec(uri="gs://models/bert-squad")))
     """
 
-    max_answer_length: int = 15
+    max_answer_length: int = option(15, "the longest answer, in tokens")
     handle_impossible_answer: bool = False
     align_to_words: bool = True
 
@@ -76,17 +76,17 @@ class QATask(Task):
             MODEL_FIELD,
         ])
 
-    def forward(self, loaded: Any, inputs: dict[str, Any]) -> dict[str, Any]:
-        out = loaded.model(**inputs)
+    def forward(self, engine: Any, inputs: dict[str, Any]) -> dict[str, Any]:
+        out = engine.model(**inputs)
         return {"start_logits": out.start_logits, "end_logits": out.end_logits}
 
-    def finish(self, ctx: Any, outputs: list[WindowOutput]) -> dict[str, Any]:
+    def postprocess(self, engine: Any, outputs: list[WindowOutput]) -> dict[str, Any]:
         context = outputs[0].window.text_pair or ""
-        words = _context_words(ctx.tokenizer, context) if self.align_to_words else None
+        words = _context_words(engine, context) if self.align_to_words else None
         answers: dict[str, dict[str, Any]] = {}  # lower-cased answer -> first span, summed score
         null_score = 1e6
         for out in outputs:
-            spans, null = _window_spans(out, ctx.tokenizer.cls_token_id, self.max_answer_length)
+            spans, null = _window_spans(out, engine.tokenizer.cls_token_id, self.max_answer_length)
             null_score = min(null_score, null)
             token_words = _token_words(out.window, words)
             for s, e, score in spans:
@@ -103,7 +103,7 @@ class QATask(Task):
         # max() keeps the first of equal scores, as the pipeline's stable sort does.
         best = max(ranked, key=lambda a: a["score"], default={
             "answer": "", "score": 0.0, "start": 0, "end": 0})
-        return {**best, "score": float(best["score"]), "n_chunks": len(outputs), "model": ctx.uri}
+        return {**best, "score": float(best["score"]), "n_chunks": len(outputs), "model": engine.uri}
 
 
 def _window_spans(out: WindowOutput, cls_id: int | None,
@@ -141,14 +141,15 @@ def _masked_softmax(logits: np.ndarray, allowed: np.ndarray) -> np.ndarray:
     return x / x.sum()
 
 
-def _context_words(tokenizer: Any, context: str) -> np.ndarray:
+def _context_words(engine: Any, context: str) -> np.ndarray:
     """Word index of the context token starting at each character (-1 where none starts).
 
     The context's words are the same whether it is tokenized alone or after a question,
     so one call here gives every window's word boundaries.
     """
-    enc = tokenizer(context, add_special_tokens=False, truncation=False,
-                    return_offsets_mapping=True, verbose=False)
+    with engine.loaded.tokenizer_lock:
+        enc = engine.tokenizer(context, add_special_tokens=False, truncation=False,
+                               return_offsets_mapping=True, verbose=False)
     words = np.full(len(context) + 1, -1, dtype=np.int64)
     offsets = np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(-1, 2)
     word_ids = np.array([-1 if x is None else x for x in enc.word_ids()], dtype=np.int64)

@@ -23,7 +23,7 @@ import pyarrow as pa
 
 from bertbeam.config import _check_choice
 from bertbeam.records import WindowOutput
-from bertbeam.tasks.base import Task, chunk_columns, softmax
+from bertbeam.tasks.base import Task, chunk_columns, option, softmax
 from bertbeam.tasks.classify import label_columns, label_schema
 from bertbeam.tasks.embed import EmbedTask, Pooling
 
@@ -91,8 +91,8 @@ class ZeroShotTask(Task):
 
     labels: tuple[str, ...]
     descriptions: tuple[str | None, ...] | None = None
-    temperature: float = DEFAULT_TEMPERATURE
-    top_k: int = 1
+    temperature: float = option(DEFAULT_TEMPERATURE, "softmax temperature over cosine similarities")
+    top_k: int = option(1, "labels listed in `labels`, best first")
     template: str = DEFAULT_TEMPLATE
     pooling: Pooling = "auto"
     chunk_pooling: ZeroShotChunkPooling = "mean"
@@ -137,28 +137,28 @@ class ZeroShotTask(Task):
     def schema(self, config: Any) -> pa.Schema:
         return label_schema()
 
-    def forward(self, loaded: Any, inputs: dict[str, Any]) -> dict[str, Any]:
+    def forward(self, engine: Any, inputs: dict[str, Any]) -> dict[str, Any]:
         import torch
 
-        pooled = self._embedder.forward(loaded, inputs)["embedding"].float()
+        pooled = self._embedder.forward(engine, inputs)["embedding"].float()
         # Unit windows, as EmbedTask combines them for a normalizing model: a long document's
         # vector is then the same here as in `bertbeam embed`.
         pooled = torch.nn.functional.normalize(pooled, dim=1)
-        unit_labels = _label_matrix(loaded, self._embedder, self.label_texts)
+        unit_labels = _label_matrix(engine, self._embedder, self.label_texts)
         # Dot products are linear in the embedding, so appending them to it lets EmbedTask's
         # window combination carry them along: the combined tail is the combined vector's
         # dot product with each label, without the label matrix ever leaving this process.
         return {"embedding": torch.cat([pooled, pooled @ unit_labels.T], dim=1)}
 
-    def finish(self, ctx: Any, outputs: list[WindowOutput]) -> dict[str, Any]:
-        combined = self._embedder.finish(ctx, outputs)["embedding"].astype(np.float64)
+    def postprocess(self, engine: Any, outputs: list[WindowOutput]) -> dict[str, Any]:
+        combined = self._embedder.postprocess(engine, outputs)["embedding"].astype(np.float64)
         vector, dots = combined[: -len(self.labels)], combined[-len(self.labels):]
         cosine = dots / max(float(np.linalg.norm(vector)), 1e-12)
         scores = softmax(cosine / self.temperature)
         return {
             **label_columns(list(self.labels), scores, top_k=self.top_k),
             **chunk_columns(outputs),
-            "model": ctx.uri,
+            "model": engine.uri,
         }
 
 
@@ -172,28 +172,26 @@ _LABEL_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _LABEL_LOCK = threading.Lock()
 
 
-def _label_matrix(loaded: Any, embedder: EmbedTask, texts: tuple[str, ...]) -> Any:
+def _label_matrix(engine: Any, embedder: EmbedTask, texts: tuple[str, ...]) -> Any:
     """Unit-norm label embeddings [labels, dim] on the model's device: computed on first use,
     then reused by every batch (and thread) of this process that runs the same model."""
-    key = (texts, embedder.pooling)
+    key = (texts, embedder.pooling, engine.max_length)
     with _LABEL_LOCK:
-        per_model = _LABEL_CACHE.setdefault(loaded.model, {})
+        per_model = _LABEL_CACHE.setdefault(engine.model, {})
         if key not in per_model:
-            per_model[key] = _embed_texts(loaded, embedder, texts)
+            per_model[key] = _embed_texts(engine, embedder, texts)
         return per_model[key]
 
 
-def _embed_texts(loaded: Any, embedder: EmbedTask, texts: tuple[str, ...]) -> Any:
+def _embed_texts(engine: Any, embedder: EmbedTask, texts: tuple[str, ...]) -> Any:
+    """Label texts embedded like documents: the engine's window length, no token type ids."""
     import torch
 
-    from bertbeam.config import TokenizeSpec
-    from bertbeam.tokenization import resolve_max_length
-
-    max_length = resolve_max_length(loaded.tokenizer, loaded.config, loaded.local_dir, TokenizeSpec())
-    # Same inputs as the documents' windows: no token type ids for single texts.
-    encoded = loaded.tokenizer(list(texts), padding=True, truncation=True, max_length=max_length,
-                               return_token_type_ids=False, return_tensors="pt")
-    inputs = {k: v.to(loaded.device) for k, v in encoded.items()}
+    with engine.loaded.tokenizer_lock:
+        encoded = engine.tokenizer(list(texts), padding=True, truncation=True,
+                                   max_length=engine.max_length, return_token_type_ids=False,
+                                   return_tensors="pt")
+    inputs = {k: v.to(engine.device) for k, v in encoded.items()}
     with torch.inference_mode():
-        vectors = embedder.forward(loaded, inputs)["embedding"].float()
+        vectors = embedder.forward(engine, inputs)["embedding"].float()
     return torch.nn.functional.normalize(vectors, dim=1)

@@ -146,7 +146,7 @@ def _no_gpu_reason(exc: BaseException) -> str | None:
 
 def run(argv: list[str] | None = None) -> int:
     """Runs the check; returns 0 when every probe found a GPU (or ``--allow-cpu``), else 1."""
-    from pipelines.common import beam_options
+    from bertbeam.jobs.common import beam_options
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args, beam_args = parser().parse_known_args(argv)

@@ -1,4 +1,4 @@
-"""What every task pipeline shares: common flags, launcher checks, the run and its summary."""
+"""What every task job shares: common flags, launcher checks, the run and its summary."""
 
 from __future__ import annotations
 
@@ -12,13 +12,15 @@ from dataclasses import dataclass
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from bertbeam import io, metrics
+from bertbeam import metrics, summary
 from bertbeam.config import EMBEDDED_MODEL, BatchSpec, ModelSpec, RunSpec, TokenizeSpec
-from bertbeam.io import Columns, ReadDocuments, WriteResults
-from bertbeam.records import DEAD_LETTER_SCHEMA
+from bertbeam.deadletter import DEAD_LETTER, DEAD_LETTER_SCHEMA
+from bertbeam.filesystems import url_to_fs
+from bertbeam.reading import Columns, InputError, ReadDocuments, check_input
 from bertbeam.runners import resolve_runner, torch_threads
 from bertbeam.tasks.base import Task
 from bertbeam.transforms import InferDocuments
+from bertbeam.writing import WriteResults
 
 _LOG = logging.getLogger("bertbeam")
 
@@ -27,24 +29,39 @@ class AccountingError(RuntimeError):
     """Some input rows are neither in the results nor in the dead letter."""
 
 
-def add_common_args(parser: argparse.ArgumentParser, *, long_docs_default: str = "chunk") -> None:
+def new_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """A parser that shows each default in --help and takes no abbreviations (a typo must
+    not silently mean another flag); unknown flags go on to Beam, which suggests the
+    nearest bertbeam or Beam flag."""
+    return argparse.ArgumentParser(
+        prog=prog, description=description, allow_abbrev=False,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="Other flags are Beam pipeline options (--runner, --direct_num_workers, ...).")
+
+
+def add_common_args(parser: argparse.ArgumentParser, *, long_docs_default: str | None = "chunk") -> None:
     parser.add_argument("--input", required=True, help="Parquet glob: local, gs:// or any fsspec URL")
     parser.add_argument("--output", required=True, help="output directory (local, gs://, fsspec URL)")
     parser.add_argument("--model", default=EMBEDDED_MODEL,
                         help=f"model directory or URI (default: {EMBEDDED_MODEL})")
-    parser.add_argument("--id-column", default="id")
-    parser.add_argument("--text-column", default="text")
+    parser.add_argument("--id-column", default="id", help="input column with the document id")
+    parser.add_argument("--text-column", default="text", help="input column with the text")
     parser.add_argument("--max-length", type=int, default=None, help="tokens per window")
-    parser.add_argument("--long-docs", choices=["truncate", "chunk"], default=long_docs_default)
+    parser.add_argument("--long-docs", choices=["truncate", "chunk"], default=long_docs_default,
+                        help="long documents: overlapping windows (chunk) or the first (truncate)")
     parser.add_argument("--stride", type=int, default=None, help="tokens shared by adjacent windows")
     parser.add_argument("--token-budget", type=int, default=BatchSpec.token_budget,
                         help="padded tokens per batch (batch size x padded length)")
     parser.add_argument("--buffer-size", type=int, default=BatchSpec.buffer_size,
                         help="windows sorted together before batches are cut")
-    parser.add_argument("--max-batch-size", type=int, default=BatchSpec.max_batch_size)
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto")
-    parser.add_argument("--quantize", choices=["none", "int8"], default="none")
+    parser.add_argument("--max-batch-size", type=int, default=BatchSpec.max_batch_size,
+                        help="windows per batch at most")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                        help="auto: a GPU where the worker has one")
+    parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
+                        help="auto: bfloat16 on GPUs that have it, float32 otherwise")
+    parser.add_argument("--quantize", choices=["none", "int8"], default="none",
+                        help="int8: dynamic int8 linear layers on CPU")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads per worker process (default: cores / local workers)")
     parser.add_argument("--cpu-streams", type=_streams, default="auto",
@@ -66,9 +83,11 @@ def _streams(value: str) -> int | str:
         raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {value!r}") from None
 
 
-def beam_options(beam_args: list[str]) -> PipelineOptions:
+def beam_options(beam_args: list[str], bertbeam_parser: argparse.ArgumentParser | None = None
+                 ) -> PipelineOptions:
     """Beam pipeline options from the flags bertbeam did not parse; a flag that is neither
-    bertbeam's nor Beam's is an error, not a warning (a typo must not run a nightly job)."""
+    bertbeam's nor Beam's is an error, not a warning (a typo must not run a nightly job),
+    with the nearest flag of either kind as a suggestion."""
     import difflib
 
     from apache_beam.options.pipeline_options import _BeamArgumentParser
@@ -80,6 +99,8 @@ def beam_options(beam_args: list[str]) -> PipelineOptions:
     flags = [a for a in unknown if a.startswith("-")]
     if flags:
         known = [o for action in parser._actions for o in action.option_strings]
+        if bertbeam_parser is not None:
+            known += [o for action in bertbeam_parser._actions for o in action.option_strings]
         close = difflib.get_close_matches(flags[0].split("=", 1)[0], known, n=1)
         hint = f" Did you mean {close[0]}?" if close else ""
         raise ValueError(f"Unknown option {flags[0]!r}: neither a bertbeam nor a Beam option.{hint}")
@@ -118,10 +139,10 @@ def preflight(job: Job):
     """
     from transformers import AutoConfig
 
+    from bertbeam.engine import resolve_max_length
     from bertbeam.models import check_task_fit, check_weights, load_tokenizer, resolve_model_dir
-    from bertbeam.tokenization import resolve_max_length
 
-    io.check_input(job.input, job.columns)
+    check_input(job.input, job.columns)
     spec = job.run.model
     local_dir = resolve_model_dir(spec.uri, spec.cache_dir)
     check_weights(local_dir, spec.uri, allow_pickle_weights=spec.allow_pickle_weights)
@@ -134,25 +155,26 @@ def preflight(job: Job):
 def build(p: beam.Pipeline, job: Job, config) -> None:
     """Read -> infer -> write results and dead letter; the shape every task pipeline has."""
     read = p | "ReadDocuments" >> ReadDocuments(job.input, job.columns)
-    inferred = read["documents"] | "Infer" >> InferDocuments(job.task, run=job.run)
+    # ReadDocuments has checked ids and texts already (with the same reasons).
+    infer = InferDocuments(job.task, run=job.run, validate=False)
+    inferred = read["documents"] | "Infer" >> infer
     inferred["results"] | "WriteResults" >> WriteResults(job.output, schema=job.task.schema(config))
     (
-        (read["dead_letter"], inferred["dead_letter"])
+        (read[DEAD_LETTER], inferred[DEAD_LETTER])
         | "AllDeadLetters" >> beam.Flatten()
         | "WriteDeadLetter" >> WriteResults(job.output, schema=DEAD_LETTER_SCHEMA, prefix="dead_letter")
     )
 
 
-def execute(job: Job, beam_args: list[str]) -> dict:
+def execute(job: Job, beam_args: list[str],
+            bertbeam_parser: argparse.ArgumentParser | None = None) -> dict:
     """Runs ``job`` to completion and writes ``_SUMMARY.json``; returns the summary.
 
     Raises AccountingError when read != written + dead-lettered.
     """
-    import fsspec
-
-    options = beam_options(beam_args)
+    options = beam_options(beam_args, bertbeam_parser)
     config = preflight(job)
-    fs, root = fsspec.core.url_to_fs(job.output)
+    fs, root = url_to_fs(job.output)
     fs.makedirs(root, exist_ok=True)
     if fs.exists(f"{root.rstrip('/')}/_SUMMARY.json"):
         # A stale summary must not vouch for files this run is about to replace.
@@ -163,31 +185,31 @@ def execute(job: Job, beam_args: list[str]) -> dict:
     result = p.run()
     result.wait_until_finish()
     counters = metrics.query_counters(result)
-    summary = metrics.build_summary(
+    report = summary.build_summary(
         counters, input_pattern=job.input, output_dir=job.output, wall_seconds=time.perf_counter() - start,
         model=job.run.model.uri, task=job.task.name)
-    metrics.write_summary(job.output, summary)
-    if not summary["accounted"]:
+    summary.write_summary(job.output, report)
+    if not report["accounted"]:
         raise AccountingError(
-            f"{summary['read']} rows read but {summary['written']} written + "
-            f"{summary['dead_lettered']} dead-lettered: rows are missing or duplicated.")
-    return summary
+            f"{report['read']} rows read but {report['written']} written + "
+            f"{report['dead_lettered']} dead-lettered: rows are missing or duplicated.")
+    return report
 
 
-def main(make_job: Callable[[list[str] | None], tuple[Job, list[str]]], argv: list[str] | None) -> int:
-    """Runs a task pipeline from argv; returns the process exit code."""
-    from bertbeam.io import InputError
+def main(make_job: Callable[[list[str] | None], tuple[Job, list[str]]], argv: list[str] | None,
+         parser: argparse.ArgumentParser | None = None) -> int:
+    """Runs a task job from argv; returns the process exit code."""
     from bertbeam.models import ModelLoadError
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         job, beam_args = make_job(argv)
-        summary = execute(job, beam_args)
+        report = execute(job, beam_args, parser)
     except (InputError, ModelLoadError, ValueError) as exc:
         print(f"bertbeam: error: {exc}", file=sys.stderr)
         return 2
     except AccountingError as exc:
         print(f"bertbeam: error: {exc}", file=sys.stderr)
         return 3
-    print(metrics.summary_line(summary))
+    print(summary.summary_line(report))
     return 0

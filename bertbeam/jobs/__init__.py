@@ -1,0 +1,1 @@
+"""The ``bertbeam`` commands' jobs: argv -> a checked, running pipeline and its summary."""

@@ -1,0 +1,253 @@
+"""ReadDocuments: a Parquet glob (local, ``gs://``, any fsspec URL) to Documents, one row group
+per work item, in Arrow record batches; rows that cannot be documents go to the dead letter
+with the reason codes of :mod:`bertbeam.validation`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import apache_beam as beam
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from bertbeam import metrics
+from bertbeam.deadletter import DEAD_LETTER, DeadLetter, Reason
+from bertbeam.filesystems import expand_glob, url_to_fs
+from bertbeam.validation import check_document, id_key
+
+READ_BATCH_ROWS = 4096
+
+
+class InputError(ValueError):
+    """The input glob or its columns cannot be read as asked."""
+
+
+@dataclass(frozen=True)
+class Columns:
+    """Which input columns hold the id and the text (or the question and its context)."""
+
+    id: str = "id"
+    text: str = "text"
+    text_pair: str | None = None
+
+    @property
+    def names(self) -> list[str]:
+        return [c for c in (self.id, self.text, self.text_pair) if c is not None]
+
+
+def check_input(pattern: str, columns: Columns) -> list[str]:
+    """Launcher-side check: the glob matches files and the first readable one has the columns.
+
+    Unreadable files are left to the pipeline, which reports their rows in the dead letter;
+    only a glob whose files are all unreadable fails here.
+    """
+    files = expand_glob(pattern)
+    if not files:
+        raise InputError(f"Input {pattern!r} matches no files.")
+    errors = []
+    for url in files:
+        fs, path = url_to_fs(url)
+        try:
+            with fs.open(path, "rb") as f:
+                names = pq.ParquetFile(f).schema_arrow.names
+        except Exception as exc:
+            errors.append(f"{url}: {exc}")
+            continue
+        missing = [c for c in columns.names if c not in names]
+        if missing:
+            raise InputError(
+                f"Input {url!r} has no column {missing[0]!r}; its columns are: {', '.join(names)}."
+            )
+        return files
+    raise InputError(f"No file of {pattern!r} is readable Parquet; first error: {errors[0]}")
+
+
+def count_input_rows(pattern: str) -> int:
+    """Input units of a glob, from Parquet footers: the rows of every file whose footer reads,
+    plus one per file whose footer does not (the unit its dead-letter row stands for).
+
+    This is the ``read`` side of the accounting invariant, counted independently of the
+    pipeline, so a reader that skipped rows could not hide it.
+    """
+    total = 0
+    for url in expand_glob(pattern):
+        fs, path = url_to_fs(url)
+        try:
+            with fs.open(path, "rb") as f:
+                total += pq.ParquetFile(f).metadata.num_rows
+        except Exception:
+            total += 1
+    return total
+
+
+def _read_dead_letter(doc_id: Any, reason: Reason, message: str | None = None,
+                      value: Any = None) -> Any:
+    """Counts one input unit as read and dead-lettered; returns its tagged dead letter."""
+    metrics.inc(metrics.READ)
+    metrics.inc(metrics.DEAD_LETTERED)
+    return DeadLetter.of(doc_id, reason, message, value=value).tagged()
+
+
+def _read_group(url: str, group: int, columns: list[str]) -> pa.Table:
+    fs, path = url_to_fs(url)
+    with fs.open(path, "rb") as f:
+        return pq.ParquetFile(f).read_row_group(group, columns=columns)
+
+
+class _ListRowGroupsFn(beam.DoFn):
+    def process(self, url: str) -> Iterator[Any]:
+        fs, path = url_to_fs(url)
+        try:
+            with fs.open(path, "rb") as f:
+                n = pq.ParquetFile(f).num_row_groups
+        except Exception as exc:
+            # The footer is unreadable, so the number of rows lost is unknown: one unit.
+            yield _read_dead_letter(None, Reason.UNREADABLE_FILE, f"{type(exc).__name__}: {exc}", url)
+            return
+        for group in range(n):
+            yield url, group
+
+
+class _RowGroupIdsFn(beam.DoFn):
+    """(url, group) -> (id, position) for every row with an id; reads the id column only."""
+
+    def __init__(self, id_column: str):
+        self._id_column = id_column
+
+    def process(self, element: tuple[str, int]) -> Iterator[tuple[str, tuple]]:
+        url, group = element
+        try:
+            ids = _read_group(url, group, [self._id_column]).column(0).to_pylist()
+        except Exception:
+            ids = []  # the main read reports this row group
+        for row, raw in enumerate(ids):
+            key = id_key(raw)
+            if key is not None:
+                yield key, (url, group, row)
+
+
+class _FirstPosition(beam.CombineFn):
+    """(earliest position, count) of an id across the corpus."""
+
+    def create_accumulator(self) -> tuple[Any, int]:
+        return None, 0
+
+    def add_input(self, acc: tuple[Any, int], position: tuple) -> tuple[Any, int]:
+        first, count = acc
+        return (position if first is None or position < first else first), count + 1
+
+    def merge_accumulators(self, accs: Any) -> tuple[Any, int]:
+        firsts = [a[0] for a in accs if a[0] is not None]
+        return (min(firsts) if firsts else None), sum(a[1] for a in accs)
+
+    def extract_output(self, acc: tuple[Any, int]) -> tuple[Any, int]:
+        return acc
+
+
+class _ReadRowGroupFn(beam.DoFn):
+    def __init__(self, columns: Columns):
+        self._columns = columns
+
+    def process(self, element: tuple[str, int], duplicates: dict[str, tuple]) -> Iterator[Any]:
+        url, group = element
+        try:
+            table = _read_group(url, group, self._columns.names)
+        except Exception as exc:
+            yield from self._lost_group(url, group, exc)
+            return
+        row = 0
+        for batch in table.to_batches(max_chunksize=READ_BATCH_ROWS):
+            yield from self._documents(batch, url, group, row, duplicates)
+            row += batch.num_rows
+
+    def _lost_group(self, url: str, group: int, exc: Exception) -> Iterator[Any]:
+        """Reports every row of an unreadable row group: by id when the ids can still be read,
+        else one id-less row per row the footer says the group holds."""
+        message = f"row group {group} of {url}: {type(exc).__name__}: {exc}"[:500]
+        try:
+            ids = _read_group(url, group, [self._columns.id]).column(0).to_pylist()
+        except Exception:
+            fs, path = url_to_fs(url)
+            with fs.open(path, "rb") as f:
+                ids = [None] * pq.ParquetFile(f).metadata.row_group(group).num_rows
+        for raw in ids:
+            yield _read_dead_letter(id_key(raw), Reason.UNREADABLE_FILE, message, url)
+
+    def _documents(self, batch: pa.RecordBatch, url: str, group: int, row0: int,
+                   duplicates: dict[str, tuple]) -> Iterator[Any]:
+        cols = self._columns
+        ids = batch.column(cols.id).to_pylist()
+        texts = _as_python(batch.column(cols.text))
+        pairs = _as_python(batch.column(cols.text_pair)) if cols.text_pair else None
+        with_pair = pairs is not None
+        for i, raw_id in enumerate(ids):
+            doc_id = id_key(raw_id)
+            first = duplicates.get(doc_id) if doc_id is not None else None
+            if first is not None and first != (url, group, row0 + i):
+                yield _read_dead_letter(doc_id, Reason.DUPLICATE_ID, (
+                    f"id already used by row {first[2]} of row group {first[1]} of {first[0]}; "
+                    "the first occurrence is kept"), texts[i])
+                continue
+            checked = check_document(raw_id, texts[i], pairs[i] if with_pair else None,
+                                     with_pair=with_pair)
+            metrics.inc(metrics.READ)
+            if isinstance(checked, DeadLetter):
+                metrics.inc(metrics.DEAD_LETTERED)
+                yield checked.tagged()
+            else:
+                yield checked
+
+
+def _as_python(column: pa.Array) -> list[Any]:
+    """Python values of a column; strings with invalid UTF-8 come back as bytes."""
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        try:
+            return column.to_pylist()
+        except (UnicodeDecodeError, pa.ArrowException):
+            return column.cast(pa.binary()).to_pylist()
+    return column.to_pylist()
+
+
+class ReadDocuments(beam.PTransform):
+    """Pipeline root -> Document (main) and dead-letter rows (``dead_letter``).
+
+    Reads a Parquet glob in Arrow record batches, one row group per work item, so large
+    files spread over workers. Rows without a usable id or text go to the dead letter with a
+    reason code; of rows sharing an id, the first (by file, row group, row) is kept and the
+    others are dead-lettered as ``duplicate_id``.
+
+    Example::
+
+        read = p | ReadDocuments("gs://bucket/corpus/*.parquet", Columns(id="id", text="body"))
+        docs, bad = read["documents"], read["dead_letter"]
+    """
+
+    def __init__(self, pattern: str, columns: Columns | None = None):
+        super().__init__()
+        self._pattern = pattern
+        self._columns = columns or Columns()
+
+    def expand(self, pbegin: beam.pvalue.PBegin) -> dict[str, beam.PCollection]:
+        groups = (
+            pbegin
+            | "Pattern" >> beam.Create([self._pattern])
+            | "ExpandGlob" >> beam.FlatMap(expand_glob)
+            | "ListRowGroups" >> beam.ParDo(_ListRowGroupsFn()).with_outputs(DEAD_LETTER, main="groups")
+        )
+        spread = groups.groups | "SpreadRowGroups" >> beam.Reshuffle()
+        # Duplicate ids are found from the id column alone (a cheap columnar pass), so that
+        # the documents themselves stream without a shuffle.
+        duplicates = (
+            spread
+            | "ReadIds" >> beam.ParDo(_RowGroupIdsFn(self._columns.id))
+            | "CountIds" >> beam.CombinePerKey(_FirstPosition())
+            | "DuplicatedIds" >> beam.FlatMapTuple(
+                lambda key, acc: [(key, acc[0])] if acc[1] > 1 else [])
+        )
+        read = spread | "ReadRowGroups" >> beam.ParDo(
+            _ReadRowGroupFn(self._columns), duplicates=beam.pvalue.AsDict(duplicates)
+        ).with_outputs(DEAD_LETTER, main="documents")
+        dead = (groups.dead_letter, read.dead_letter) | "ReadDeadLetter" >> beam.Flatten()
+        return {"documents": read.documents, DEAD_LETTER: dead}

@@ -1,0 +1,72 @@
+"""The run summary (``_SUMMARY.json``): counts from the input footers, the written files and
+the counters, built on the launcher after the pipeline has finished."""
+
+from __future__ import annotations
+
+from bertbeam import metrics
+from bertbeam.filesystems import write_json_atomically
+from bertbeam.reading import count_input_rows
+from bertbeam.writing import count_rows, read_table
+
+LABEL_TASKS = ("classify", "zero-shot")
+SUMMARY_FILE = "_SUMMARY.json"
+
+
+def build_summary(
+    counters: dict[str, int],
+    *,
+    input_pattern: str,
+    output_dir: str,
+    wall_seconds: float,
+    model: str,
+    task: str,
+) -> dict:
+    """The run summary: ``read`` from the input files' footers, ``written`` and
+    ``dead_lettered`` from the finalized output files, tokens and windows from counters."""
+    read = count_input_rows(input_pattern)
+    written = count_rows(output_dir, "results")
+    dead = count_rows(output_dir, "dead_letter")
+    real, padded = counters[metrics.REAL_TOKENS], counters[metrics.PADDED_TOKENS]
+    summary = {
+        "task": task,
+        "model": model,
+        "read": read,
+        "written": written,
+        "dead_lettered": dead,
+        "accounted": read == written + dead,
+        "windows": counters[metrics.WINDOWS],
+        "chunked_documents": counters[metrics.CHUNKED_DOCS],
+        "truncated_documents": counters[metrics.TRUNCATED_DOCS],
+        "batches": counters[metrics.BATCHES],
+        "real_tokens": real,
+        "padded_tokens": padded,
+        "padding_efficiency": round(real / padded, 4) if padded else None,
+        "oom_batch_splits": counters[metrics.OOM_SPLITS],
+        "wall_seconds": round(wall_seconds, 3),
+        "docs_per_second": round(written / wall_seconds, 3) if wall_seconds > 0 else None,
+        "tokens_per_second": round(real / wall_seconds, 1) if wall_seconds > 0 else None,
+    }
+    if dead:
+        reasons = read_table(output_dir, "dead_letter", ["reason"]).column("reason").to_pylist()
+        summary["dead_letter_reasons"] = {r: reasons.count(r) for r in sorted(set(reasons))}
+    if written and task in LABEL_TASKS:
+        labels = read_table(output_dir, "results", ["label"]).column("label").value_counts()
+        summary["label_distribution"] = {
+            v["values"]: v["counts"] for v in sorted(labels.to_pylist(), key=lambda v: -v["counts"])}
+    return summary
+
+
+def write_summary(output_dir: str, summary: dict) -> str:
+    """Writes ``_SUMMARY.json`` into ``output_dir`` atomically; it is written last, after the
+    results, so its presence means the run finished."""
+    return write_json_atomically(output_dir, SUMMARY_FILE, summary)
+
+
+def summary_line(summary: dict) -> str:
+    eff = summary["padding_efficiency"]
+    return (
+        f"bertbeam {summary['task']}: {summary['written']} written, {summary['dead_lettered']} "
+        f"dead-lettered of {summary['read']} read in {summary['wall_seconds']:.1f} s "
+        f"({summary['docs_per_second'] or 0:.1f} docs/s, {summary['tokens_per_second'] or 0:.0f} "
+        f"tokens/s, padding efficiency {eff if eff is not None else 'n/a'})"
+    )

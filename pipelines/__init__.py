@@ -1,1 +1,0 @@
-"""Runnable bertbeam pipelines: ``python -m pipelines.embed …`` / ``python -m pipelines.label …``."""
