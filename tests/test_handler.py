@@ -12,8 +12,8 @@ from bertbeam.handler import BertModelHandler
 from bertbeam.tasks.classify import ClassifyTask
 from bertbeam.tasks.embed import EmbedTask
 from bertbeam.tasks.qa import QATask
-from tests.test_transforms import _NaNOnMarker
 from tests.conftest import ARCHITECTURES, SAMPLE_TEXTS
+from tests.test_transforms import _NaNOnMarker
 
 TOLERANCE = 1e-4
 
@@ -167,7 +167,6 @@ def test_run_inference_dead_letters_per_row_with_exception_handling(tiny_model):
     from apache_beam.ml.inference.base import RunInference
     from apache_beam.testing.test_pipeline import TestPipeline
     from apache_beam.testing.util import assert_that, equal_to
-
     from transformers import AutoTokenizer
 
     model = tiny_model("bert", "base")
