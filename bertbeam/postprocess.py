@@ -97,5 +97,5 @@ class Postprocess(beam.PTransform):
         self._row_type = beam_row_type(schema)
 
     def expand(self, docs: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
-        return docs | "Postprocess" >> beam.ParDo(self._fn).with_outputs(
-            DEAD_LETTER, main="results").with_output_types(self._row_type)
+        return docs | "Postprocess" >> beam.ParDo(self._fn).with_output_types(
+            self._row_type).with_outputs(DEAD_LETTER, main="results")

@@ -53,8 +53,8 @@ class Tokenize(beam.PTransform):
         self._spec = engine_spec(task, run)
 
     def expand(self, docs: beam.PCollection[Document]) -> beam.pvalue.DoOutputsTuple:
-        return docs | "Tokenize" >> beam.ParDo(_TokenizeFn(self._spec)).with_outputs(
-            DEAD_LETTER, main="windows").with_output_types(Window)
+        return docs | "Tokenize" >> beam.ParDo(_TokenizeFn(self._spec)).with_output_types(
+            Window).with_outputs(DEAD_LETTER, main="windows")
 
 
 def engine_spec(task: Task, run: RunSpec | None) -> EngineSpec:

@@ -9,7 +9,7 @@ from apache_beam.transforms.window import GlobalWindows
 
 from bertbeam.batching import BatchByTokens
 from bertbeam.config import RunSpec
-from bertbeam.deadletter import DEAD_LETTER
+from bertbeam.deadletter import DEAD_LETTER, DeadLetter
 from bertbeam.inference import RunModel
 from bertbeam.postprocess import MergeWindows, Postprocess
 from bertbeam.records import Document
@@ -87,7 +87,8 @@ class InferDocuments(beam.PTransform):
         )
         dead += [tokenized[DEAD_LETTER], finished[DEAD_LETTER]]
         return {"results": finished["results"],
-                DEAD_LETTER: tuple(dead) | "DeadLetter" >> beam.Flatten()}
+                DEAD_LETTER: tuple(dead) | "DeadLetter" >> beam.Flatten().with_output_types(
+                    DeadLetter)}
 
 
 class EmbedDocuments(InferDocuments):

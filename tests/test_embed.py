@@ -34,7 +34,8 @@ def reference(corpus, embedded_model_dir):
     return dict(zip(texts, vectors, strict=True))
 
 
-@pytest.mark.parametrize(("budget", "streams"), [("64", "3"), ("1024", "1"), ("65536", "auto")])
+@pytest.mark.parametrize(("budget", "streams"), [("64", "3"), ("1024", "1"), ("65536", "auto")],
+                         ids=["budget64-streams3", "budget1024-streams1", "budget65536-auto"])
 def test_embeddings_match_sentence_transformers(tmp_path, corpus, reference, budget, streams):
     """Every row's cosine to sentence-transformers' normalized embedding is >= 0.9999, for token
     budgets that make one-window batches up to one batch for the whole corpus, and for one or

@@ -63,12 +63,12 @@ JOBS = {
 
 
 @pytest.mark.parametrize(("job", "runner"), [
-    ("embed", ()),
-    ("classify", ()),
+    pytest.param("embed", (), id="embed-local"),
+    pytest.param("classify", (), id="classify-local"),
     pytest.param("embed", ("--direct_num_workers=2", "--direct_running_mode=multi_processing"),
-                 marks=pytest.mark.slow),
+                 marks=pytest.mark.slow, id="embed-multi_processing"),
     pytest.param("classify", ("--direct_num_workers=2", "--direct_running_mode=multi_processing"),
-                 marks=pytest.mark.slow),
+                 marks=pytest.mark.slow, id="classify-multi_processing"),
 ])
 def test_every_row_accounted_for_once_with_its_reason(tmp_path, hostile_corpus, tiny_model, job,
                                                       runner):

@@ -29,13 +29,22 @@ class AccountingError(RuntimeError):
     """Some input rows are neither in the results nor in the dead letter."""
 
 
+class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows ``(default: X)`` after each flag's help, except where there is no default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.default is False:
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
 def new_parser(prog: str, description: str) -> argparse.ArgumentParser:
     """A parser that shows each default in --help and takes no abbreviations (a typo must
     not silently mean another flag); unknown flags go on to Beam, which suggests the
     nearest bertbeam or Beam flag."""
     return argparse.ArgumentParser(
         prog=prog, description=description, allow_abbrev=False,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_DefaultsHelpFormatter,
         epilog="Other flags are Beam pipeline options (--runner, --direct_num_workers, ...).")
 
 

@@ -44,10 +44,9 @@ def parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("task options (default: the task's own, shown per task)")
     for flag, owners in _options_by_flag().items():
         _, first = owners[0]
-        defaults = ", ".join(f"{opt.default!r} for {task}" for task, opt in owners)
-        help_text = "; ".join(dict.fromkeys(opt.help for _, opt in owners))
-        help_text = f"{' / '.join(t for t, _ in owners)}: {help_text} (default: {defaults})"
-        help_text = help_text.replace("%", "%%")
+        help_text = "; ".join(
+            f"{task}: {opt.help}" + ("" if opt.default is None else f" (default: {opt.default})")
+            for task, opt in owners).replace("%", "%%")
         if first.kind is bool:
             g.add_argument(flag, dest=first.name, action="store_const", const=True,
                            default=argparse.SUPPRESS, help=help_text)
@@ -55,8 +54,8 @@ def parser() -> argparse.ArgumentParser:
             g.add_argument(flag, dest=first.name, type=first.kind, choices=first.choices,
                            default=argparse.SUPPRESS, help=help_text)
     g = p.add_argument_group("qa")
-    g.add_argument("--question-column", default=None, help="input column (default: question)")
-    g.add_argument("--context-column", default=None, help="input column (default: context)")
+    g.add_argument("--question-column", default=None, help="input column; default: question")
+    g.add_argument("--context-column", default=None, help="input column; default: context")
     g = p.add_argument_group("zero-shot")
     labels = g.add_mutually_exclusive_group()
     labels.add_argument("--labels", default=None,

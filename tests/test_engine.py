@@ -1,0 +1,188 @@
+"""The engine: one load per worker process, settings resolved once, failures become dead
+letters where they happen, with their stage and a preview, whatever the entry point."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import apache_beam as beam
+import pytest
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from bertbeam import (
+    BatchSpec,
+    Document,
+    EmbedTask,
+    Engine,
+    EngineSpec,
+    InferDocuments,
+    LabelDocuments,
+    ModelSpec,
+    RunSpec,
+    TokenizeSpec,
+    Window,
+)
+from bertbeam.deadletter import DeadLetter
+from bertbeam.runners import resolve_runner
+from tests.conftest import SAMPLE_TEXTS, read_output, run_cli, write_corpus
+from tests.test_transforms import _FailsOnMarker, _NaNOnMarker
+
+
+def _counting(monkeypatch, module, name, calls):
+    real = getattr(module, name)
+
+    def counted(*args, **kwargs):
+        calls.append(name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, counted)
+
+
+def test_one_tokenizer_one_model_and_one_resolution_per_process(tmp_path, tiny_model, monkeypatch):
+    """A whole local run (launcher checks and worker in one process): the tokenizer and the
+    model load once, the device is resolved once, and the engine is built once, although
+    four stages use it."""
+    import transformers
+
+    from bertbeam import engine, models
+
+    models._cached_tokenizer.cache_clear()
+    calls: list[str] = []
+    _counting(monkeypatch, transformers.AutoTokenizer, "from_pretrained", calls)
+    _counting(monkeypatch, models, "load_model", calls)
+    _counting(monkeypatch, models, "resolve_device", calls)
+    _counting(monkeypatch, engine.Engine, "_build", calls)
+    _counting(monkeypatch, engine, "resolve_max_length", calls)
+    corpus = write_corpus(tmp_path / "in.parquet", {"id": [f"d{i}" for i in range(10)],
+                                                   "text": SAMPLE_TEXTS})
+    # A fresh spec (a cache dir of its own), so that no engine of an earlier test is reused.
+    assert run_cli("embed", "--input", corpus, "--output", tmp_path / "out", "--model",
+                   tiny_model("bert", "base"), "--model-cache-dir", tmp_path / "cache",
+                   "--token-budget", "64") == 0
+    assert len(read_output(tmp_path / "out")) == 10
+    assert {name: calls.count(name) for name in set(calls)} == {
+        "from_pretrained": 1, "load_model": 1, "resolve_device": 1, "_build": 1,
+        # once on the launcher (a check before anything runs), once in the engine
+        "resolve_max_length": 2,
+    }
+
+
+def _engine(model_dir: str, task: Any = None, **tokenize: Any) -> Engine:
+    return Engine.acquire(EngineSpec(ModelSpec(uri=model_dir, device="cpu"),
+                                     TokenizeSpec(**tokenize), task or EmbedTask()))
+
+
+def test_encode_dead_letters_only_the_document_the_tokenizer_fails_on(tiny_model, monkeypatch):
+    """A tokenizer failure, including a BaseException such as tokenizers' PanicException,
+    costs only the document it happens on."""
+    engine = _engine(tiny_model("bert", "base"))
+
+    class Panic(BaseException):  # pyo3_runtime.PanicException derives from BaseException
+        pass
+
+    real = type(engine.tokenizer).__call__
+
+    def fragile(self, texts, *args, **kwargs):
+        if any("boom" in t for t in texts):
+            raise Panic("tokenizer panicked")
+        return real(self, texts, *args, **kwargs)
+
+    monkeypatch.setattr(type(engine.tokenizer), "__call__", fragile)
+    docs = [Document("a", "fine"), Document("b", "boom " * 3), Document("c", "also fine")]
+    out = engine.encode(docs)
+    assert [o.doc_id for o in out if isinstance(o, Window)] == ["a", "c"]
+    (dead,) = [o for o in out if isinstance(o, DeadLetter)]
+    assert (dead.id, dead.stage, dead.reason, dead.preview) == (
+        "b", "tokenize", "tokenize_error", "boom boom boom ")
+    assert "tokenizer panicked" in dead.message
+
+
+def test_resolved_settings(tiny_model):
+    engine = _engine(tiny_model("bert", "base"), max_length=16, stride=4)
+    assert (engine.max_length, engine.stride, engine.pad_id, engine.device.type) == (16, 4, 0, "cpu")
+    assert engine.pad_multiple("auto") == 1 and engine.pad_multiple(8) == 8
+    truncating = _engine(tiny_model("bert", "base"), max_length=16, long_docs="truncate")
+    assert truncating.stride == 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class _FailsInPostprocess(EmbedTask):
+    name: ClassVar[str] = "embed"
+
+    def postprocess(self, engine: Any, outputs: list) -> dict[str, Any]:
+        if "bad" in outputs[0].window.preview:
+            raise ZeroDivisionError("broken post-processing")
+        return super().postprocess(engine, outputs)
+
+
+def test_every_stage_dead_letters_with_its_stage_and_a_preview(tiny_model):
+    """A model failure, a NaN output and a post-processing failure each give a dead letter
+    with the stage where it happened and the document's first characters."""
+    from transformers import AutoTokenizer
+
+    directory = tiny_model("bert", "base")
+    marker = AutoTokenizer.from_pretrained(directory).convert_tokens_to_ids("def")
+    run = RunSpec(model=ModelSpec(uri=directory), batch=BatchSpec(token_budget=100_000))
+    cases = {"model": (_FailsOnMarker(marker=marker), "def fails here", "model", "model_error"),
+             "nan": (_NaNOnMarker(marker=marker), "def gives nan", "model", "nan_output"),
+             "post": (_FailsInPostprocess(), "a bad document", "postprocess", "postprocess_error")}
+    for name, (task, text, stage, reason) in cases.items():
+        docs = [Document("good", "a fine document"), Document("bad", text)]
+        with TestPipeline(runner=resolve_runner(beam.options.pipeline_options.PipelineOptions())) as p:
+            out = p | f"Create[{name}]" >> beam.Create(docs) | InferDocuments(task, run=run)
+            assert_that(out["results"] | beam.Map(lambda r: r.id), equal_to(["good"]), label="Good")
+            assert_that(out["dead_letter"] | beam.Map(lambda d: (d.id, d.stage, d.reason, d.preview)),
+                        equal_to([("bad", stage, reason, text)]), label="Bad")
+
+
+def test_library_input_is_validated_like_the_read_path(tiny_model):
+    """Documents given directly: empty and null texts, a missing id and a duplicate id get the
+    reasons ReadDocuments gives; each id comes out once."""
+    docs = [Document("a", "first text"), Document("b", ""), Document("c", None),
+            Document("d", "   \n"), Document(None, "no id"), Document("a", "another text"),
+            Document("e", "fine")]
+    run = RunSpec(model=ModelSpec(uri=tiny_model("bert", "base")))
+    with TestPipeline(runner=resolve_runner(beam.options.pipeline_options.PipelineOptions())) as p:
+        out = p | beam.Create(docs) | InferDocuments(EmbedTask(), run=run)
+        assert_that(out["results"] | beam.Map(lambda r: r.id), equal_to(["a", "e"]), label="Good")
+        assert_that(out["dead_letter"] | beam.Map(lambda d: (d.id, d.reason)), equal_to([
+            ("b", "empty_text"), ("c", "null_text"), ("d", "empty_text"), (None, "missing_id"),
+            ("a", "duplicate_id")]), label="Bad")
+
+
+def test_windowed_input_is_refused_at_construction():
+    p = beam.Pipeline()
+    docs = (p | beam.Create([Document("a", "x")])
+            | beam.Map(lambda d: beam.window.TimestampedValue(d, 0))
+            | beam.WindowInto(beam.window.FixedWindows(3600)))
+    with pytest.raises(ValueError, match="takes input in the global window, got FixedWindows"):
+        _ = docs | InferDocuments(EmbedTask())
+
+
+def test_results_carry_a_beam_schema_that_select_takes(tiny_model):
+    """The results PCollection is schema-aware: beam.Select picks columns by name, with no
+    conversion code, and the Beam schema has the task's column types."""
+    from apache_beam.typehints.schemas import named_fields_from_element_type
+
+    run = RunSpec(model=ModelSpec(uri=tiny_model("bert", "classify")))
+    with TestPipeline(runner=resolve_runner(beam.options.pipeline_options.PipelineOptions())) as p:
+        out = (p | beam.Create([Document("a", "one text"), Document("b", "two texts")])
+               | LabelDocuments("classify", run=run))
+        fields = dict(named_fields_from_element_type(out["results"].element_type))
+        assert list(fields) == ["id", "label", "score", "labels", "n_chunks", "truncated", "model"]
+        picked = out["results"] | beam.Select("id", "n_chunks")
+        assert_that(picked | beam.Map(tuple), equal_to([("a", 1), ("b", 1)]))
+        reasons = out["dead_letter"] | "SelectDead" >> beam.Select("id", "reason")
+        assert_that(reasons | "DeadTuples" >> beam.Map(tuple), equal_to([]), label="NoDead")
+
+
+def test_the_cli_writes_the_same_rows_it_counts(tmp_path, tiny_model):
+    """Rows written through the Beam schema round-trip to Parquet with the task's columns."""
+    corpus = write_corpus(tmp_path / "in.parquet", {"id": ["x", "y"], "text": SAMPLE_TEXTS[:2]})
+    assert run_cli("label", "--task", "classify", "--input", corpus, "--output", tmp_path / "o",
+                   "--model", tiny_model("bert", "classify"), "--top-k", "2") == 0
+    rows = read_output(tmp_path / "o")
+    assert sorted(r["id"] for r in rows) == ["x", "y"]
+    assert all(len(r["labels"]) == 2 and set(r["labels"][0]) == {"label", "score"} for r in rows)
