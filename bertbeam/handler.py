@@ -101,7 +101,7 @@ class BertModelHandler(ModelHandler[Example, PredictionResult, _LoadedHandlerMod
         loaded = load_model(dataclasses.replace(self._model, cpu_streams=1), self._task.model_class)
         check_task_fit(loaded.config, self._task.model_class, self._model.uri)
         encode = window_encoder(self._model, self._tokenize, keep_text=self._task.needs_text,
-                                offsets=self._task.needs_offsets)
+                                offsets=self._task.needs_offsets, task=self._task)
         return _LoadedHandlerModel(loaded, encode)
 
     def run_inference(

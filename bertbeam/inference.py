@@ -65,6 +65,8 @@ def forward_batch(loaded: Any, task: Task, windows: list[Window], padded_length:
     import torch
 
     arrays = collate(windows, padded_length, pad_id)
+    if task.window_index_input:
+        arrays["window_index"] = np.array([w.index for w in windows], dtype=np.int64)
     device = loaded.device
     cuda = device.type == "cuda"
     inputs = {

@@ -13,6 +13,7 @@ from bertbeam import metrics
 from bertbeam.buffering import BufferedDoFn
 from bertbeam.config import ModelSpec, TokenizeSpec
 from bertbeam.records import Document, Window, dead_letter
+from bertbeam.tasks.base import Task
 
 _LOG = logging.getLogger(__name__)
 
@@ -24,7 +25,7 @@ _OFFSET_POSITIONS = {"roberta", "xlm-roberta", "camembert", "longformer"}
 
 def resolve_max_length(tokenizer: Any, config: Any, local_dir: str, spec: TokenizeSpec) -> int:
     """Window length: the spec's, else sentence-transformers' or the tokenizer's, within the model."""
-    from bertbeam.models import sentence_transformers_config
+    from bertbeam.sentence_transformers import max_seq_length
 
     limit = getattr(config, "max_position_embeddings", _HARD_MAX_LENGTH)
     if getattr(config, "model_type", "") in _OFFSET_POSITIONS:
@@ -33,7 +34,7 @@ def resolve_max_length(tokenizer: Any, config: Any, local_dir: str, spec: Tokeni
         if spec.max_length > limit:
             raise ValueError(f"max_length={spec.max_length} exceeds the model's limit of {limit} tokens.")
         return spec.max_length
-    preferred = sentence_transformers_config(local_dir).get("max_seq_length")
+    preferred = max_seq_length(local_dir)
     if preferred is None:
         preferred = min(int(getattr(tokenizer, "model_max_length", _HARD_MAX_LENGTH)), _HARD_MAX_LENGTH)
     return min(preferred, limit)
@@ -42,17 +43,19 @@ def resolve_max_length(tokenizer: Any, config: Any, local_dir: str, spec: Tokeni
 class _TokenizeFn(BufferedDoFn):
     """Tokenizes documents ``spec.chunk_size`` at a time, in one tokenizer call."""
 
-    def __init__(self, model: ModelSpec, spec: TokenizeSpec, *, keep_text: bool, offsets: bool):
+    def __init__(self, model: ModelSpec, spec: TokenizeSpec, *, keep_text: bool, offsets: bool,
+                 task: Task | None = None):
         super().__init__(spec.chunk_size)
         self._model = model
         self._spec = spec
         self._keep_text = keep_text
         self._offsets = offsets
+        self._task = task or Task()
 
     def setup(self) -> None:
         from bertbeam.models import load_context
 
-        ctx = load_context(self._model)
+        ctx = self._ctx = load_context(self._model)
         self._tokenizer = ctx.tokenizer
         self._max_length = resolve_max_length(ctx.tokenizer, ctx.config, ctx.local_dir, self._spec)
         self._stride = self._spec.resolved_stride(self._max_length)
@@ -89,7 +92,7 @@ class _TokenizeFn(BufferedDoFn):
     def _encode(self, docs: list[Document]) -> Iterator[Window]:
         pairs = [d.text_pair for d in docs] if docs[0].text_pair is not None else None
         enc = self._tokenizer(
-            [d.text for d in docs],
+            self._task.prepare_texts(self._ctx, [d.text for d in docs]),
             pairs,
             truncation="only_second" if pairs else True,
             max_length=self._max_length,
@@ -136,10 +139,11 @@ class _TokenizeFn(BufferedDoFn):
 
 
 def window_encoder(model: ModelSpec, tokenize: TokenizeSpec, *, keep_text: bool = False,
-                   offsets: bool = False) -> Callable[[list[Document]], Iterator[Window]]:
+                   offsets: bool = False,
+                   task: Task | None = None) -> Callable[[list[Document]], Iterator[Window]]:
     """Tokenize outside a pipeline (the RunInference handler): loads the tokenizer now and
     returns a function from Documents to their Windows, in one vectorized call, in order."""
-    fn = _TokenizeFn(model, tokenize, keep_text=keep_text, offsets=offsets)
+    fn = _TokenizeFn(model, tokenize, keep_text=keep_text, offsets=offsets, task=task)
     fn.setup()
     return fn._encode
 
@@ -148,7 +152,8 @@ class Tokenize(beam.PTransform):
     """Document -> Window (main output) and dead-letter rows (``dead_letter`` output).
 
     A document longer than the window becomes several overlapping windows
-    (``long_docs='chunk'``) or its first window (``'truncate'``).
+    (``long_docs='chunk'``) or its first window (``'truncate'``). ``task`` may rewrite the
+    texts before they are tokenized (``Task.prepare_texts``: an embedding prompt).
 
     Example::
 
@@ -163,9 +168,10 @@ class Tokenize(beam.PTransform):
         tokenize: TokenizeSpec,
         keep_text: bool = False,
         offsets: bool = False,
+        task: Task | None = None,
     ):
         super().__init__()
-        self._fn = _TokenizeFn(model, tokenize, keep_text=keep_text, offsets=offsets)
+        self._fn = _TokenizeFn(model, tokenize, keep_text=keep_text, offsets=offsets, task=task)
 
     def expand(self, docs: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
         return docs | "Tokenize" >> beam.ParDo(self._fn).with_outputs(DEAD_LETTER, main="windows")

@@ -36,7 +36,7 @@ class InferDocuments(beam.PTransform):
         task, run = self._task, self._run
         tokenized = docs | "Tokenize" >> Tokenize(
             model=run.model, tokenize=run.tokenize, keep_text=task.needs_text,
-            offsets=task.needs_offsets)
+            offsets=task.needs_offsets, task=task)
         finished = (
             tokenized["windows"]
             | "BatchByTokens" >> BatchByTokens(run.batch, device=run.model.device)

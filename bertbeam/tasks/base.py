@@ -28,6 +28,13 @@ class Task:
     """Documents are (question, context) pairs."""
     token_level: ClassVar[tuple[str, ...]] = ()
     """Output keys with one row per token; they are cut to each window's real length."""
+    window_index_input: ClassVar[bool] = False
+    """``forward``'s inputs hold ``window_index``: each row's window number in its document."""
+
+    def prepare_texts(self, ctx: Any, texts: list[str]) -> list[str]:
+        """The texts the tokenizer sees for documents with ``texts`` (the first text of pairs),
+        e.g. with a prompt before each; ``ctx`` is the model's ModelContext. Identity here."""
+        return texts
 
     def schema(self, config: Any) -> pa.Schema:
         """The Arrow schema of result rows, ``id`` first; ``config`` is the model's config."""
