@@ -39,6 +39,7 @@ def _modules(name: str, dim: int) -> list:
         "lasttoken": lambda: [Pooling(dim, "lasttoken")],
         "mean_sqrt_len_tokens": lambda: [Pooling(dim, "mean_sqrt_len_tokens")],
         "prompts": lambda: [Pooling(dim, "mean", include_prompt=False), Normalize()],
+        "roberta-prompts": lambda: [Pooling(dim, "mean", include_prompt=False), Normalize()],
         "prompts-included": lambda: [Pooling(dim, "mean", include_prompt=True), Normalize()],
         "prompts-cls": lambda: [Pooling(dim, "cls", include_prompt=False)],
         # Two modes concatenated, two Dense layers (the second with a residual connection).
@@ -53,7 +54,8 @@ def _modules(name: str, dim: int) -> list:
 @pytest.fixture(scope="session")
 def st_checkpoint(tiny_model, tmp_path_factory) -> Callable[[str], str]:
     """``st_checkpoint(name)`` -> directory of a sentence-transformers checkpoint saved with
-    ``SentenceTransformer.save`` around the tiny random BERT; built once per session."""
+    ``SentenceTransformer.save`` around the tiny random BERT (RoBERTa for ``roberta-*``);
+    built once per session."""
     root = tmp_path_factory.mktemp("st-models")
     built: dict[str, str] = {}
 
@@ -62,9 +64,10 @@ def st_checkpoint(tiny_model, tmp_path_factory) -> Callable[[str], str]:
             from sentence_transformers import SentenceTransformer
             from sentence_transformers.models import Transformer
 
-            transformer = Transformer(tiny_model("bert", "base"))
+            arch = "roberta" if name.startswith("roberta") else "bert"
+            transformer = Transformer(tiny_model(arch, "base"))
             dim = transformer.auto_model.config.hidden_size
-            prompts = name.startswith("prompts")
+            prompts = "prompts" in name
             model = SentenceTransformer(
                 modules=[transformer, *_modules(name, dim)], device="cpu",
                 prompts=PROMPTS if prompts else None, default_prompt_name="query" if prompts else None)
@@ -105,6 +108,9 @@ VARIANTS = {
     "own-prompt-excluded": ("prompts", {"prompt": "Represent: "}, {"prompt": "Represent: "}),
     "prompt-turned-off": ("prompts", {"prompt": ""}, {"prompt": ""}),
     "default-prompt-included": ("prompts-included", {}, {}),
+    # Byte-level BPE: the prompt alone ends in its own "Ġ" token, so the count (as
+    # sentence-transformers takes it) also covers the text's first token.
+    "roberta-prompt-excluded": ("roberta-prompts", {}, {}),
     "prompt-excluded-cls": ("prompts-cls", {}, {}),
     "stacked-dense": ("stacked", {}, {}),
     "truncate-dim": ("dense", {"truncate_dim": 6}, {"truncate_dim": 6}),
@@ -331,3 +337,18 @@ def test_stack_reads_every_module(st_checkpoint):
     prompts = read_stack(st_checkpoint("prompts"))
     assert dict(prompts.prompts).items() >= PROMPTS.items() and prompts.default_prompt_name == "query"
     assert not prompts.include_prompt and prompts.dense == ()
+
+
+def test_run_inference_handler_applies_prompts_and_dense_layers(st_checkpoint):
+    """BertModelHandler tokenizes through the same hook: a named prompt left out of pooling,
+    then Dense layers, equal to encode's."""
+    from bertbeam.config import ModelSpec
+    from bertbeam.handler import BertModelHandler
+
+    texts = SAMPLE_TEXTS[:4]
+    for checkpoint, options in (("prompts", {"prompt_name": "passage"}), ("stacked", {})):
+        directory = st_checkpoint(checkpoint)
+        handler = BertModelHandler(EmbedTask(**options), model=ModelSpec(uri=directory, device="cpu"))
+        results = handler.run_inference(texts, handler.load_model())
+        got = {f"d{i}": r.inference["embedding"] for i, r in enumerate(results)}
+        _assert_parity(got, _encode(directory, texts, **options), checkpoint)
