@@ -40,6 +40,7 @@ def _modules(name: str, dim: int) -> list:
         "mean_sqrt_len_tokens": lambda: [Pooling(dim, "mean_sqrt_len_tokens")],
         "prompts": lambda: [Pooling(dim, "mean", include_prompt=False), Normalize()],
         "roberta-prompts": lambda: [Pooling(dim, "mean", include_prompt=False), Normalize()],
+        "roberta-lowercase": lambda: [Pooling(dim, "mean")],
         "prompts-included": lambda: [Pooling(dim, "mean", include_prompt=True), Normalize()],
         "prompts-cls": lambda: [Pooling(dim, "cls", include_prompt=False)],
         # Two modes concatenated, two Dense layers (the second with a residual connection).
@@ -72,6 +73,11 @@ def st_checkpoint(tiny_model, tmp_path_factory) -> Callable[[str], str]:
                 modules=[transformer, *_modules(name, dim)], device="cpu",
                 prompts=PROMPTS if prompts else None, default_prompt_name="query" if prompts else None)
             model.save(str(root / name))
+            if "lowercase" in name:
+                # As checkpoints of older sentence-transformers state it (6.x reads it, but does
+                # not write it); RoBERTa's tokenizer keeps case, so it changes what it sees.
+                _edit_json(root / name / "sentence_bert_config.json",
+                           lambda c: {**c, "do_lower_case": True})
             built[name] = str(root / name)
         return built[name]
 
@@ -111,6 +117,7 @@ VARIANTS = {
     # Byte-level BPE: the prompt alone ends in its own "Ġ" token, so the count (as
     # sentence-transformers takes it) also covers the text's first token.
     "roberta-prompt-excluded": ("roberta-prompts", {}, {}),
+    "do-lower-case-with-prompt": ("roberta-lowercase", {"prompt": "Query: "}, {"prompt": "Query: "}),
     "prompt-excluded-cls": ("prompts-cls", {}, {}),
     "stacked-dense": ("stacked", {}, {}),
     "truncate-dim": ("dense", {"truncate_dim": 6}, {"truncate_dim": 6}),
@@ -319,10 +326,11 @@ def test_options_the_checkpoint_cannot_serve_are_refused(st_checkpoint, options,
 @pytest.mark.parametrize(("options", "message"), [
     ({"prompt": "q: ", "prompt_name": "query"}, "Pass prompt or prompt_name, not both"),
     ({"truncate_dim": 0}, "truncate_dim must be a positive integer"),
+    ({"prompt_name": 3}, "prompt_name must be a string or None, got int: 3"),
     ({"pooling": "median"}, "Invalid pooling: 'median'. Valid values are: 'auto', 'mean'"),
 ])
 def test_invalid_options_fail_at_construction(options, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises((TypeError, ValueError), match=message):
         EmbedTask(**options)
 
 

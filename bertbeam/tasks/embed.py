@@ -97,6 +97,10 @@ class EmbedTask(Task):
         _check_choice("pooling", self.pooling, Pooling)
         _check_choice("chunk_pooling", self.chunk_pooling, ChunkPooling)
         _check_positive("truncate_dim", self.truncate_dim, allow_none=True)
+        for name in ("prompt", "prompt_name"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise TypeError(f"{name} must be a string or None, got {type(value).__name__}: {value!r}.")
         if self.prompt is not None and self.prompt_name is not None:
             raise ValueError(f"Pass prompt or prompt_name, not both; got prompt={self.prompt!r} and "
                              f"prompt_name={self.prompt_name!r}.")
@@ -178,17 +182,17 @@ def _resolve(task: EmbedTask, local_dir: str, hidden_size: int) -> EmbeddingHead
         if task.prompt_name is not None:
             raise ValueError(f"prompt_name={task.prompt_name!r}, but {local_dir!r} is not a "
                              "sentence-transformers checkpoint and has no prompts; pass prompt.")
-        dim = len(pooling) * hidden_size
         head = EmbeddingHead(pooling=pooling, include_prompt=True, dense=(), normalize=True,
-                             prompt=task.prompt or "", lowercase=False, dim=dim)
+                             prompt=task.prompt or "", lowercase=False, dim=len(pooling) * hidden_size)
     else:
-        prompts = dict(stack.prompts)
-        name = task.prompt_name if task.prompt is None else None
-        name = stack.default_prompt_name if name is None and task.prompt is None else name
-        if name is not None and name not in prompts:
-            raise ValueError(f"Invalid prompt_name: {name!r}. The prompts of {local_dir!r} are: "
-                             f"{', '.join(map(repr, sorted(prompts))) or 'none'}.")
-        prompt = prompts[name] if name is not None else task.prompt or ""
+        prompt = task.prompt
+        if prompt is None:  # as encode: the named prompt, else the default one, if any
+            prompts = dict(stack.prompts)
+            name = task.prompt_name if task.prompt_name is not None else stack.default_prompt_name
+            if name is not None and name not in prompts:
+                raise ValueError(f"Invalid prompt_name: {name!r}. The prompts of {local_dir!r} are: "
+                                 f"{', '.join(map(repr, sorted(prompts))) or 'none'}.")
+            prompt = prompts.get(name, "")
         head = EmbeddingHead(
             pooling=pooling, include_prompt=stack.include_prompt, dense=stack.dense,
             normalize=stack.normalize, prompt=prompt.lower() if stack.do_lower_case else prompt,
@@ -201,4 +205,3 @@ def _resolve(task: EmbedTask, local_dir: str, hidden_size: int) -> EmbeddingHead
                              f"of {local_dir!r}; pass at most {head.dim}.")
         head = replace(head, dim=task.truncate_dim)
     return head
-

@@ -123,8 +123,8 @@ class ZeroShotTask(Task):
         object.__setattr__(self, "labels", labels)
         object.__setattr__(self, "descriptions", descriptions)
         # Unnormalized, so that finish() can divide the combined label dot products by the
-        # combined vector's own norm.
-        # No prompt: documents and labels are embedded alike, as plain texts.
+        # combined vector's own norm; with no prompt, so that documents and labels are
+        # embedded alike, as plain texts.
         object.__setattr__(self, "_embedder", EmbedTask(
             pooling=self.pooling, normalize=False, chunk_pooling=self.chunk_pooling, prompt=""))
 
@@ -195,7 +195,8 @@ def _embed_texts(loaded: Any, embedder: EmbedTask, texts: tuple[str, ...]) -> An
 
     max_length = resolve_max_length(loaded.tokenizer, loaded.config, loaded.local_dir, TokenizeSpec())
     # Same inputs as the documents' windows: no token type ids for single texts.
-    encoded = loaded.tokenizer(embedder.prepare_texts(loaded, list(texts)), padding=True, truncation=True, max_length=max_length,
+    encoded = loaded.tokenizer(embedder.prepare_texts(loaded, list(texts)), padding=True,
+                               truncation=True, max_length=max_length,
                                return_token_type_ids=False, return_tensors="pt")
     inputs = {k: v.to(loaded.device) for k, v in encoded.items()}
     with torch.inference_mode():
