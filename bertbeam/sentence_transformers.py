@@ -43,6 +43,7 @@ _MAY_FOLLOW: dict[str | None, tuple[str, ...]] = {
     None: ("Transformer",), "Transformer": ("Pooling",), "Pooling": ("Dense", "Normalize"),
     "Dense": ("Dense", "Normalize"), "Normalize": ()}
 _SENTENCE_EMBEDDING = "sentence_embedding"
+_DENSE_WEIGHTS = ("model.safetensors", "pytorch_model.bin")  # the one first found is loaded
 
 
 @dataclass(frozen=True)
@@ -203,6 +204,9 @@ def _dense_layer(directory: Path, config: dict[str, Any], local_dir: str) -> Den
     _check_sentence_embedding(config, "Dense", directory, local_dir)
     activation = config.get("activation_function", "torch.nn.modules.activation.Tanh")
     _activation_class(activation, local_dir)
+    if not any((directory / name).exists() for name in _DENSE_WEIGHTS):
+        raise ModelLoadError(f"Checkpoint {local_dir!r}: Dense module {directory.name!r} has no "
+                             f"weights ({' or '.join(_DENSE_WEIGHTS)}).")
     return DenseLayer(
         directory=str(directory),
         in_features=int(config["in_features"]),
@@ -335,15 +339,11 @@ def _load_dense(layer: DenseLayer) -> Any:
 
 
 def _dense_weights(directory: Path) -> dict[str, Any]:
-    safe = directory / "model.safetensors"
+    safe, pickled = (directory / name for name in _DENSE_WEIGHTS)
     if safe.exists():
         from safetensors.torch import load_file
 
         return load_file(str(safe))
-    pickled = directory / "pytorch_model.bin"
-    if not pickled.exists():
-        raise ModelLoadError(f"Dense module {str(directory)!r} has no model.safetensors or "
-                             "pytorch_model.bin.")
     import torch
 
     # models.check_weights has refused this folder already unless pickle weights are allowed;

@@ -276,10 +276,13 @@ def _normalize_before_dense(modules: list) -> list:
      "['median']"),
     (lambda d: _edit_json(d / "2_Dense/config.json", lambda c: {**c, "in_features": 64}),
      "Dense module '2_Dense' takes 64 dimensions, but pooling mean gives 32"),
+    (lambda d: (d / "2_Dense/model.safetensors").unlink(),
+     "Dense module '2_Dense' has no weights (model.safetensors or pytorch_model.bin)"),
 ])
 def test_stacks_bertbeam_cannot_run_are_refused(tmp_path, st_checkpoint, edit, message):
-    """Custom module types, modules out of order, custom activations, unknown pooling modes and
-    mismatched Dense layers fail when the task resolves the checkpoint, with what is wrong."""
+    """Custom module types, modules out of order, custom activations, unknown pooling modes,
+    mismatched Dense layers and Dense layers without weights fail when the task resolves the
+    checkpoint (on the launcher, for the schema), with what is wrong."""
     from transformers import AutoConfig
 
     directory = _copy(st_checkpoint("dense"), tmp_path)

@@ -169,6 +169,8 @@ class EmbedTask(Task):
         }
 
 
+# Keyed by the tokenizer object: a process holds one or two, so the cache keeps them alive
+# no longer than the process does anyway.
 @lru_cache(maxsize=64)
 def _prompt_length(tokenizer: Any, prompt: str) -> int:
     return prompt_length(tokenizer, prompt)
