@@ -62,7 +62,7 @@ class EngineSpec:
 
 def resolve_max_length(tokenizer: Any, config: Any, local_dir: str, spec: TokenizeSpec) -> int:
     """Window length: the spec's, else sentence-transformers' or the tokenizer's, within the model."""
-    from bertbeam.models import sentence_transformers_config
+    from bertbeam.sentence_transformers import max_seq_length
 
     limit = getattr(config, "max_position_embeddings", _HARD_MAX_LENGTH)
     if getattr(config, "model_type", "") in _OFFSET_POSITIONS:
@@ -71,7 +71,7 @@ def resolve_max_length(tokenizer: Any, config: Any, local_dir: str, spec: Tokeni
         if spec.max_length > limit:
             raise ValueError(f"max_length={spec.max_length} exceeds the model's limit of {limit} tokens.")
         return spec.max_length
-    preferred = sentence_transformers_config(local_dir).get("max_seq_length")
+    preferred = max_seq_length(local_dir)
     if preferred is None:
         preferred = min(int(getattr(tokenizer, "model_max_length", _HARD_MAX_LENGTH)), _HARD_MAX_LENGTH)
     return min(preferred, limit)
@@ -162,9 +162,10 @@ class Engine:
     def _encode(self, docs: list[Document]) -> Iterator[Window]:
         task = self.task
         pairs = [d.text_pair for d in docs] if task.pair_input else None
+        texts = task.prepare_texts(self, [d.text for d in docs])  # e.g. an embedding prompt
         with self.loaded.tokenizer_lock:
             enc = self.tokenizer(
-                [d.text for d in docs],
+                texts,
                 pairs,
                 truncation="only_second" if pairs else True,
                 max_length=self.max_length,
@@ -306,6 +307,8 @@ class Engine:
         import torch
 
         arrays = self.collate(windows, padded)
+        if self.task.window_index_input:
+            arrays["window_index"] = np.array([w.index for w in windows], dtype=np.int64)
         cuda = self.device.type == "cuda"
         inputs = {
             k: (torch.from_numpy(v).pin_memory() if cuda else torch.from_numpy(v)).to(

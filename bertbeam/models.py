@@ -136,49 +136,29 @@ def _from_hub(name: str, cache_dir: str | os.PathLike | None) -> str:
 
 
 def check_weights(local_dir: str, uri: str, *, allow_pickle_weights: bool) -> None:
-    """Fails unless the directory holds weights this spec is allowed to load."""
+    """Fails unless the directory holds weights this spec is allowed to load, and so does every
+    sentence-transformers module folder with weights of its own (a Dense layer's)."""
     path = Path(local_dir)
+    if not _weights_allowed(path, uri, allow_pickle_weights):
+        raise ModelLoadError(f"Model {uri!r} has no weights (no *.safetensors file in {local_dir}).")
+    modules = path / "modules.json"
+    for module in json.loads(modules.read_text()) if modules.exists() else ():
+        if module.get("path"):
+            _weights_allowed(path / module["path"], uri, allow_pickle_weights, f"{module['path']}/")
+
+
+def _weights_allowed(path: Path, uri: str, allow_pickle_weights: bool, folder: str = "") -> bool:
+    """Whether ``path`` holds weights; fails when they are pickle-only and pickles are not allowed."""
     if any(next(path.glob(p), None) for p in _SAFE_WEIGHTS):
-        return
-    pickled = [f.name for p in _PICKLE_WEIGHTS for f in path.glob(p)]
+        return True
+    pickled = [folder + f.name for p in _PICKLE_WEIGHTS for f in path.glob(p)]
     if pickled and not allow_pickle_weights:
         raise ModelLoadError(
             f"Model {uri!r} has only pickle-based weights ({', '.join(sorted(pickled))}), "
             "which can run arbitrary code when loaded. Convert them to safetensors, or pass "
             "--allow-pickle-weights if you trust the checkpoint."
         )
-    if not pickled:
-        raise ModelLoadError(f"Model {uri!r} has no weights (no *.safetensors file in {local_dir}).")
-
-
-@lru_cache(maxsize=32)
-def sentence_transformers_config(local_dir: str) -> dict[str, Any]:
-    """Pooling, normalization and max length from a sentence-transformers checkpoint.
-
-    Returns an empty dict for a plain transformers checkpoint.
-    """
-    path = Path(local_dir)
-    modules_file = path / "modules.json"
-    if not modules_file.exists():
-        return {}
-    out: dict[str, Any] = {"normalize": False}
-    for module in json.loads(modules_file.read_text()):
-        kind = module.get("type", "").rsplit(".", 1)[-1]
-        if kind == "Pooling":
-            cfg = json.loads((path / module.get("path", "") / "config.json").read_text())
-            out["pooling"] = next(
-                (mode for mode in ("cls_token", "max_tokens", "mean_sqrt_len_tokens", "mean_tokens")
-                 if cfg.get(f"pooling_mode_{mode}")),
-                "mean_tokens",
-            )
-        elif kind == "Normalize":
-            out["normalize"] = True
-    st_config = path / "sentence_bert_config.json"
-    if st_config.exists():
-        max_len = json.loads(st_config.read_text()).get("max_seq_length")
-        if max_len:
-            out["max_seq_length"] = int(max_len)
-    return out
+    return bool(pickled)
 
 
 @dataclass(eq=False)

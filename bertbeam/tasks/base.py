@@ -49,6 +49,14 @@ class Task:
                 f"Task {self.name!r} reads the first window of each document: use "
                 "long_docs='truncate' (--long-docs truncate), not 'chunk'.")
 
+    window_index_input: ClassVar[bool] = False
+    """``forward``'s inputs hold ``window_index``: each row's window number in its document."""
+
+    def prepare_texts(self, ctx: Any, texts: list[str]) -> list[str]:
+        """The texts the tokenizer sees for documents with ``texts`` (the first text of pairs),
+        e.g. with a prompt before each; ``ctx`` is the worker's engine. Identity here."""
+        return texts
+
     def schema(self, config: Any) -> pa.Schema:
         """The Arrow schema of result rows, ``id`` first; ``config`` is the model's config."""
         raise NotImplementedError

@@ -1,46 +1,123 @@
-"""Sentence embeddings: pooled (mean / cls / max) and optionally L2-normalized.
+"""Sentence embeddings, as ``SentenceTransformer.encode`` computes them for the same checkpoint.
+
+A sentence-transformers checkpoint runs its whole module stack (``bertbeam.sentence_transformers``):
+its prompt (``prompt_name`` / ``prompt``, default its ``default_prompt_name``) before each text,
+the transformer, Pooling in any of its modes (prompt tokens left out when the checkpoint says
+``include_prompt: false``), its Dense layers on the device, Normalize, then ``truncate_dim``
+(after Normalize, as in ``encode``: truncated vectors are not unit length). A plain transformers
+checkpoint is mean-pooled and normalized.
 
 Long documents: each window is embedded (and normalized, when the model normalizes) like a
 document of its own; the windows are then combined per document — a mean weighted by each
 window's token count by default, or the first window, or the element-wise max — and the
-result is normalized again.
+result is normalized again. The prompt goes before the document's text, so window 0 starts
+with it (and holds exactly what ``encode`` sees for the document); later windows continue the
+text without it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import lru_cache
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
 
-from bertbeam.config import _check_choice
+from bertbeam.config import _check_choice, _check_positive
 from bertbeam.records import WindowOutput
+from bertbeam.sentence_transformers import (
+    DenseLayer,
+    PoolingMode,
+    dense_layers,
+    exclude_prompt,
+    pool,
+    prompt_length,
+    read_stack,
+    stack_dim,
+)
 from bertbeam.tasks.base import CHUNK_FIELDS, ID_FIELD, MODEL_FIELD, Task, chunk_columns
 
-Pooling = Literal["auto", "mean", "cls", "max"]
+Pooling = Literal["auto", "mean", "cls", "max", "mean_sqrt_len_tokens", "weightedmean", "lasttoken"]
 ChunkPooling = Literal["mean", "first", "max"]
-_ST_POOLING = {"mean_tokens": "mean", "cls_token": "cls", "max_tokens": "max"}
+
+
+@dataclass(frozen=True)
+class EmbeddingHead:
+    """What an EmbedTask does on one checkpoint: its options resolved against the checkpoint."""
+
+    pooling: tuple[PoolingMode, ...]
+    include_prompt: bool
+    dense: tuple[DenseLayer, ...]
+    normalize: bool
+    prompt: str
+    """Put before every text (``""``: none); already lowercased when ``lowercase``."""
+    lowercase: bool
+    """Texts are lowercased before the tokenizer sees them (the checkpoint's do_lower_case)."""
+    dim: int
+    """The output dimension: after pooling, Dense layers and ``truncate_dim``."""
 
 
 @dataclass(frozen=True, kw_only=True)
 class EmbedTask(Task):
-    """Options: ``pooling`` (``auto`` reads the sentence-transformers config, else mean),
-    ``normalize`` (``None`` follows the checkpoint; plain checkpoints are normalized),
-    ``chunk_pooling`` for documents longer than one window."""
+    """Embeds documents: one ``embedding`` vector per document.
+
+    Result columns: ``embedding`` (``fixed_size_list<float32>[dim]``, ``dim`` the checkpoint's
+    real output dimension), ``n_tokens``, ``n_chunks``, ``truncated``, ``model``.
+
+    Attributes:
+        pooling: ``auto`` follows the checkpoint's Pooling module (mean for plain checkpoints);
+            a mode replaces it.
+        normalize: ``None`` follows the checkpoint (its Normalize module; plain checkpoints
+            are normalized).
+        chunk_pooling: how the windows of a document longer than one window are combined.
+        prompt_name: one of the checkpoint's prompts (``config_sentence_transformers.json``);
+            ``None`` uses its ``default_prompt_name``, if any.
+        prompt: a prompt text, instead of ``prompt_name``; ``""`` turns a default prompt off.
+        truncate_dim: keep the first ``truncate_dim`` dimensions (Matryoshka models).
+
+    Example::
+
+        task = EmbedTask(prompt_name="query", truncate_dim=64)
+        out = docs | EmbedDocuments(task, run=RunSpec(model=ModelSpec(uri="/models/e5")))
+    """
 
     pooling: Pooling = "auto"
     normalize: bool | None = None
     chunk_pooling: ChunkPooling = "mean"
+    prompt_name: str | None = None
+    prompt: str | None = None
+    truncate_dim: int | None = None
 
     name: ClassVar[str] = "embed"
+    window_index_input: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         _check_choice("pooling", self.pooling, Pooling)
         _check_choice("chunk_pooling", self.chunk_pooling, ChunkPooling)
+        _check_positive("truncate_dim", self.truncate_dim, allow_none=True)
+        for name in ("prompt", "prompt_name"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise TypeError(f"{name} must be a string or None, got {type(value).__name__}: {value!r}.")
+        if self.prompt is not None and self.prompt_name is not None:
+            raise ValueError(f"Pass prompt or prompt_name, not both; got prompt={self.prompt!r} and "
+                             f"prompt_name={self.prompt_name!r}.")
+
+    def head(self, local_dir: str, config: Any) -> EmbeddingHead:
+        """These options resolved against the checkpoint in ``local_dir`` (``config`` is its
+        transformers config); fails on a module bertbeam cannot run or an unknown prompt name."""
+        return _resolve(self, local_dir, int(config.hidden_size))
 
     def schema(self, config: Any) -> pa.Schema:
-        dim = int(config.hidden_size)
+        """``config`` is the checkpoint's transformers config, loaded from its local directory
+        (``AutoConfig.from_pretrained(local_dir)``): the dimension comes from the checkpoint."""
+        local_dir = getattr(config, "name_or_path", "")
+        if not Path(local_dir).is_dir():
+            raise ValueError(f"EmbedTask.schema needs the config of a local checkpoint, "
+                             f"AutoConfig.from_pretrained(local_dir); got one from {local_dir!r}.")
+        dim = self.head(local_dir, config).dim
         return pa.schema([
             ID_FIELD,
             pa.field("embedding", pa.list_(pa.float32(), dim), nullable=False),
@@ -49,33 +126,27 @@ class EmbedTask(Task):
             MODEL_FIELD,
         ])
 
-    def _resolved(self, local_dir: str) -> tuple[str, bool]:
-        from bertbeam.models import sentence_transformers_config
-
-        st = sentence_transformers_config(local_dir)
-        pooling = self.pooling
-        if pooling == "auto":
-            pooling = _ST_POOLING.get(st.get("pooling", "mean_tokens"), "mean")
-        normalize = self.normalize if self.normalize is not None else st.get("normalize", True)
-        return pooling, normalize
+    def prepare_texts(self, engine: Any, texts: list[str]) -> list[str]:
+        head = self.head(engine.local_dir, engine.config)
+        if head.lowercase:
+            texts = [t.lower() for t in texts]
+        return [head.prompt + t for t in texts] if head.prompt else texts
 
     def forward(self, engine: Any, inputs: dict[str, Any]) -> dict[str, Any]:
-        import torch
-
-        pooling, _ = self._resolved(engine.local_dir)
+        head = self.head(engine.local_dir, engine.config)
+        inputs = dict(inputs)
+        window_index = inputs.pop("window_index", None)
         hidden = engine.model(**inputs).last_hidden_state
-        mask = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        if pooling == "cls":
-            pooled = hidden[:, 0]
-        elif pooling == "max":
-            pooled = hidden.masked_fill(mask == 0, torch.finfo(hidden.dtype).min).amax(dim=1)
-        else:
-            # Summing in float32 keeps bf16/fp16 runs close to the fp32 reference.
-            pooled = (hidden.float() * mask.float()).sum(1) / mask.float().sum(1).clamp(min=1e-9)
+        mask = inputs["attention_mask"]
+        if head.prompt and not head.include_prompt:
+            mask = exclude_prompt(mask, _prompt_length(engine.tokenizer, head.prompt), window_index)
+        pooled = pool(hidden, mask, head.pooling)
+        if head.dense:
+            pooled = dense_layers(engine, head.dense)(pooled)
         return {"embedding": pooled}
 
     def postprocess(self, engine: Any, outputs: list[WindowOutput]) -> dict[str, Any]:
-        _, normalize = self._resolved(engine.local_dir)
+        normalize = self.head(engine.local_dir, engine.config).normalize
         vectors = np.stack([o.values["embedding"] for o in outputs]).astype(np.float32)
         lengths = np.array([o.window.length for o in outputs], dtype=np.float64)
         if normalize:
@@ -90,8 +161,49 @@ class EmbedTask(Task):
         if normalize:
             vector = vector / max(float(np.linalg.norm(vector)), 1e-12)
         return {
-            "embedding": vector.astype(np.float32, copy=False),
+            # encode truncates after Normalize: the result is a prefix of the unit vector.
+            "embedding": vector[: self.truncate_dim].astype(np.float32, copy=False),
             "n_tokens": int(lengths.sum()),
             **chunk_columns(outputs),
             "model": engine.uri,
         }
+
+
+# Keyed by the tokenizer object: a process holds one or two, so the cache keeps them alive
+# no longer than the process does anyway.
+@lru_cache(maxsize=64)
+def _prompt_length(tokenizer: Any, prompt: str) -> int:
+    return prompt_length(tokenizer, prompt)
+
+
+@lru_cache(maxsize=64)
+def _resolve(task: EmbedTask, local_dir: str, hidden_size: int) -> EmbeddingHead:
+    stack = read_stack(local_dir)
+    pooling = (task.pooling,) if task.pooling != "auto" else (stack.pooling if stack else ("mean",))
+    if stack is None:
+        if task.prompt_name is not None:
+            raise ValueError(f"prompt_name={task.prompt_name!r}, but {local_dir!r} is not a "
+                             "sentence-transformers checkpoint and has no prompts; pass prompt.")
+        head = EmbeddingHead(pooling=pooling, include_prompt=True, dense=(), normalize=True,
+                             prompt=task.prompt or "", lowercase=False, dim=len(pooling) * hidden_size)
+    else:
+        prompt = task.prompt
+        if prompt is None:  # as encode: the named prompt, else the default one, if any
+            prompts = dict(stack.prompts)
+            name = task.prompt_name if task.prompt_name is not None else stack.default_prompt_name
+            if name is not None and name not in prompts:
+                raise ValueError(f"Invalid prompt_name: {name!r}. The prompts of {local_dir!r} are: "
+                                 f"{', '.join(map(repr, sorted(prompts))) or 'none'}.")
+            prompt = prompts.get(name, "")
+        head = EmbeddingHead(
+            pooling=pooling, include_prompt=stack.include_prompt, dense=stack.dense,
+            normalize=stack.normalize, prompt=prompt.lower() if stack.do_lower_case else prompt,
+            lowercase=stack.do_lower_case, dim=stack_dim(stack, pooling, hidden_size, local_dir))
+    if task.normalize is not None:
+        head = replace(head, normalize=task.normalize)
+    if task.truncate_dim is not None:
+        if task.truncate_dim > head.dim:
+            raise ValueError(f"truncate_dim={task.truncate_dim} exceeds the {head.dim} dimensions "
+                             f"of {local_dir!r}; pass at most {head.dim}.")
+        head = replace(head, dim=task.truncate_dim)
+    return head

@@ -123,9 +123,10 @@ class ZeroShotTask(Task):
         object.__setattr__(self, "labels", labels)
         object.__setattr__(self, "descriptions", descriptions)
         # Unnormalized, so that finish() can divide the combined label dot products by the
-        # combined vector's own norm.
+        # combined vector's own norm; with no prompt, so that documents and labels are
+        # embedded alike, as plain texts.
         object.__setattr__(self, "_embedder", EmbedTask(
-            pooling=self.pooling, normalize=False, chunk_pooling=self.chunk_pooling))
+            pooling=self.pooling, normalize=False, chunk_pooling=self.chunk_pooling, prompt=""))
 
     @property
     def label_texts(self) -> tuple[str, ...]:
@@ -136,6 +137,9 @@ class ZeroShotTask(Task):
 
     def schema(self, config: Any) -> pa.Schema:
         return label_schema()
+
+    def prepare_texts(self, engine: Any, texts: list[str]) -> list[str]:
+        return self._embedder.prepare_texts(engine, texts)
 
     def forward(self, engine: Any, inputs: dict[str, Any]) -> dict[str, Any]:
         import torch
@@ -188,9 +192,9 @@ def _embed_texts(engine: Any, embedder: EmbedTask, texts: tuple[str, ...]) -> An
     import torch
 
     with engine.loaded.tokenizer_lock:
-        encoded = engine.tokenizer(list(texts), padding=True, truncation=True,
-                                   max_length=engine.max_length, return_token_type_ids=False,
-                                   return_tensors="pt")
+        encoded = engine.tokenizer(embedder.prepare_texts(engine, list(texts)), padding=True,
+                                   truncation=True, max_length=engine.max_length,
+                                   return_token_type_ids=False, return_tensors="pt")
     inputs = {k: v.to(engine.device) for k, v in encoded.items()}
     with torch.inference_mode():
         vectors = embedder.forward(engine, inputs)["embedding"].float()
