@@ -136,6 +136,10 @@ class ZeroShotTask(Task):
                      for label, d in zip(self.labels, descriptions, strict=True))
 
     def schema(self, config: Any) -> pa.Schema:
+        # Resolving the embedding head here, on the launcher, fails a checkpoint with a module
+        # bertbeam cannot run before the job starts (not on every document on the workers).
+        if config is not None:
+            self._embedder.schema(config)
         return label_schema()
 
     def prepare_texts(self, engine: Any, texts: list[str]) -> list[str]:
