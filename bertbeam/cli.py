@@ -1,4 +1,4 @@
-"""The ``bertbeam`` command: ``embed``, ``label``, ``demo-corpus``, ``check-gpu``."""
+"""The ``bertbeam`` command: ``embed``, ``label``, ``index``, ``search``, ``demo-corpus``, ``check-gpu``."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ _USAGE = """usage: bertbeam COMMAND [options]
 commands:
   embed          embed a Parquet corpus            (bertbeam embed --help)
   label          label a Parquet corpus with a task (bertbeam label --help)
+  index build    build a search index from embeddings (bertbeam index build --help)
+  search         search an index: bertbeam search --index DIR "query" [-k 10] [--json]
   demo-corpus    write a demo corpus: bertbeam demo-corpus DIR [--files N] [--limit N]
   check-gpu      fail fast when workers see no GPU (bertbeam check-gpu --help)
 """
@@ -48,6 +50,10 @@ def main(argv: list[str] | None = None) -> int:
         from pipelines.check_gpu import run
 
         return run(rest)
+    if command in ("index", "search"):
+        from bertbeam.index_cli import run_index, run_search
+
+        return (run_index if command == "index" else run_search)(rest)
     if command == "demo-corpus":
         return _demo_corpus(rest)
     print(f"bertbeam: unknown command {command!r}\n\n{_USAGE}", file=sys.stderr)
