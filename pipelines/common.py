@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -19,6 +20,7 @@ from bertbeam.records import DEAD_LETTER_SCHEMA
 from bertbeam.runners import resolve_runner, torch_threads
 from bertbeam.tasks.base import Task
 from bertbeam.transforms import InferDocuments
+from bertbeam.vectordb import write_to_sink
 
 _LOG = logging.getLogger("bertbeam")
 
@@ -109,6 +111,7 @@ class Job:
     input: str
     output: str
     columns: Columns
+    sink: Any = None  # a bertbeam.vectordb sink (--sink), or None
 
 
 def preflight(job: Job):
@@ -136,6 +139,7 @@ def build(p: beam.Pipeline, job: Job, config) -> None:
     read = p | "ReadDocuments" >> ReadDocuments(job.input, job.columns)
     inferred = read["documents"] | "Infer" >> InferDocuments(job.task, run=job.run)
     inferred["results"] | "WriteResults" >> WriteResults(job.output, schema=job.task.schema(config))
+    write_to_sink(inferred["results"], job.sink, job.task.schema(config))
     (
         (read["dead_letter"], inferred["dead_letter"])
         | "AllDeadLetters" >> beam.Flatten()

@@ -9,6 +9,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from bertbeam.io import Columns
 from bertbeam.tasks.embed import EmbedTask
+from bertbeam.vectordb import add_sink_args, sink_from_args
 from pipelines.common import Job, add_common_args, main, run_spec
 
 
@@ -21,6 +22,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--normalize", choices=["auto", "yes", "no"], default="auto")
     p.add_argument("--chunk-pooling", choices=["mean", "first", "max"], default="mean",
                    help="how window embeddings of a long document are combined")
+    add_sink_args(p)
     return p
 
 
@@ -31,7 +33,8 @@ def make_job(argv: list[str] | None) -> tuple[Job, list[str]]:
         normalize=None if args.normalize == "auto" else args.normalize == "yes",
         chunk_pooling=args.chunk_pooling)
     job = Job(task=task, run=run_spec(args, PipelineOptions(beam_args)), input=args.input,
-              output=args.output, columns=Columns(id=args.id_column, text=args.text_column))
+              output=args.output, columns=Columns(id=args.id_column, text=args.text_column),
+              sink=sink_from_args(args))
     return job, beam_args
 
 
