@@ -140,36 +140,41 @@ def _stats(seconds: list[float]) -> dict:
 
 def compare_libraries(base: np.ndarray, queries: np.ndarray, truth: np.ndarray, k: int,
                       threads: int) -> dict:
-    """The three HNSW libraries on the same vectors, M=32, ef_construction=128, ef_search=64:
-    build rate (``threads`` threads), single-query latency, recall, memory added."""
+    """The three HNSW libraries on the same vectors with bertbeam's defaults (M,
+    ef_construction, ef_search of ``IndexSpec``): build rate (``threads`` threads),
+    single-query latency, recall, memory added."""
     import psutil
+
+    from bertbeam.index import IndexSpec
+
+    m, ef_add, ef = IndexSpec.m, IndexSpec.ef_construction, IndexSpec.ef_search
 
     def faiss_lib():
         import faiss
 
         faiss.omp_set_num_threads(threads)
-        index = faiss.IndexHNSWFlat(base.shape[1], 32, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = 128
+        index = faiss.IndexHNSWFlat(base.shape[1], m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = ef_add
         yield lambda: index.add(base)
-        index.hnsw.efSearch = 64
+        index.hnsw.efSearch = ef
         yield lambda q: index.search(q[None], k)[1][0]
 
     def hnswlib_lib():
         import hnswlib
 
         index = hnswlib.Index(space="ip", dim=base.shape[1])
-        index.init_index(max_elements=len(base), M=32, ef_construction=128)
+        index.init_index(max_elements=len(base), M=m, ef_construction=ef_add)
         index.set_num_threads(threads)
         yield lambda: index.add_items(base, np.arange(len(base)))
-        index.set_ef(64)
+        index.set_ef(ef)
         index.set_num_threads(1)
         yield lambda q: index.knn_query(q, k)[0][0]
 
     def usearch_lib():
         from usearch.index import Index
 
-        index = Index(ndim=base.shape[1], metric="cos", dtype="f32", connectivity=32,
-                      expansion_add=128, expansion_search=64)
+        index = Index(ndim=base.shape[1], metric="cos", dtype="f32", connectivity=m,
+                      expansion_add=ef_add, expansion_search=ef)
         yield lambda: index.add(np.arange(len(base)), base, threads=threads)
         yield lambda q: index.search(q, k).keys
 
@@ -223,12 +228,20 @@ def chart(result: dict, path: str) -> None:
             r = libraries[n]
             bars.text(r["build_vectors_per_second"], y,
                       f" p50 {r['p50_ms']:.2f} ms, recall {r['recall']:.3f}", va="center", fontsize=8)
-        bars.set_xlabel(f"build vectors/s ({result['threads']} threads), M=32, ef 128/64")
+        hnsw = result["hnsw"]
+        bars.set_xlabel(f"build vectors/s ({result['threads']} threads), M={hnsw['m']}, "
+                        f"ef_construction {hnsw['ef_construction']}, ef_search {hnsw['ef_search']}")
         bars.set_xlim(0, max(r["build_vectors_per_second"] for r in libraries.values()) * 1.7)
         bars.invert_yaxis()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _hnsw_defaults() -> dict:
+    from bertbeam.index import IndexSpec
+
+    return {"m": IndexSpec.m, "ef_construction": IndexSpec.ef_construction, "ef_search": IndexSpec.ef_search}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -259,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     default = next(p for p in sweep if p["ef_search"] == 64)
     result = {
         "vectors": args.vectors, "dimension": args.dim, "queries": args.queries, "k": args.k,
-        "threads": args.threads, "data": "clustered synthetic (1000 centres, spread 1.5), L2-normalized",
+        "threads": args.threads, "hnsw": _hnsw_defaults(), "data": "clustered synthetic (1000 centres, spread 1.5), L2-normalized",
         "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()},
         "build": {"seconds": built["seconds"], "vectors_per_second": args.vectors / built["seconds"],
                   "peak_rss_mb": built["peak_rss_mb"], "rss_before_build_mb": built["rss_before_build_mb"],

@@ -73,7 +73,7 @@ class IndexSpec:
         threads: threads FAISS uses to build; ``None`` uses all cores.
     """
 
-    m: int = 32
+    m: int = 16
     ef_construction: int = 128
     ef_search: int = 64
     batch_rows: int = 8192
