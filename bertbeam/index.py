@@ -467,9 +467,20 @@ class SearchIndex:
 
 
 class QueryEncoder:
-    """Embeds query texts with an index's model, through ``BertModelHandler``."""
+    """Embeds query texts with a model, through ``BertModelHandler`` (so exactly as
+    ``bertbeam embed`` embeds documents); ``for_index`` makes the one an index needs.
 
-    def __init__(self, uri: str, prompt: str | None, dimension: int):
+    Args:
+        uri: the model, as ``--model`` takes it.
+        prompt: text put before each query (the model's query prompt), if any.
+        dimension: the dimension the queries must have (the index's); ``None`` skips the check.
+
+    Example::
+
+        vector = QueryEncoder("embedded:all-MiniLM-L6-v2").encode(["open a file"])[0]
+    """
+
+    def __init__(self, uri: str, *, prompt: str | None = None, dimension: int | None = None):
         from bertbeam.config import ModelSpec
         from bertbeam.handler import BertModelHandler
         from bertbeam.tasks.embed import EmbedTask
@@ -501,7 +512,7 @@ class QueryEncoder:
                 f"The index was built with {manifest.model!r} (fingerprint "
                 f"{manifest.model_fingerprint}) but {uri!r} has fingerprint {fingerprint}: "
                 f"{what}. Search with the index's model, or rebuild the index.")
-        return cls(uri, manifest.query_prompt, manifest.dimension)
+        return cls(uri, prompt=manifest.query_prompt, dimension=manifest.dimension)
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """``(len(texts), dimension)`` float32 query embeddings."""
@@ -512,7 +523,7 @@ class QueryEncoder:
         prompted = [f"{self.prompt}{t}" if self.prompt else t for t in texts]
         results = self._handler.run_inference(prompted, self._model)
         vectors = np.stack([r.inference["embedding"] for r in results]).astype(np.float32)
-        if vectors.shape[1] != self.dimension:
+        if self.dimension is not None and vectors.shape[1] != self.dimension:
             raise SearchIndexError(
                 f"{self.uri!r} makes {vectors.shape[1]}-dimensional query embeddings but the index "
                 f"holds {self.dimension}-dimensional vectors: mismatched dimensions.")

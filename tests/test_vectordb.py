@@ -20,7 +20,7 @@ from bertbeam.vectordb import (
     to_chunk,
 )
 from tests.conftest import run_cli, write_corpus
-from tests.search_helpers import embed_texts
+from tests.search_helpers import embed_texts, results_table, write_results
 
 pytest.importorskip("pymilvus")
 
@@ -58,6 +58,21 @@ def test_make_chunks_in_a_pipeline():
         chunks = p | beam.Create([ROW, {**ROW, "id": "doc-2", "title": "Dirs"}]) | MakeChunks(metadata=("title",))
         assert_that(chunks | beam.Map(lambda c: (c.id, c.metadata, len(c.dense_embedding))),
                     equal_to([("doc-1", {"title": "Files"}, 4), ("doc-2", {"title": "Dirs"}, 4)]))
+
+
+def test_results_files_read_by_beam_become_chunks(tmp_path):
+    """The first steps of the BigQuery and AlloyDB recipes: Beam's own ReadFromParquet over
+    results files, then MakeChunks (carried columns as metadata, no text kept)."""
+    import apache_beam as beam
+    from apache_beam.testing.test_pipeline import TestPipeline
+    from apache_beam.testing.util import assert_that, equal_to
+
+    glob = write_results(tmp_path, results_table(["a", "b"], np.eye(2, 4), "m", title=["A", "B"]))
+    with TestPipeline() as p:
+        chunks = p | beam.io.ReadFromParquet(glob) | MakeChunks()
+        assert_that(chunks | beam.Map(lambda c: (c.id, c.content.text, c.metadata, c.dense_embedding)),
+                    equal_to([("a", None, {"title": "A"}, [1.0, 0.0, 0.0, 0.0]),
+                              ("b", None, {"title": "B"}, [0.0, 1.0, 0.0, 0.0])]))
 
 
 def _milvus_round_trip(tmp_path, model: str, n_docs: int) -> float:
