@@ -239,9 +239,9 @@ def _vectors(batch: pa.RecordBatch, dim: int, url: str) -> np.ndarray:
     column = batch.column("embedding")
     if column.null_count:
         raise SearchIndexError(f"{url} has null embeddings; an index needs one vector per row.")
-    flat = column.values if column.offset == 0 else column.flatten()
-    vectors = np.ascontiguousarray(flat.to_numpy(zero_copy_only=False), dtype=np.float32)
-    return vectors.reshape(len(batch), dim).copy()  # normalized in place below
+    # A writable float32 copy: FAISS normalizes it in place.
+    vectors = np.array(column.flatten().to_numpy(zero_copy_only=False), dtype=np.float32)
+    return vectors.reshape(len(batch), dim)
 
 
 def build_index(embeddings: str, output: str, *, spec: IndexSpec | None = None) -> Manifest:
@@ -402,6 +402,8 @@ class SearchIndex:
         return cls(location, manifest, vectors, f"{local}/{ROWS_FILE}", workdir)
 
     def close(self) -> None:
+        """Closes the rows file and removes the local copy of a remote index."""
+        self._rows.close()
         if self._workdir:
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None

@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 
 _MAX_VALUE_CHARS = 100
 
@@ -43,20 +44,13 @@ def _search_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from bertbeam.index import SearchIndexError
-    from bertbeam.io import InputError
-    from bertbeam.models import ModelLoadError
-
-    return (SearchIndexError, InputError, ModelLoadError, ValueError, FileNotFoundError)
-
-
-def _main(work, argv: list[str]) -> int:
+def _main(work: Callable[[list[str]], int], argv: list[str]) -> int:
+    """Runs a command; a user error (SearchIndexError, InputError and ModelLoadError are
+    ValueErrors; a missing file) is one line on stderr and exit status 2, no traceback."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    errors = _user_errors()
     try:
         return work(argv)
-    except errors as exc:
+    except (ValueError, FileNotFoundError) as exc:
         print(f"bertbeam: error: {exc}", file=sys.stderr)
         return 2
 

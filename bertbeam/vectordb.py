@@ -164,9 +164,12 @@ class MilvusSink:
             if text_column in schema.names:
                 fields.add_field("content", DataType.VARCHAR, max_length=65535)
             fields.add_field("metadata", DataType.JSON)
+            client.create_collection(self.collection, schema=fields)
             index = client.prepare_index_params()
             index.add_index("embedding", index_type="AUTOINDEX", metric_type="COSINE")
-            client.create_collection(self.collection, schema=fields, index_params=index)
+            # Not waited for: the collection is empty, and the wait asks for a timestamp that
+            # Milvus Lite does not serve (it logs a gRPC traceback and carries on).
+            client.create_index(self.collection, index, sync=False)
         finally:
             client.close()
 
