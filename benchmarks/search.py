@@ -2,6 +2,7 @@
 
     python -m benchmarks.search                       # 50,000 x 384, 1,000 queries
     python -m benchmarks.search --compare-libraries   # + FAISS, hnswlib, usearch side by side
+                                                      #   (pip install hnswlib usearch)
     python -m benchmarks.search --smoke               # tiny sizes (the test suite's run)
 
 The vectors are synthetic sentence-embedding-like data: L2-normalized points scattered
