@@ -451,6 +451,9 @@ class SearchIndex:
             SearchIndexError: the model differs from the one the index was built with, or
                 its embeddings have another dimension.
         """
+        from bertbeam.config import _check_positive
+
+        _check_positive("k", k)  # before a model loads for nothing
         if self._encoder is None or (model and model != self._encoder.uri):
             self._encoder = QueryEncoder.for_index(self.manifest, model=model)
         return self.search_vectors(self._encoder.encode(texts), k)
