@@ -1,4 +1,4 @@
-"""The ``bertbeam`` command: ``embed``, ``label``, ``demo-corpus``, ``check-gpu``."""
+"""The ``bertbeam`` command: ``embed``, ``label``, ``index``, ``search``, ``demo-corpus``, ``check-gpu``."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ _USAGE = """usage: bertbeam COMMAND [options]
 commands:
   embed          embed a Parquet corpus            (bertbeam embed --help)
   label          label a Parquet corpus with a task (bertbeam label --help)
+  index build    build a search index from embeddings (bertbeam index build --help)
+  search         search an index: bertbeam search --index DIR "query" [-k 10] [--json]
   demo-corpus    write a demo corpus: bertbeam demo-corpus DIR [--files N] [--limit N]
   check-gpu      fail fast when workers see no GPU (bertbeam check-gpu --help)
 
@@ -21,6 +23,8 @@ _COMMANDS = {
     "embed": "bertbeam.jobs.embed:run",
     "label": "bertbeam.jobs.label:run",
     "check-gpu": "bertbeam.jobs.check_gpu:run",
+    "index": "bertbeam.index_cli:run_index",
+    "search": "bertbeam.index_cli:run_search",
     "demo-corpus": "bertbeam.cli:_demo_corpus",
 }
 

@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -20,6 +21,7 @@ from bertbeam.reading import Columns, InputError, ReadDocuments, check_input
 from bertbeam.runners import resolve_runner, torch_threads
 from bertbeam.tasks.base import Task
 from bertbeam.transforms import InferDocuments
+from bertbeam.vectordb import write_to_sink
 from bertbeam.writing import WriteResults
 
 _LOG = logging.getLogger("bertbeam")
@@ -139,6 +141,7 @@ class Job:
     input: str
     output: str
     columns: Columns
+    sink: Any = None  # a bertbeam.vectordb sink (--sink), or None
 
 
 def preflight(job: Job):
@@ -168,6 +171,7 @@ def build(p: beam.Pipeline, job: Job, config) -> None:
     infer = InferDocuments(job.task, run=job.run, validate=False)
     inferred = read["documents"] | "Infer" >> infer
     inferred["results"] | "WriteResults" >> WriteResults(job.output, schema=job.task.schema(config))
+    write_to_sink(inferred["results"], job.sink, job.task.schema(config))
     (
         (read[DEAD_LETTER], inferred[DEAD_LETTER])
         | "AllDeadLetters" >> beam.Flatten()
