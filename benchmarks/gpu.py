@@ -293,11 +293,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     p.add_argument("--commit", default=os.environ.get("BERTBEAM_COMMIT"),
                    help="the commit measured (default: $BERTBEAM_COMMIT, else git rev-parse HEAD)")
-    p.add_argument("--token-budget", type=int, default=65536, help="padded tokens per batch, all contenders")
+    p.add_argument("--token-budget", type=int, default=None,
+                   help="padded tokens per batch, every contender (default 65,536; 2,048 in --smoke)")
     p.add_argument("--bertbeam-args", default="", help="more `bertbeam embed` flags, one string")
     p.add_argument("--reps", type=int, default=1, help="repetitions of every entry")
     p.add_argument("--budget", type=float, default=None,
-                   help="seconds for all entries (default 460; none in --smoke)")
+                   help="seconds for all entries (default 460; no limit in --smoke)")
     p.add_argument("--in-process", action="store_true",
                    help="run the contenders in this process (the default in --smoke)")
     for name in SIZES:
@@ -311,8 +312,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             p.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if args.parity_long_docs >= args.parity_docs:
         p.error(f"--parity-long-docs ({args.parity_long_docs}) must be below --parity-docs ({args.parity_docs})")
-    if args.budget is None:
-        args.budget = float("inf") if args.smoke else 460.0
+    if args.budget is None and not args.smoke:
+        args.budget = 460.0
+    if args.token_budget is None:
+        args.token_budget = 2048 if args.smoke else 65536
     args.in_process = args.in_process or args.smoke
     return args
 
@@ -336,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         print(msg, file=sys.stderr, flush=True)
 
     started = time.time()
-    deadline = time.perf_counter() + args.budget
+    deadline = time.perf_counter() + (args.budget or float("inf"))
     with tempfile.TemporaryDirectory(prefix="bertbeam-gpu-") as tmp_name:
         tmp = Path(tmp_name)
         minilm = resolve_model_dir(MINILM)
@@ -358,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
         for suite, label, name, job in plan(suites, models, args, tmp, device, dtype):
             left = deadline - time.perf_counter()
             if left < MIN_ENTRY_SECONDS:
-                runs[suite, label] = [{"error": f"skipped: {args.budget:.0f} s budget spent"}]
+                runs[suite, label] = [{"error": f"skipped: the {args.budget:.0f} s budget was spent"}]
                 log(f"  {suite} {label}: skipped, budget spent")
                 continue
             log(f"{suite}:")
@@ -376,8 +379,9 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 docs = next((r["docs"] for r in entry_runs if "docs" in r), len(s.corpus.texts))
                 part = windows[:docs] if docs < len(s.corpus.texts) else windows  # truncate: one each
-                rows[entry] = report.summarize(entry_runs, real_tokens=sum(part),
-                                               flops=report.model_flops(part, config), peak_flops=peak)
+                rows[entry] = report.summarize(  # a tokenizer has no FLOP utilisation
+                    entry_runs, real_tokens=sum(part), flops=report.model_flops(part, config),
+                    peak_flops=None if entry == "tokenizer" else peak)
                 if docs < len(s.corpus.texts):
                     rows[entry]["subset_of"] = len(s.corpus.texts)
             result_suites[label] = {

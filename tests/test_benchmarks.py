@@ -1,5 +1,5 @@
-"""The benchmark: corpus, FLOPs formula, report, and the quick mode end to end (smoke, no
-speed thresholds: the numbers are ratios read by people, not gates)."""
+"""The benchmark: corpus, FLOPs formula, report, the quick mode and the GPU script's CPU smoke
+mode end to end (no speed thresholds: the numbers are ratios read by people, not gates)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from benchmarks import report
-from benchmarks.corpus import benchmark_texts, write_corpus
+from benchmarks.corpus import benchmark_texts, long_texts, write_corpus
 
 
 def test_corpus_is_a_fixed_shuffle_and_a_prefix_of_the_larger_size(tmp_path):
@@ -22,6 +22,13 @@ def test_corpus_is_a_fixed_shuffle_and_a_prefix_of_the_larger_size(tmp_path):
 
     ids = [i for f in expand_glob(corpus.glob) for i in pq.read_table(f)["id"].to_pylist()]
     assert ids == corpus.ids and len(set(ids)) == 30
+
+
+def test_long_texts_are_many_windows_long_and_a_fixed_prefix():
+    short, longer = long_texts(3, tokens=1500), long_texts(5, tokens=1500)
+    assert short == longer[:3]
+    assert all(1500 * 3 <= len(t) <= 1500 * 3.2 + 25_000 for t in longer)  # one demo text over at most
+    assert len(set(longer)) == 5
 
 
 def test_model_flops_follow_the_stated_formula():
@@ -71,3 +78,53 @@ def test_quick_mode_runs_every_contender_and_reports(tmp_path):
     assert result["machine"]["gemm_peak_gflops"] > 0
     assert "bertbeam / sorted-loop" in result["ratios"]
     assert (tmp_path / "quick.png").exists()
+
+
+GPU_ROW_KEYS = {"docs", "docs_per_second", "tokens_per_second", "mfu", "peak_rss_mb",
+                "startup_seconds", "steady_seconds", "steady_docs_per_second",
+                "steady_tokens_per_second", "steady_mfu", "process_docs_per_second", "gpu_peak_mb"}
+
+
+def test_gpu_script_smoke_mode_reports_every_figure(tmp_path):
+    """``python -m benchmarks.gpu --smoke`` (tiny sizes, CPU, float32, in this process) runs
+    every suite and contender and writes every figure the GPU run is for: steady-state and
+    whole-process rates, start-up, MFU, memory, the targets and the CPU agreement; it leaves
+    this process as it found it (cores, patched classes)."""
+    import os
+
+    from sentence_transformers import SentenceTransformer
+
+    from benchmarks.gpu import SIZES, TARGETS, main
+    from bertbeam.engine import Engine
+
+    before = (os.sched_getaffinity(0), Engine.launch, Engine.fetch, SentenceTransformer.preprocess)
+    assert main(["--smoke", "--out", str(tmp_path), "--minilm-docs", "24", "--four-core-docs", "8",
+                 "--st-docs", "8", "--bert-docs", "12", "--long-docs", "2"]) == 0
+    assert (os.sched_getaffinity(0), Engine.launch, Engine.fetch, SentenceTransformer.preprocess) == before
+    result = json.loads((tmp_path / "gpu-smoke.json").read_text())
+    assert (tmp_path / "gpu-smoke.png").read_bytes()[:4] == b"\x89PNG"
+    env = result["environment"]
+    assert env["device"] and env["cpus"] >= 1 and (env["commit"] is None or len(env["commit"]) == 40)
+    assert set(env["versions"]) >= {"torch", "transformers", "tokenizers", "apache_beam"}
+    assert result["gemm_peak_tflops"] > 0 and set(result["settings"]) >= set(SIZES)
+    expected = {"minilm": {"bertbeam", "sorted-loop", "tokenizer", "st-encode", "bertbeam@4cpu",
+                           "sorted-loop@4cpu"},
+                "bert-base": {"bertbeam", "sorted-loop"},
+                "bert-base-long": {"bertbeam", "sorted-loop"}}
+    assert {k: set(v["contenders"]) for k, v in result["suites"].items()} == expected
+    for label, suite in result["suites"].items():
+        for name, row in suite["contenders"].items():
+            assert "error" not in row, (label, name, row.get("error"))
+            assert set(row) >= GPU_ROW_KEYS, (label, name)
+            assert row["steady_docs_per_second"] > 0 and row["steady_seconds"] <= row["seconds"]
+            if name != "tokenizer":
+                assert row["steady_mfu"] > 0 and row["startup_seconds"] > 0, (label, name)
+    minilm, long = result["suites"]["minilm"], result["suites"]["bert-base-long"]
+    assert minilm["contenders"]["st-encode"] | {"docs": 8, "subset_of": 24} == minilm["contenders"]["st-encode"]
+    assert long["windows"] > long["docs"] == 2 and long["contenders"]["bertbeam"]["docs"] == 2
+    parity = result["parity"]["all"]
+    assert parity["docs"] == SIZES["parity_docs"][1] and parity["multi_window_docs"] >= 1
+    assert parity["min_cosine"] >= 0.9999  # CPU float32 against itself, other batches
+    assert [t["what"] for t in result["targets"][:len(TARGETS)]] == [t[0] for t in TARGETS]
+    for target in result["targets"]:
+        assert target["value"] is not None and target["verdict"] in ("met", "BELOW"), target
