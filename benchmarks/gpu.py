@@ -21,9 +21,9 @@ Contenders, each in a process of its own (``benchmarks.run.run_contender``):
   gemm              a bf16 8192^3 matrix product: the measured peak for MFU
 
 Per contender: steady-state docs/s, tokens/s and MFU (bertbeam: first model batch to the end
-of the last, timed by wrapping ``Engine.launch`` / ``Engine.fetch``; the loop: from its first
-batch, its one tokenizer call being start-up), start-up seconds, whole-process docs/s,
-peak GPU memory and peak host RSS. Then the issue's targets (met / BELOW) and the agreement
+of the last, timed by wrapping ``Engine.launch`` / ``Engine.fetch``; the loop: from its one
+tokenizer call to the end, and apart from its first batch on, ``untokenized_docs_per_second``),
+start-up seconds, whole-process docs/s, peak GPU memory and peak host RSS. Then the issue's targets (met / BELOW) and the agreement
 of bertbeam's GPU embeddings with CPU float32 ones (``--parity-docs`` documents by id, long
 multi-window ones among them). Writes ``<out>/gpu.json`` and ``<out>/gpu.png``
 (``gpu-smoke.*`` in --smoke).
@@ -91,9 +91,13 @@ TARGETS = (
 PARITY_TARGET = 0.9999  # per-row cosine, GPU bf16 against CPU float32
 DEFINITIONS = {
     "steady": "bertbeam: first model batch started to last model batch fetched (Engine.launch / "
-              "Engine.fetch); sorted-loop: first batch to the end (its one tokenizer call is "
-              "start-up, see tokenize_seconds); tokenizer: its one call",
-    "startup_seconds": "from the start of the timed job (model load included) to the first model batch",
+              "Engine.fetch); sorted-loop: its one tokenizer call to the end (tokenizing is "
+              "per-document work, which bertbeam does inside its steady window too); "
+              "st-encode: encode(); tokenizer: its one call",
+    "untokenized_docs_per_second": "sorted-loop: documents / (steady - tokenize) seconds, its "
+                                   "first batch to the end: the GPU side alone",
+    "startup_seconds": "from the start of the timed job to its steady window: model load, CUDA "
+                       "context, and for bertbeam the pipeline's start and its first buffer",
     "docs_per_second": "documents / the timed job (model load included, interpreter start and imports not)",
     "process_docs_per_second": "documents / the contender's whole process, interpreter start included",
     "steady_mfu": "report.model_flops of the corpus / steady seconds / gemm peak of this run",
@@ -134,7 +138,7 @@ def plan(suites: dict[str, Suite], models: dict[str, str], args: argparse.Namesp
     need first, the budget-limited peers last. Suite ``parity`` holds bertbeam's CPU float32
     runs on the first documents of minilm and bert-base-long (see :func:`parity`)."""
     usable = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-    threads = len(usable) if usable else os.cpu_count() or 1
+    threads = args.threads
     four = tuple(usable[:FOUR_CORES]) if usable else None
     prefixes: dict[tuple[str, int], Corpus] = {}
 
@@ -154,7 +158,7 @@ def plan(suites: dict[str, Suite], models: dict[str, str], args: argparse.Namesp
         return job(suite, docs, work_dir=str(tmp / "runs-parity"), device="cpu", dtype="float32",
                    token_budget=None, bertbeam_args=())
 
-    four_cores = {"cpus": four, "threads": len(four) if four else threads}
+    four_cores = {"cpus": four, "threads": min(len(four), threads) if four else threads}
     return [
         ("device", "gemm", "gemm", job("minilm")),
         ("minilm", "bertbeam", "bertbeam", job("minilm")),
@@ -243,7 +247,7 @@ def environment(device: str, commit: str | None) -> dict:
         "python": platform.python_version(),
         "versions": versions,
         "cpus": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "cpus_usable": usable_cores(),
     }
 
 
@@ -285,6 +289,10 @@ def chart(result: dict, path: str) -> None:
     plt.close(fig)
 
 
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.gpu", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -297,6 +305,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="padded tokens per batch, every contender (default 65,536; 2,048 in --smoke)")
     p.add_argument("--bertbeam-args", default="", help="more `bertbeam embed` flags, one string")
     p.add_argument("--reps", type=int, default=1, help="repetitions of every entry")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads per contender (default: the usable cores; 1 in --smoke, "
+                        "where a shared CPU runs one thread faster than a team)")
     p.add_argument("--budget", type=float, default=None,
                    help="seconds for all entries (default 460; no limit in --smoke)")
     p.add_argument("--in-process", action="store_true",
@@ -314,6 +325,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"--parity-long-docs ({args.parity_long_docs}) must be below --parity-docs ({args.parity_docs})")
     if args.budget is None and not args.smoke:
         args.budget = 460.0
+    if args.threads is None:
+        args.threads = 1 if args.smoke else usable_cores()
     if args.token_budget is None:
         args.token_budget = 2048 if args.smoke else 65536
     args.in_process = args.in_process or args.smoke
@@ -397,6 +410,7 @@ def main(argv: list[str] | None = None) -> int:
         "gemm_peak_tflops": round(peak / 1e12, 3) if peak else None,
         "gemm": runs["device", "gemm"][0],
         "settings": {"token_budget": args.token_budget, "bertbeam_args": args.bertbeam_args,
+                     "threads": args.threads, "four_cores": FOUR_CORES,
                      "st_encode_batch_size": LOOP_BATCH_SIZE, "reps": args.reps,
                      "budget_seconds": args.budget, "in_process": args.in_process,
                      **{name: getattr(args, name) for name in SIZES}},

@@ -81,6 +81,8 @@ def _steady(ok: list[dict], *, docs: int, real_tokens: int, flops: float,
         "steady_mfu": round(flops / steady / peak_flops, 4) if steady and peak_flops else None,
         "process_docs_per_second": round(docs / process, 2) if process else None,
         "tokenize_seconds": None if tokenize is None else round(tokenize, 3),
+        "untokenized_docs_per_second": (round(docs / (steady - tokenize), 2)
+                                        if steady and tokenize is not None and steady > tokenize else None),
         "gpu_peak_mb": max(gpu) if gpu else None,
     }
 
