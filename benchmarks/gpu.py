@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import itertools
 import json
 import os
 import platform
@@ -70,12 +71,12 @@ LONG_LENGTH = 512
 FOUR_CORES = 4
 MIN_ENTRY_SECONDS = 20  # an entry is not started with less of the budget left
 SIZES = {  # flag -> (GPU default, --smoke default)
-    "minilm_docs": (200_000, 40),
-    "bert_docs": (50_000, 24),
-    "long_docs": (2_000, 3),
+    "minilm_docs": (200_000, 24),
+    "bert_docs": (50_000, 12),
+    "long_docs": (2_000, 2),
     "long_doc_tokens": (2_000, 1_200),
-    "st_docs": (20_000, 16),
-    "four_core_docs": (40_000, 16),
+    "st_docs": (20_000, 8),
+    "four_core_docs": (40_000, 8),
     "parity_docs": (300, 12),
     "parity_long_docs": (10, 2),
 }
@@ -109,7 +110,7 @@ DEFINITIONS = {
 
 @dataclass(frozen=True)
 class Suite:
-    """A corpus and a model, with the contenders that run on it."""
+    """A corpus with the model and window policy every contender of the suite runs it with."""
 
     label: str
     model: str  # "minilm" or "bert-base"
@@ -333,11 +334,56 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def prepare(args: argparse.Namespace, tmp: Path) -> tuple[dict[str, str], dict[str, Suite], dict]:
+    """Models, the suites' corpora, and per suite its window lengths, config and the FLOPs of
+    every prefix of its windows (for contenders that ran on the first documents)."""
+    from bertbeam.models import resolve_model_dir
+
+    minilm = resolve_model_dir(MINILM)
+    models = {"minilm": minilm, "bert-base": bert_base_dir(tmp, minilm, smoke=args.smoke)}
+    long = write_texts(tmp / "corpus-long", long_texts(args.long_docs, tokens=args.long_doc_tokens))
+    suites = {
+        "minilm": Suite("minilm", "minilm", write_corpus(tmp / "corpus-minilm", args.minilm_docs),
+                        SHORT_LENGTH, "truncate"),
+        "bert-base": Suite("bert-base", "bert-base", write_corpus(tmp / "corpus-bert", args.bert_docs),
+                           SHORT_LENGTH, "truncate"),
+        "bert-base-long": Suite("bert-base-long", "bert-base", long, LONG_LENGTH, "chunk"),
+    }
+    shapes = {}
+    for label, s in suites.items():
+        windows, config = token_lengths(s.corpus, models[s.model], s.max_length, long_docs=s.long_docs)
+        shapes[label] = {"windows": windows,
+                         "flops": list(itertools.accumulate(report.window_flops(windows, config))),
+                         "tokens": list(itertools.accumulate(windows))}
+    return models, suites, shapes
+
+
+def suite_reports(suites: dict[str, Suite], shapes: dict, runs: dict, peak: float | None) -> dict:
+    """Per suite: its corpus and a report row per contender. A contender that ran on the first
+    ``docs`` documents (of a truncating suite: one window each) is rated on those."""
+    out = {}
+    for label, s in suites.items():
+        shape, rows = shapes[label], {}
+        for (suite, entry), entry_runs in runs.items():
+            if suite != label:
+                continue
+            docs = next((r["docs"] for r in entry_runs if "docs" in r), len(s.corpus.texts))
+            last = (docs if docs < len(s.corpus.texts) else len(shape["windows"])) - 1
+            rows[entry] = report.summarize(  # a tokenizer has no FLOP utilisation
+                entry_runs, real_tokens=shape["tokens"][last], flops=shape["flops"][last],
+                peak_flops=None if entry == "tokenizer" else peak)
+            if docs < len(s.corpus.texts):
+                rows[entry]["subset_of"] = len(s.corpus.texts)
+        out[label] = {"model": s.model, "docs": len(s.corpus.texts), "windows": len(shape["windows"]),
+                      "real_tokens": shape["tokens"][-1], "max_length": s.max_length,
+                      "long_docs": s.long_docs, "model_gflops_total": round(shape["flops"][-1] / 1e9, 1),
+                      "contenders": rows}
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import torch
-
-    from bertbeam.models import resolve_model_dir
 
     device, dtype = ("cpu", "float32") if args.smoke else ("cuda", "bfloat16")
     if device == "cuda" and not torch.cuda.is_available():
@@ -347,6 +393,9 @@ def main(argv: list[str] | None = None) -> int:
         # The parent's own tokenizer calls (token counts for the report) on every core too.
         os.environ["TOKENIZERS_PARALLELISM"] = "true"
     runner = run_in_process if args.in_process else run_contender
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / ("gpu-smoke.json" if args.smoke else "gpu.json")
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
@@ -355,80 +404,55 @@ def main(argv: list[str] | None = None) -> int:
     deadline = time.perf_counter() + (args.budget or float("inf"))
     with tempfile.TemporaryDirectory(prefix="bertbeam-gpu-") as tmp_name:
         tmp = Path(tmp_name)
-        minilm = resolve_model_dir(MINILM)
-        models = {"minilm": minilm, "bert-base": bert_base_dir(tmp, minilm, smoke=args.smoke)}
-        short = write_corpus(tmp / "corpus-short", args.minilm_docs)
-        suites = {
-            "minilm": Suite("minilm", "minilm", short, SHORT_LENGTH, "truncate"),
-            "bert-base": Suite("bert-base", "bert-base", write_corpus(tmp / "corpus-bert", args.bert_docs),
-                               SHORT_LENGTH, "truncate"),
-            "bert-base-long": Suite("bert-base-long", "bert-base", write_texts(
-                tmp / "corpus-long", long_texts(args.long_docs, tokens=args.long_doc_tokens)),
-                LONG_LENGTH, "chunk"),
-        }
-        lengths = {label: token_lengths(s.corpus, models[s.model], s.max_length, long_docs=s.long_docs)
-                   for label, s in suites.items()}
+        models, suites, shapes = prepare(args, tmp)
         log(f"set up in {time.time() - started:.0f} s: " + ", ".join(
-            f"{label} {len(s.corpus.texts)} docs / {sum(lengths[label][0])} tokens" for label, s in suites.items()))
+            f"{label} {len(s.corpus.texts)} docs / {shapes[label]['tokens'][-1]} tokens"
+            for label, s in suites.items()))
         runs: dict[tuple[str, str], list[dict]] = {}
+        parity_result: dict = {}
+        env = environment(device, args.commit)
+
+        def result(complete: bool) -> dict:
+            gemm = [r for r in runs.get(("device", "gemm"), []) if "error" not in r]
+            peak = max(r["docs"] / r["seconds"] for r in gemm) if gemm else None
+            reports = suite_reports(suites, shapes, runs, peak)
+            return {
+                "complete": complete, "smoke": args.smoke, "dtype": dtype,
+                "environment": env,
+                "gemm_peak_tflops": round(peak / 1e12, 3) if peak else None,
+                "gemm": runs.get(("device", "gemm"), [None])[0],
+                "settings": {"token_budget": args.token_budget, "bertbeam_args": args.bertbeam_args,
+                             "threads": args.threads, "four_cores": FOUR_CORES,
+                             "st_encode_batch_size": LOOP_BATCH_SIZE, "reps": args.reps,
+                             "budget_seconds": args.budget, "in_process": args.in_process,
+                             **{name: getattr(args, name) for name in SIZES}},
+                "definitions": DEFINITIONS, "flops_formula": report.FORMULA,
+                "suites": reports, "parity": parity_result,
+                "targets": targets(reports, parity_result),
+                "wall_seconds": round(time.time() - started, 1),
+            }
+
         for suite, label, name, job in plan(suites, models, args, tmp, device, dtype):
             left = deadline - time.perf_counter()
             if left < MIN_ENTRY_SECONDS:
                 runs[suite, label] = [{"error": f"skipped: the {args.budget:.0f} s budget was spent"}]
-                log(f"  {suite} {label}: skipped, budget spent")
+                log(f"{suite} {label}: skipped, the budget was spent")
                 continue
             log(f"{suite}:")
             runs[suite, label] = measure({label: (name, job)}, args.reps, timeout=left, log=log,
                                          runner=runner)[label]
-        parity_result = parity(runs, tmp)
-        gemm = [r for r in runs["device", "gemm"] if "error" not in r]
-        peak = max(r["docs"] / r["seconds"] for r in gemm) if gemm else None
-        result_suites = {}
-        for label, s in suites.items():
-            windows, config = lengths[label]
-            rows = {}
-            for (suite, entry), entry_runs in runs.items():
-                if suite != label:
-                    continue
-                docs = next((r["docs"] for r in entry_runs if "docs" in r), len(s.corpus.texts))
-                part = windows[:docs] if docs < len(s.corpus.texts) else windows  # truncate: one each
-                rows[entry] = report.summarize(  # a tokenizer has no FLOP utilisation
-                    entry_runs, real_tokens=sum(part), flops=report.model_flops(part, config),
-                    peak_flops=None if entry == "tokenizer" else peak)
-                if docs < len(s.corpus.texts):
-                    rows[entry]["subset_of"] = len(s.corpus.texts)
-            result_suites[label] = {
-                "model": s.model, "docs": len(s.corpus.texts), "windows": len(windows),
-                "real_tokens": sum(windows), "max_length": s.max_length, "long_docs": s.long_docs,
-                "model_gflops_total": round(report.model_flops(windows, config) / 1e9, 1),
-                "contenders": rows,
-            }
-    result = {
-        "smoke": args.smoke,
-        "dtype": dtype,
-        "environment": environment(device, args.commit),
-        "gemm_peak_tflops": round(peak / 1e12, 3) if peak else None,
-        "gemm": runs["device", "gemm"][0],
-        "settings": {"token_budget": args.token_budget, "bertbeam_args": args.bertbeam_args,
-                     "threads": args.threads, "four_cores": FOUR_CORES,
-                     "st_encode_batch_size": LOOP_BATCH_SIZE, "reps": args.reps,
-                     "budget_seconds": args.budget, "in_process": args.in_process,
-                     **{name: getattr(args, name) for name in SIZES}},
-        "definitions": DEFINITIONS,
-        "flops_formula": report.FORMULA,
-        "suites": result_suites,
-        "parity": parity_result,
-        "targets": targets(result_suites, parity_result),
-        "wall_seconds": round(time.time() - started, 1),
-    }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = "gpu-smoke" if args.smoke else "gpu"
-    (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
-    chart(result, str(out / f"{stem}.png"))
-    print(render(result))
-    print(f"\nwrote {out / stem}.json and .png in {result['wall_seconds']} s")
-    failed = [label for s in result_suites.values() for label, r in s["contenders"].items()
+            # After every entry, so that a run stopped from outside still leaves its figures.
+            path.write_text(json.dumps(result(complete=False), indent=2) + "\n")
+        try:
+            parity_result.update(parity(runs, tmp))
+        except Exception as exc:  # the figures above must land even so
+            parity_result["error"] = f"{type(exc).__name__}: {exc}"[:2000]
+        final = result(complete=True)
+    path.write_text(json.dumps(final, indent=2) + "\n")
+    chart(final, str(path.with_suffix(".png")))
+    print(render(final))
+    print(f"\nwrote {path} and {path.with_suffix('.png').name} in {final['wall_seconds']} s")
+    failed = [label for s in final["suites"].values() for label, r in s["contenders"].items()
               if label.startswith("bertbeam") and "error" in r]
     return 1 if failed else 0
 

@@ -29,9 +29,14 @@ def encoder_shape(config: Any) -> tuple[int, int, int]:
 
 def model_flops(lengths: Sequence[int], config: Any) -> float:
     """Useful forward FLOPs of the encoder over documents of these token lengths."""
+    return float(sum(window_flops(lengths, config)))
+
+
+def window_flops(lengths: Sequence[int], config: Any) -> list[int]:
+    """Useful forward FLOPs of the encoder on each window (or document) of these lengths."""
     layers, d, f = encoder_shape(config)
     params = layers * (4 * d * d + 2 * d * f)
-    return float(sum(2 * n * params + 4 * layers * n * n * d for n in lengths))
+    return [2 * n * params + 4 * layers * n * n * d for n in lengths]
 
 
 def summarize(runs: list[dict], *, real_tokens: int, flops: float, peak_flops: float | None) -> dict:

@@ -98,8 +98,7 @@ def test_gpu_script_smoke_mode_reports_every_figure(tmp_path):
     from bertbeam.engine import Engine
 
     before = (os.sched_getaffinity(0), Engine.launch, Engine.fetch, SentenceTransformer.preprocess)
-    assert main(["--smoke", "--out", str(tmp_path), "--minilm-docs", "24", "--four-core-docs", "8",
-                 "--st-docs", "8", "--bert-docs", "12", "--long-docs", "2"]) == 0
+    assert main(["--smoke", "--out", str(tmp_path)]) == 0
     assert (os.sched_getaffinity(0), Engine.launch, Engine.fetch, SentenceTransformer.preprocess) == before
     result = json.loads((tmp_path / "gpu-smoke.json").read_text())
     assert (tmp_path / "gpu-smoke.png").read_bytes()[:4] == b"\x89PNG"
@@ -120,10 +119,12 @@ def test_gpu_script_smoke_mode_reports_every_figure(tmp_path):
             if name != "tokenizer":
                 assert row["steady_mfu"] > 0 and row["startup_seconds"] > 0, (label, name)
     minilm, long = result["suites"]["minilm"], result["suites"]["bert-base-long"]
-    assert minilm["contenders"]["st-encode"] | {"docs": 8, "subset_of": 24} == minilm["contenders"]["st-encode"]
-    assert long["windows"] > long["docs"] == 2 and long["contenders"]["bertbeam"]["docs"] == 2
+    sizes = {name: smoke for name, (_, smoke) in SIZES.items()}
+    st = minilm["contenders"]["st-encode"]
+    assert (st["docs"], st["subset_of"]) == (sizes["st_docs"], sizes["minilm_docs"])
+    assert long["windows"] > long["docs"] == sizes["long_docs"] == long["contenders"]["bertbeam"]["docs"]
     parity = result["parity"]["all"]
-    assert parity["docs"] == SIZES["parity_docs"][1] and parity["multi_window_docs"] >= 1
+    assert parity["docs"] == sizes["parity_docs"] and parity["multi_window_docs"] >= 1
     assert parity["min_cosine"] >= 0.9999  # CPU float32 against itself, other batches
     assert [t["what"] for t in result["targets"][:len(TARGETS)]] == [t[0] for t in TARGETS]
     for target in result["targets"]:
