@@ -408,7 +408,9 @@ def run_named(name: str, job: Job) -> dict:
             outcome = asdict(CONTENDERS[name](job))
         except Exception as exc:  # reported, not raised: one broken peer must not sink the run
             outcome = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
-        return {"name": name, **outcome, "peak_rss_mb": peak_rss_mb(), "gpu_peak_mb": gpu_peak_mb()}
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        return {"name": name, **outcome, "peak_rss_mb": peak_rss_mb(), "gpu_peak_mb": gpu_peak_mb(),
+                "cores": cores}
     finally:
         if affinity is not None:
             os.sched_setaffinity(0, affinity)

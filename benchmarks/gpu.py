@@ -311,8 +311,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "where a shared CPU runs one thread faster than a team)")
     p.add_argument("--budget", type=float, default=None,
                    help="seconds for all entries (default 460; no limit in --smoke)")
-    p.add_argument("--in-process", action="store_true",
-                   help="run the contenders in this process (the default in --smoke)")
+    p.add_argument("--in-process", action=argparse.BooleanOptionalAction, default=None,
+                   help="run the contenders in this process, not each in its own (default: "
+                        "only in --smoke, where an interpreter start costs more than the work)")
     for name in SIZES:
         p.add_argument(f"--{name.replace('_', '-')}", type=int, default=None,
                        help=f"default {SIZES[name][0]:,} ({SIZES[name][1]} in --smoke)")
@@ -330,7 +331,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.threads = 1 if args.smoke else usable_cores()
     if args.token_budget is None:
         args.token_budget = 2048 if args.smoke else 65536
-    args.in_process = args.in_process or args.smoke
+    if args.in_process is None:
+        args.in_process = args.smoke
     return args
 
 

@@ -89,6 +89,7 @@ def _steady(ok: list[dict], *, docs: int, real_tokens: int, flops: float,
         "untokenized_docs_per_second": (round(docs / (steady - tokenize), 2)
                                         if steady and tokenize is not None and steady > tokenize else None),
         "gpu_peak_mb": max(gpu) if gpu else None,
+        "cores": ok[0].get("cores"),  # the CPU cores the contender could use
     }
 
 

@@ -80,7 +80,7 @@ def test_quick_mode_runs_every_contender_and_reports(tmp_path):
     assert (tmp_path / "quick.png").exists()
 
 
-GPU_ROW_KEYS = {"docs", "docs_per_second", "tokens_per_second", "mfu", "peak_rss_mb",
+GPU_ROW_KEYS = {"cores", "docs", "docs_per_second", "tokens_per_second", "mfu", "peak_rss_mb",
                 "startup_seconds", "steady_seconds", "steady_docs_per_second",
                 "steady_tokens_per_second", "steady_mfu", "process_docs_per_second", "gpu_peak_mb"}
 
@@ -94,14 +94,34 @@ def test_gpu_script_smoke_mode_reports_every_figure(tmp_path):
 
     from sentence_transformers import SentenceTransformer
 
-    from benchmarks.gpu import SIZES, TARGETS, main
+    from benchmarks.gpu import main
     from bertbeam.engine import Engine
 
     before = (os.sched_getaffinity(0), Engine.launch, Engine.fetch, SentenceTransformer.preprocess)
     assert main(["--smoke", "--out", str(tmp_path)]) == 0
     assert (os.sched_getaffinity(0), Engine.launch, Engine.fetch, SentenceTransformer.preprocess) == before
-    result = json.loads((tmp_path / "gpu-smoke.json").read_text())
-    assert (tmp_path / "gpu-smoke.png").read_bytes()[:4] == b"\x89PNG"
+    check_gpu_result(tmp_path)
+
+
+@pytest.mark.slow
+def test_gpu_script_smoke_mode_with_a_process_per_contender(tmp_path):
+    """The same with every contender in a process of its own, as on the GPU: the job travels
+    as JSON, the 4-core entries pin their process, each reports its own memory."""
+    from benchmarks.gpu import main
+
+    assert main(["--smoke", "--no-in-process", "--out", str(tmp_path)]) == 0
+    rows = check_gpu_result(tmp_path)["suites"]["minilm"]["contenders"]
+    assert rows["bertbeam"]["process_docs_per_second"] < rows["bertbeam"]["docs_per_second"]
+
+
+def check_gpu_result(out) -> dict:
+    """Asserts that ``out/gpu-smoke.json`` holds every figure of the GPU run and returns it."""
+    import os
+
+    from benchmarks.gpu import SIZES, TARGETS
+
+    result = json.loads((out / "gpu-smoke.json").read_text())
+    assert (out / "gpu-smoke.png").read_bytes()[:4] == b"\x89PNG" and result["complete"]
     env = result["environment"]
     assert env["device"] and env["cpus"] >= 1 and (env["commit"] is None or len(env["commit"]) == 40)
     assert set(env["versions"]) >= {"torch", "transformers", "tokenizers", "apache_beam"}
@@ -119,6 +139,9 @@ def test_gpu_script_smoke_mode_reports_every_figure(tmp_path):
             if name != "tokenizer":
                 assert row["steady_mfu"] > 0 and row["startup_seconds"] > 0, (label, name)
     minilm, long = result["suites"]["minilm"], result["suites"]["bert-base-long"]
+    usable = len(os.sched_getaffinity(0))
+    assert [minilm["contenders"][n]["cores"] for n in ("bertbeam", "bertbeam@4cpu", "sorted-loop@4cpu")] \
+        == [usable, min(4, usable), min(4, usable)]
     sizes = {name: smoke for name, (_, smoke) in SIZES.items()}
     st = minilm["contenders"]["st-encode"]
     assert (st["docs"], st["subset_of"]) == (sizes["st_docs"], sizes["minilm_docs"])
@@ -129,3 +152,4 @@ def test_gpu_script_smoke_mode_reports_every_figure(tmp_path):
     assert [t["what"] for t in result["targets"][:len(TARGETS)]] == [t[0] for t in TARGETS]
     for target in result["targets"]:
         assert target["value"] is not None and target["verdict"] in ("met", "BELOW"), target
+    return result
