@@ -441,8 +441,8 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"{suite} {label}: skipped, the budget was spent")
                 continue
             log(f"{suite}:")
-            runs[suite, label] = measure({label: (name, job)}, args.reps, timeout=left, log=log,
-                                         runner=runner)[label]
+            runs[suite, label] = measure({label: (name, job)}, args.reps, log=log, runner=runner,
+                                         timeout=None if args.budget is None else left)[label]
             # After every entry, so that a run stopped from outside still leaves its figures.
             path.write_text(json.dumps(result(complete=False), indent=2) + "\n")
         try:

@@ -42,7 +42,7 @@ TARGETS = (
 )
 
 
-def run_contender(name: str, job: Job, *, timeout: float) -> dict:
+def run_contender(name: str, job: Job, *, timeout: float | None) -> dict:
     """Runs one contender in a fresh interpreter and returns its JSON report."""
     env = {**os.environ, "OMP_NUM_THREADS": str(job.threads), "MKL_NUM_THREADS": str(job.threads),
            "TOKENIZERS_PARALLELISM": "true", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error",
@@ -60,7 +60,7 @@ def run_contender(name: str, job: Job, *, timeout: float) -> dict:
     return {**json.loads(lines[-1]), "process_seconds": time.perf_counter() - start}
 
 
-def run_in_process(name: str, job: Job, *, timeout: float) -> dict:
+def run_in_process(name: str, job: Job, *, timeout: float | None) -> dict:
     """``run_contender`` in this process (no timeout, no own peak RSS): for smoke tests,
     where an interpreter start per contender costs more than the work."""
     start = time.perf_counter()
@@ -78,7 +78,7 @@ def token_lengths(corpus: Corpus, model_dir: str, max_length: int, *,
     return [len(x) for x in ids], AutoConfig.from_pretrained(model_dir)
 
 
-def measure(entries: dict[str, tuple[str, Job]], reps: int, *, timeout: float,
+def measure(entries: dict[str, tuple[str, Job]], reps: int, *, timeout: float | None,
             log, runner=run_contender) -> dict[str, list[dict]]:
     """``reps`` rounds over ``entries`` (label -> contender and its job), each run by
     ``runner`` (a process of its own by default); each round starts one entry later, so slow
