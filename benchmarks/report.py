@@ -42,9 +42,9 @@ def window_flops(lengths: Sequence[int], config: Any) -> list[int]:
 def summarize(runs: list[dict], *, real_tokens: int, flops: float, peak_flops: float | None) -> dict:
     """One row per contender from its repetitions: medians of times, max of peak memory.
 
-    ``steady_*`` rates divide by the time from the first model batch to the end of the last,
-    where the contender reports it (start-up apart); ``process_docs_per_second`` by the
-    whole process, interpreter start and imports included."""
+    ``steady_*`` rates divide by the contender's steady window, where it reports one
+    (start-up apart; ``benchmarks.contenders`` says where each begins and ends);
+    ``process_docs_per_second`` by the whole process, interpreter start and imports included."""
     ok = [r for r in runs if "error" not in r]
     if not ok:
         return {"error": runs[0]["error"] if runs else "not run"}
