@@ -21,12 +21,12 @@ Contenders, each in a process of its own (``benchmarks.run.run_contender``):
   gemm              a bf16 8192^3 matrix product: the measured peak for MFU
 
 Per contender: steady-state docs/s, tokens/s and MFU (bertbeam: first model batch to the end
-of the last, timed by wrapping ``Engine.launch`` / ``Engine.fetch``; the loop: from its one
-tokenizer call to the end, and apart from its first batch on, ``untokenized_docs_per_second``),
-start-up seconds, whole-process docs/s, peak GPU memory and peak host RSS. Then the issue's targets (met / BELOW) and the agreement
-of bertbeam's GPU embeddings with CPU float32 ones (``--parity-docs`` documents by id, long
-multi-window ones among them). Writes ``<out>/gpu.json`` and ``<out>/gpu.png``
-(``gpu-smoke.*`` in --smoke).
+of the last, timed by wrapping ``Engine.launch`` / ``Engine.fetch``; the loop: its one
+tokenizer call to the end, with its GPU side alone as ``untokenized_docs_per_second``),
+start-up seconds, whole-process docs/s, peak GPU memory and peak host RSS. Then the issue's
+targets (met / BELOW) and the agreement of bertbeam's GPU embeddings with CPU float32 ones
+(``--parity-docs`` documents by id, long multi-window ones among them). Writes
+``<out>/gpu.json`` (after every entry too) and ``<out>/gpu.png`` (``gpu-smoke.*`` in --smoke).
 
 Estimated wall time on an H200 with 16 cores, at bertbeam's and the loop's rates in
 GPU_BASELINE.md (b7aa15c) and about 10 s per process for interpreter, imports, CUDA and the
@@ -274,7 +274,7 @@ def render(result: dict) -> str:
 
 def chart(result: dict, path: str) -> None:
     """One panel per suite: steady-state docs/s with MFU, bertbeam in blue."""
-    plt = report._pyplot()
+    plt = report.pyplot()
     suites = result["suites"]
     heights = [0.45 * len(s["contenders"]) + 0.9 for s in suites.values()]
     fig, axes = plt.subplots(len(suites), 1, figsize=(10, sum(heights) + 0.8),

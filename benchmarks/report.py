@@ -122,7 +122,7 @@ def table(rows: dict) -> str:
 
 def chart(rows: dict, path: str, *, title: str) -> None:
     """A PNG with two bar panels: docs/s (with MFU) and peak RSS, one bar per contender."""
-    plt = _pyplot()
+    plt = pyplot()
     names = [n for n, r in rows.items() if n != "gemm" and "error" not in r]
     fig, (speed, memory) = plt.subplots(1, 2, figsize=(11, 0.6 * len(names) + 1.8))
     rate_panel(speed, rows, "docs_per_second", "mfu")
@@ -155,7 +155,8 @@ def _colors(names: list[str]) -> list[str]:
     return ["tab:blue" if n.startswith("bertbeam") else "tab:gray" for n in names]
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
+    """matplotlib's pyplot on the Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
