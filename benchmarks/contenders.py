@@ -261,7 +261,13 @@ def token_windows(tokenizer: Any, texts: list[str], *, max_length: int,
 
 
 def _sorted_loop(job: Job) -> Outcome:
-    """Tokenize all in one call, sort windows by length, cut by a padded-token budget; on a GPU
+    return loop_embeddings(job)[1]
+
+
+def loop_embeddings(job: Job) -> tuple[Any, Outcome]:
+    """The sorted loop's document embeddings (float32, in corpus order) and its outcome.
+
+    Tokenize all in one call, sort windows by length, cut by a padded-token budget; on a GPU
     each batch goes through pinned host memory with non-blocking copies, the attention mask
     is made on the device, and mean pooling and normalizing happen there, so that only the
     pooled vectors come back (into pinned memory, without waiting). Its steady state starts
@@ -314,9 +320,9 @@ def _sorted_loop(job: Job) -> Outcome:
         np.add.at(docs, owners, vectors * lengths[:, None])
         vectors = docs / np.linalg.norm(docs, axis=1, keepdims=True)
     end = time.perf_counter()
-    return Outcome(len(vectors), end - start, int(lengths.sum()), padded,
-                   startup_seconds=tokenizing - start, steady_seconds=end - tokenizing,
-                   tokenize_seconds=tokenized - tokenizing)
+    return vectors, Outcome(len(vectors), end - start, int(lengths.sum()), padded,
+                            startup_seconds=tokenizing - start, steady_seconds=end - tokenizing,
+                            tokenize_seconds=tokenized - tokenizing)
 
 
 def _tokenizer(job: Job) -> Outcome:

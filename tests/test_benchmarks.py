@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from benchmarks import report
-from benchmarks.corpus import benchmark_texts, long_texts, write_corpus
+from benchmarks.corpus import benchmark_texts, long_texts, write_corpus, write_texts
 
 
 def test_corpus_is_a_fixed_shuffle_and_a_prefix_of_the_larger_size(tmp_path):
@@ -27,8 +27,30 @@ def test_corpus_is_a_fixed_shuffle_and_a_prefix_of_the_larger_size(tmp_path):
 def test_long_texts_are_many_windows_long_and_a_fixed_prefix():
     short, longer = long_texts(3, tokens=1500), long_texts(5, tokens=1500)
     assert short == longer[:3]
-    assert all(1500 * 3 <= len(t) <= 1500 * 3.2 + 25_000 for t in longer)  # one demo text over at most
+    assert all(4800 <= len(t) < 4800 + 22_010 for t in longer)  # 1500 x 3.2 chars, one demo text over at most
     assert len(set(longer)) == 5
+
+
+@pytest.mark.parametrize("long_docs", ["truncate", "chunk"])
+def test_the_sorted_loop_embeds_as_bertbeam_does(tmp_path, tiny_model, long_docs):
+    """The loop is a ceiling only if it does bertbeam's work: the same windows (stride
+    included), pooling, normalizing and merging of a long document's windows."""
+    import numpy as np
+
+    from benchmarks.contenders import CONTENDERS, Job, loop_embeddings
+    from bertbeam.writing import read_table
+
+    corpus = write_texts(tmp_path / "corpus", benchmark_texts(12) + long_texts(3, tokens=200))
+    job = Job(corpus_glob=corpus.glob, model_dir=tiny_model("bert"), threads=1, max_length=64,
+              work_dir=str(tmp_path), token_budget=512, long_docs=long_docs)
+    vectors, loop = loop_embeddings(job)
+    bertbeam = CONTENDERS["bertbeam"](job)
+    table = read_table(str(tmp_path / "out"), columns=["id", "embedding", "n_chunks"]).sort_by("id")
+    assert table.column("id").to_pylist() == corpus.ids
+    assert (max(table.column("n_chunks").to_pylist()) > 1) == (long_docs == "chunk")
+    np.testing.assert_allclose(vectors, np.stack(table.column("embedding").to_numpy(zero_copy_only=False)),
+                               atol=2e-5)
+    assert loop.real_tokens == bertbeam.real_tokens and 0 < loop.steady_seconds < loop.seconds
 
 
 def test_model_flops_follow_the_stated_formula():
