@@ -220,6 +220,20 @@ def targets(suites: dict, parity_result: dict) -> list[dict]:
     return rows
 
 
+def ratios(suites: dict) -> dict:
+    """Per suite, bertbeam (and bertbeam@4cpu) over each peer that ran beside it: steady state
+    and whole process."""
+    out = {}
+    for label, s in suites.items():
+        rows = s["contenders"]
+        pairs = [(a, b) for a in ("bertbeam", "bertbeam@4cpu") for b in rows
+                 if a in rows and not b.startswith("bertbeam") and b.endswith("@4cpu") == a.endswith("@4cpu")]
+        out[label] = {f"{a} / {b}": {"steady": report.ratio(rows, a, b, key="steady_docs_per_second"),
+                                     "whole_process": report.ratio(rows, a, b, key="process_docs_per_second")}
+                      for a, b in pairs}
+    return out
+
+
 def environment(device: str, commit: str | None) -> dict:
     """Commit, device, library versions and CPU count of this run."""
     import torch
@@ -430,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
                              **{name: getattr(args, name) for name in SIZES}},
                 "definitions": DEFINITIONS, "flops_formula": report.FORMULA,
                 "suites": reports, "parity": parity_result,
-                "targets": targets(reports, parity_result),
+                "targets": targets(reports, parity_result), "ratios": ratios(reports),
                 "wall_seconds": round(time.time() - started, 1),
             }
 

@@ -6,5 +6,5 @@
 #   benchmarks/gpu.sh --smoke    # tiny sizes on the CPU, to check the script works
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PYTHON="${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python )}"
+PYTHON="${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}"
 exec "$PYTHON" -m benchmarks.gpu "$@"

@@ -168,6 +168,9 @@ def check_gpu_result(out) -> dict:
     st = minilm["contenders"]["st-encode"]
     assert (st["docs"], st["subset_of"]) == (sizes["st_docs"], sizes["minilm_docs"])
     assert long["windows"] > long["docs"] == sizes["long_docs"] == long["contenders"]["bertbeam"]["docs"]
+    assert set(result["ratios"]["minilm"]) == {"bertbeam / sorted-loop", "bertbeam / tokenizer",
+                                               "bertbeam / st-encode", "bertbeam@4cpu / sorted-loop@4cpu"}
+    assert result["ratios"]["minilm"]["bertbeam / sorted-loop"]["steady"] == result["targets"][0]["value"]
     parity = result["parity"]["all"]
     assert parity["docs"] == sizes["parity_docs"] and parity["multi_window_docs"] >= 1
     assert parity["min_cosine"] >= 0.9999  # CPU float32 against itself, other batches
