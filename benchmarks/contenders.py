@@ -2,9 +2,10 @@
 
 A contender imports its libraries first, then times its whole job on the corpus (model load
 included, interpreter start and imports not) and prints one JSON line: documents, seconds,
-real and padded tokens where it can count them, its own peak RSS and peak GPU memory, and,
-where it runs a model batch by batch, its start-up (up to the first model batch) and steady
-state (first model batch to the end of the last) apart.
+real and padded tokens where it can count them, its own peak RSS and peak GPU memory, the
+cores it could use, and its start-up and steady state apart where it can tell them: bertbeam
+from its first model batch to the end of its last, the sorted loop from its tokenizer call
+on, st-encode its ``encode`` call, the tokenizer its one call.
 
 Contenders:
   bertbeam       ``bertbeam embed`` through Beam on the local runner (the project's pipeline)
