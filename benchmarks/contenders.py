@@ -65,6 +65,7 @@ class Outcome:
     startup_seconds: float | None = None  # model load and whatever precedes the per-document work
     steady_seconds: float | None = None  # the per-document work, start-up excluded
     tokenize_seconds: float | None = None  # the loop's one tokenizer call (in its steady time)
+    batches: int | None = None  # model batches, where counted
 
 
 def _texts(job: Job) -> list[str]:
@@ -117,7 +118,8 @@ def _bertbeam(job: Job, extra: list[str]) -> Outcome:
     timed = clock.first is not None and clock.last is not None  # not when the runner forks
     return Outcome(summary["written"], seconds, summary["real_tokens"], summary["padded_tokens"],
                    startup_seconds=clock.first - start if timed else None,
-                   steady_seconds=clock.last - clock.first if timed else None)
+                   steady_seconds=clock.last - clock.first if timed else None,
+                   batches=summary["batches"])
 
 
 class _BatchClock:
@@ -293,7 +295,7 @@ def loop_embeddings(job: Job) -> tuple[Any, Outcome]:
     pad = tokenizer.pad_token_id or 0
     budget = job.token_budget or SORTED_TOKEN_BUDGET
     pooled = torch.empty((len(ids), model.config.hidden_size), dtype=torch.float32, pin_memory=cuda)
-    padded = 0
+    padded = batches = 0
     with torch.inference_mode():
         i = 0
         while i < len(order):
@@ -312,6 +314,7 @@ def loop_embeddings(job: Job) -> tuple[Any, Outcome]:
             hidden = model(input_ids=input_ids, attention_mask=mask).last_hidden_state
             pooled[i:i + len(rows)].copy_(_mean_pool(hidden, mask), non_blocking=cuda)
             padded += len(rows) * longest
+            batches += 1
             i += len(rows)
     _sync(job)
     vectors = np.empty_like(pooled.numpy())
@@ -323,7 +326,7 @@ def loop_embeddings(job: Job) -> tuple[Any, Outcome]:
     end = time.perf_counter()
     return vectors, Outcome(len(vectors), end - start, int(lengths.sum()), padded,
                             startup_seconds=tokenizing - start, steady_seconds=end - tokenizing,
-                            tokenize_seconds=tokenized - tokenizing)
+                            tokenize_seconds=tokenized - tokenizing, batches=batches)
 
 
 def _tokenizer(job: Job) -> Outcome:

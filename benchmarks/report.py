@@ -90,6 +90,7 @@ def _steady(ok: list[dict], *, docs: int, real_tokens: int, flops: float,
                                         if steady and tokenize is not None and steady > tokenize else None),
         "gpu_peak_mb": max(gpu) if gpu else None,
         "cores": ok[0].get("cores"),  # the CPU cores the contender could use
+        "batches": ok[0].get("batches"),
     }
 
 

@@ -51,6 +51,7 @@ def test_the_sorted_loop_embeds_as_bertbeam_does(tmp_path, tiny_model, long_docs
     np.testing.assert_allclose(vectors, np.stack(table.column("embedding").to_numpy(zero_copy_only=False)),
                                atol=2e-5)
     assert loop.real_tokens == bertbeam.real_tokens and 0 < loop.steady_seconds < loop.seconds
+    assert loop.batches >= loop.padded_tokens / 512 and bertbeam.batches >= bertbeam.padded_tokens / 512
 
 
 def test_model_flops_follow_the_stated_formula():
