@@ -2,26 +2,32 @@
 
 A contender imports its libraries first, then times its whole job on the corpus (model load
 included, interpreter start and imports not) and prints one JSON line: documents, seconds,
-real and padded tokens where it can count them, and its own peak RSS.
+real and padded tokens where it can count them, its own peak RSS and peak GPU memory, the
+cores it could use, and its start-up and steady state apart where it can tell them: bertbeam
+from its first model batch to the end of its last, the sorted loop from its tokenizer call
+on, st-encode its ``encode`` call, the tokenizer its one call.
 
 Contenders:
   bertbeam       ``bertbeam embed`` through Beam on the local runner (the project's pipeline)
   bertbeam-int8  the same with ``--quantize int8``
   mltransform    Beam ``MLTransform`` + ``SentenceTransformerEmbeddings`` on the same runner
-  st-encode      ``SentenceTransformer.encode`` (batch 32)
+  st-encode      ``SentenceTransformer.encode`` (batch 32) on the job's device and dtype
   arrival-loop   transformers, batches of 32 in arrival order, padded to the longest
   sorted-loop    hand-written torch loop over length-sorted, token-budget batches: the ceiling
-  gemm           a large fp32 matrix product: the machine's peak FLOP/s
+  tokenizer      the tokenizer alone, one batch call on every core: the CPU-side limit
+  gemm           a large matrix product in the job's dtype: the machine's peak FLOP/s
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +49,9 @@ class Job:
     device: str = "cpu"
     dtype: str = "float32"
     token_budget: int | None = None  # None: bertbeam's default, SORTED_TOKEN_BUDGET for the loop
+    long_docs: str = "truncate"  # or "chunk": every window of bertbeam's stride, merged per doc
+    cpus: tuple[int, ...] | None = None  # the cores the contender may use (None: all)
+    bertbeam_args: tuple[str, ...] = ()  # more ``bertbeam embed`` flags
 
 
 @dataclass
@@ -53,6 +62,10 @@ class Outcome:
     seconds: float
     real_tokens: int | None = None
     padded_tokens: int | None = None
+    startup_seconds: float | None = None  # model load and whatever precedes the per-document work
+    steady_seconds: float | None = None  # the per-document work, start-up excluded
+    tokenize_seconds: float | None = None  # the loop's one tokenizer call (in its steady time)
+    batches: int | None = None  # model batches, where counted
 
 
 def _texts(job: Job) -> list[str]:
@@ -76,7 +89,8 @@ def _load(job: Job) -> tuple[Any, Any]:
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    model = AutoModel.from_pretrained(job.model_dir, dtype=getattr(torch, job.dtype))
+    model = AutoModel.from_pretrained(job.model_dir, dtype=getattr(torch, job.dtype),
+                                      attn_implementation="sdpa")
     return AutoTokenizer.from_pretrained(job.model_dir), model.to(job.device).eval()
 
 
@@ -93,36 +107,81 @@ def _bertbeam(job: Job, extra: list[str]) -> Outcome:
 
     argv = ["--input", job.corpus_glob, "--output", str(Path(job.work_dir) / "out"),
             "--model", job.model_dir, "--threads", str(job.threads),
-            "--max-length", str(job.max_length), "--long-docs", "truncate",
-            "--device", job.device, "--dtype", job.dtype, *extra]
+            "--max-length", str(job.max_length), "--long-docs", job.long_docs,
+            "--device", job.device, "--dtype", job.dtype, *job.bertbeam_args, *extra]
     if job.token_budget:
         argv += ["--token-budget", str(job.token_budget)]
     start = time.perf_counter()
-    summary = execute(*make_job(argv))
+    with _BatchClock.installed() as clock:
+        summary = execute(*make_job(argv))
     seconds = time.perf_counter() - start
-    return Outcome(summary["written"], seconds, summary["real_tokens"], summary["padded_tokens"])
+    timed = clock.first is not None and clock.last is not None  # not when the runner forks
+    return Outcome(summary["written"], seconds, summary["real_tokens"], summary["padded_tokens"],
+                   startup_seconds=clock.first - start if timed else None,
+                   steady_seconds=clock.last - clock.first if timed else None,
+                   batches=summary["batches"])
+
+
+class _BatchClock:
+    """When bertbeam's engine starts its first model batch and finishes its last: wraps
+    ``Engine.launch`` (a batch starts) and ``Engine.fetch`` (its outputs are on the host)."""
+
+    def __init__(self) -> None:
+        self.first: float | None = None
+        self.last: float | None = None
+
+    @classmethod
+    @contextmanager
+    def installed(cls) -> Iterator[_BatchClock]:
+        from bertbeam.engine import Engine
+
+        clock = cls()
+        launch, fetch = Engine.launch, Engine.fetch
+
+        def timed_launch(engine: Engine, batch: Any) -> Any:
+            if clock.first is None:
+                clock.first = time.perf_counter()
+            return launch(engine, batch)
+
+        def timed_fetch(engine: Engine, launched: Any) -> Any:
+            outputs = fetch(engine, launched)
+            clock.last = time.perf_counter()
+            return outputs
+
+        Engine.launch, Engine.fetch = timed_launch, timed_fetch
+        try:
+            yield clock
+        finally:
+            Engine.launch, Engine.fetch = launch, fetch
 
 
 class _TokenCounter:
     """Counts real and padded tokens of every batch sentence-transformers tokenizes."""
 
-    real = 0
-    padded = 0
+    def __init__(self) -> None:
+        self.real = 0
+        self.padded = 0
 
     @classmethod
-    def install(cls) -> None:
+    @contextmanager
+    def installed(cls) -> Iterator[_TokenCounter]:
         from sentence_transformers import SentenceTransformer
 
+        counter = cls()
         original = SentenceTransformer.preprocess
 
         def preprocess(self: Any, *args: Any, **kwargs: Any) -> Any:
             features = original(self, *args, **kwargs)
             mask = features["attention_mask"]
-            cls.real += int(mask.sum())
-            cls.padded += int(mask.numel())
+            counter.real += int(mask.sum())
+            counter.padded += int(mask.numel())
             return features
 
         SentenceTransformer.preprocess = preprocess
+        try:
+            yield counter
+        finally:
+            SentenceTransformer.preprocess = original
 
 
 def _mltransform(job: Job) -> Outcome:
@@ -133,11 +192,11 @@ def _mltransform(job: Job) -> Outcome:
 
     from bertbeam.runners import resolve_runner
 
-    _TokenCounter.install()
     count_file = Path(job.work_dir) / "count.txt"
     options = PipelineOptions([])
     start = time.perf_counter()
-    with beam.Pipeline(runner=resolve_runner(options), options=options) as p:
+    with _TokenCounter.installed() as counter, beam.Pipeline(
+            runner=resolve_runner(options), options=options) as p:
         _ = (
             p
             | "Read" >> beam.io.ReadFromParquet(job.corpus_glob, columns=["id", "text"])
@@ -148,20 +207,25 @@ def _mltransform(job: Job) -> Outcome:
             | "Record" >> beam.Map(lambda n: count_file.write_text(str(n)))
         )
     seconds = time.perf_counter() - start
-    return Outcome(int(count_file.read_text()), seconds, _TokenCounter.real, _TokenCounter.padded)
+    return Outcome(int(count_file.read_text()), seconds, counter.real, counter.padded)
 
 
 def _st_encode(job: Job) -> Outcome:
+    import torch
     from sentence_transformers import SentenceTransformer
 
-    _TokenCounter.install()
     texts = _texts(job)
-    start = time.perf_counter()
-    model = SentenceTransformer(job.model_dir, device="cpu")
-    model.max_seq_length = job.max_length
-    vectors = model.encode(texts, batch_size=LOOP_BATCH_SIZE, normalize_embeddings=True)
-    seconds = time.perf_counter() - start
-    return Outcome(len(vectors), seconds, _TokenCounter.real, _TokenCounter.padded)
+    with _TokenCounter.installed() as counter:
+        start = time.perf_counter()
+        model = SentenceTransformer(job.model_dir, device=job.device,
+                                    model_kwargs={"dtype": getattr(torch, job.dtype)})
+        model.max_seq_length = job.max_length
+        loaded = time.perf_counter()
+        vectors = model.encode(texts, batch_size=LOOP_BATCH_SIZE, normalize_embeddings=True)
+        _sync(job)
+        end = time.perf_counter()
+    return Outcome(len(vectors), end - start, counter.real, counter.padded,
+                   startup_seconds=loaded - start, steady_seconds=end - loaded)
 
 
 def _arrival_loop(job: Job) -> Outcome:
@@ -182,53 +246,121 @@ def _arrival_loop(job: Job) -> Outcome:
     return Outcome(done, time.perf_counter() - start, real, padded)
 
 
+def token_windows(tokenizer: Any, texts: list[str], *, max_length: int,
+                  long_docs: str) -> tuple[list[list[int]], Any]:
+    """Token ids of every model window in one tokenizer call, as bertbeam cuts them (its
+    stride in ``chunk`` mode), and the index of the document each window belongs to."""
+    import numpy as np
+
+    from bertbeam.config import TokenizeSpec
+
+    chunk = long_docs == "chunk"
+    stride = TokenizeSpec(max_length=max_length, long_docs="chunk").resolved_stride(max_length)
+    enc = tokenizer(texts, truncation=True, max_length=max_length, stride=stride if chunk else 0,
+                    return_overflowing_tokens=chunk, return_attention_mask=False,
+                    return_token_type_ids=False)
+    owners = np.asarray(enc["overflow_to_sample_mapping"] if chunk else range(len(texts)))
+    return enc["input_ids"], owners
+
+
 def _sorted_loop(job: Job) -> Outcome:
+    return loop_embeddings(job)[1]
+
+
+def loop_embeddings(job: Job) -> tuple[Any, Outcome]:
+    """The sorted loop's document embeddings (float32, in corpus order) and its outcome.
+
+    Tokenize all in one call, sort windows by length, cut by a padded-token budget; on a GPU
+    each batch goes through pinned host memory with non-blocking copies, the attention mask
+    is made on the device, and mean pooling and normalizing happen there, so that only the
+    pooled vectors come back (into pinned memory, without waiting). Its steady state starts
+    with the tokenizer call: tokenizing is per-document work, not start-up."""
+    import itertools
+
     import numpy as np
     import torch
 
     texts = _texts(job)
     start = time.perf_counter()
     tokenizer, model = _load(job)
-    ids = tokenizer(texts, truncation=True, max_length=job.max_length)["input_ids"]
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]), reverse=True)
-    out = np.zeros((len(ids), model.config.hidden_size), dtype=np.float32)
+    tokenizing = time.perf_counter()
+    ids, owners = token_windows(tokenizer, texts, max_length=job.max_length,
+                                long_docs=job.long_docs)
+    tokenized = time.perf_counter()
+    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+    flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64, count=int(lengths.sum()))
+    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    order = np.argsort(-lengths, kind="stable")
+    cuda = job.device == "cuda"
     pad = tokenizer.pad_token_id or 0
-    real = padded = 0
+    budget = job.token_budget or SORTED_TOKEN_BUDGET
+    pooled = torch.empty((len(ids), model.config.hidden_size), dtype=torch.float32, pin_memory=cuda)
+    padded = batches = 0
     with torch.inference_mode():
         i = 0
         while i < len(order):
-            longest = len(ids[order[i]])
-            batch = order[i:i + max(1, (job.token_budget or SORTED_TOKEN_BUDGET) // longest)]
-            input_ids = torch.full((len(batch), longest), pad, dtype=torch.long)
-            mask = torch.zeros((len(batch), longest), dtype=torch.long)
-            for row, j in enumerate(batch):
-                input_ids[row, :len(ids[j])] = torch.tensor(ids[j])
-                mask[row, :len(ids[j])] = 1
-            input_ids, mask = input_ids.to(job.device), mask.to(job.device)
+            longest = int(lengths[order[i]])
+            rows = order[i:i + max(1, budget // longest)]
+            positions = np.arange(longest)
+            real = positions < lengths[rows, None]
+            host = torch.empty((len(rows), longest), dtype=torch.int64, pin_memory=cuda)
+            batch = host.numpy()
+            np.take(flat, np.where(real, offsets[rows, None] + positions, 0), out=batch)
+            batch[~real] = pad
+            host_lengths = torch.from_numpy(lengths[rows])
+            input_ids = host.to(job.device, non_blocking=cuda)
+            n_real = (host_lengths.pin_memory() if cuda else host_lengths).to(job.device, non_blocking=cuda)
+            mask = (torch.arange(longest, device=job.device) < n_real[:, None]).long()
             hidden = model(input_ids=input_ids, attention_mask=mask).last_hidden_state
-            out[batch] = _mean_pool(hidden, mask).cpu().numpy()
-            real += int(mask.sum())
-            padded += mask.numel()
-            i += len(batch)
-    return Outcome(len(out), time.perf_counter() - start, real, padded)
+            pooled[i:i + len(rows)].copy_(_mean_pool(hidden, mask), non_blocking=cuda)
+            padded += len(rows) * longest
+            batches += 1
+            i += len(rows)
+    _sync(job)
+    vectors = np.empty_like(pooled.numpy())
+    vectors[order] = pooled.numpy()
+    if job.long_docs == "chunk":  # a document's windows: mean weighted by tokens, normalized
+        docs = np.zeros((len(texts), vectors.shape[1]), dtype=np.float32)
+        np.add.at(docs, owners, vectors * lengths[:, None])
+        vectors = docs / np.linalg.norm(docs, axis=1, keepdims=True)
+    end = time.perf_counter()
+    return vectors, Outcome(len(vectors), end - start, int(lengths.sum()), padded,
+                            startup_seconds=tokenizing - start, steady_seconds=end - tokenizing,
+                            tokenize_seconds=tokenized - tokenizing, batches=batches)
+
+
+def _tokenizer(job: Job) -> Outcome:
+    """The tokenizer alone on the loop's windows: one batch call, every core it may use."""
+    from transformers import AutoTokenizer
+
+    texts = _texts(job)
+    tokenizer = AutoTokenizer.from_pretrained(job.model_dir)
+    start = time.perf_counter()
+    ids, _ = token_windows(tokenizer, texts, max_length=job.max_length, long_docs=job.long_docs)
+    seconds = time.perf_counter() - start
+    real = sum(map(len, ids))
+    return Outcome(len(texts), seconds, real, None, startup_seconds=0.0, steady_seconds=seconds)
 
 
 def _gemm(job: Job) -> Outcome:
     """Best of several square products in the job's dtype (``GEMM_SIZE`` on CPU, four times
-    that on a GPU); ``docs`` holds the FLOPs of one product."""
+    that on a GPU, timed ten at a time there); ``docs`` holds the FLOPs of one product."""
     import torch
 
-    size = GEMM_SIZE * (4 if job.device == "cuda" else 1)
+    cuda = job.device == "cuda"
+    size, repeat = (GEMM_SIZE * 4, 10) if cuda else (GEMM_SIZE, 1)
     a, b = (torch.randn(size, size, device=job.device, dtype=getattr(torch, job.dtype))
             for _ in range(2))
-    torch.mm(a, b)  # warm-up: thread pool, caches, kernel selection
+    for _ in range(3 * repeat):  # warm-up: thread pool, caches, kernel selection, GPU clocks
+        torch.mm(a, b)
     _sync(job)
     best = float("inf")
     for _ in range(5):
         start = time.perf_counter()
-        torch.mm(a, b)
+        for _ in range(repeat):
+            torch.mm(a, b)
         _sync(job)
-        best = min(best, time.perf_counter() - start)
+        best = min(best, (time.perf_counter() - start) / repeat)
     return Outcome(2 * size**3, best)
 
 
@@ -239,6 +371,7 @@ CONTENDERS: dict[str, Callable[[Job], Outcome]] = {
     "st-encode": _st_encode,
     "arrival-loop": _arrival_loop,
     "sorted-loop": _sorted_loop,
+    "tokenizer": _tokenizer,
     "gemm": _gemm,
 }
 
@@ -261,21 +394,47 @@ def peak_rss_mb() -> float:
     return round(usage / 1024, 1)  # Linux reports KiB
 
 
+def gpu_peak_mb() -> float | None:
+    """Peak GPU memory torch allocated in this process since the last reset, in MiB."""
+    import torch
+
+    if not (torch.cuda.is_available() and torch.cuda.is_initialized()):
+        return None
+    return round(torch.cuda.max_memory_allocated() / 2**20, 1)
+
+
+def run_named(name: str, job: Job) -> dict:
+    """Runs contender ``name`` on ``job`` in this process and returns its report (an error
+    string instead of the figures where it failed); on ``job.cpus`` when given."""
+    affinity = os.sched_getaffinity(0) if job.cpus and hasattr(os, "sched_setaffinity") else None
+    if affinity is not None:
+        # Before the imports in a fresh process: every thread started later inherits it.
+        os.sched_setaffinity(0, job.cpus)
+    try:
+        _preload()
+        import torch
+
+        torch.set_num_threads(job.threads)
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.reset_peak_memory_stats()
+        try:
+            outcome = asdict(CONTENDERS[name](job))
+        except Exception as exc:  # reported, not raised: one broken peer must not sink the run
+            outcome = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        return {"name": name, **outcome, "peak_rss_mb": peak_rss_mb(), "gpu_peak_mb": gpu_peak_mb(),
+                "cores": cores}
+    finally:
+        if affinity is not None:
+            os.sched_setaffinity(0, affinity)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("name", choices=sorted(CONTENDERS))
     p.add_argument("--job", required=True, help="the Job as JSON")
     args = p.parse_args(argv)
-    job = Job(**json.loads(args.job))
-    _preload()
-    import torch
-
-    torch.set_num_threads(job.threads)
-    try:
-        outcome = asdict(CONTENDERS[args.name](job))
-    except Exception as exc:  # reported, not raised: one broken peer must not sink the run
-        outcome = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
-    print(json.dumps({"name": args.name, **outcome, "peak_rss_mb": peak_rss_mb()}))
+    print(json.dumps(run_named(args.name, Job(**json.loads(args.job)))))
     return 0
 
 

@@ -29,13 +29,22 @@ def encoder_shape(config: Any) -> tuple[int, int, int]:
 
 def model_flops(lengths: Sequence[int], config: Any) -> float:
     """Useful forward FLOPs of the encoder over documents of these token lengths."""
+    return float(sum(window_flops(lengths, config)))
+
+
+def window_flops(lengths: Sequence[int], config: Any) -> list[int]:
+    """Useful forward FLOPs of the encoder on each window (or document) of these lengths."""
     layers, d, f = encoder_shape(config)
     params = layers * (4 * d * d + 2 * d * f)
-    return float(sum(2 * n * params + 4 * layers * n * n * d for n in lengths))
+    return [2 * n * params + 4 * layers * n * n * d for n in lengths]
 
 
 def summarize(runs: list[dict], *, real_tokens: int, flops: float, peak_flops: float | None) -> dict:
-    """One row per contender from its repetitions: medians of time, max of peak RSS."""
+    """One row per contender from its repetitions: medians of times, max of peak memory.
+
+    ``steady_*`` rates divide by the contender's steady window, where it reports one
+    (start-up apart; ``benchmarks.contenders`` says where each begins and ends);
+    ``process_docs_per_second`` by the whole process, interpreter start and imports included."""
     ok = [r for r in runs if "error" not in r]
     if not ok:
         return {"error": runs[0]["error"] if runs else "not run"}
@@ -53,18 +62,44 @@ def summarize(runs: list[dict], *, real_tokens: int, flops: float, peak_flops: f
         "model_flops_per_second": round(flops / seconds / 1e9, 2) * 1e9,
         "mfu": round(flops / seconds / peak_flops, 4) if peak_flops else None,
         "peak_rss_mb": max(r["peak_rss_mb"] for r in ok),
+        **_steady(ok, docs=docs, real_tokens=real_tokens, flops=flops, peak_flops=peak_flops),
     }
     if len(ok) < len(runs):
         row["failed_repetitions"] = [r["error"] for r in runs if "error" in r]
     return row
 
 
-def ratio(rows: dict, a: str, b: str) -> float | None:
-    """docs/s of ``a`` over docs/s of ``b``, when both ran."""
-    ra, rb = rows.get(a, {}), rows.get(b, {})
-    if "docs_per_second" not in ra or "docs_per_second" not in rb:
+def _steady(ok: list[dict], *, docs: int, real_tokens: int, flops: float,
+            peak_flops: float | None) -> dict:
+    def median(key: str) -> float | None:
+        values = [r[key] for r in ok if r.get(key) is not None]
+        return statistics.median(values) if values else None
+
+    steady, startup, process = median("steady_seconds"), median("startup_seconds"), median("process_seconds")
+    tokenize = median("tokenize_seconds")
+    gpu = [r["gpu_peak_mb"] for r in ok if r.get("gpu_peak_mb") is not None]
+    return {
+        "startup_seconds": None if startup is None else round(startup, 3),
+        "steady_seconds": None if steady is None else round(steady, 3),
+        "steady_docs_per_second": round(docs / steady, 2) if steady else None,
+        "steady_tokens_per_second": round(real_tokens / steady, 1) if steady else None,
+        "steady_mfu": round(flops / steady / peak_flops, 4) if steady and peak_flops else None,
+        "process_docs_per_second": round(docs / process, 2) if process else None,
+        "tokenize_seconds": None if tokenize is None else round(tokenize, 3),
+        "untokenized_docs_per_second": (round(docs / (steady - tokenize), 2)
+                                        if steady and tokenize is not None and steady > tokenize else None),
+        "gpu_peak_mb": max(gpu) if gpu else None,
+        "cores": ok[0].get("cores"),  # the CPU cores the contender could use
+        "batches": ok[0].get("batches"),
+    }
+
+
+def ratio(rows: dict, a: str, b: str, *, key: str = "docs_per_second") -> float | None:
+    """``key`` (docs/s by default) of ``a`` over that of ``b``, when both have it."""
+    va, vb = rows.get(a, {}).get(key), rows.get(b, {}).get(key)
+    if va is None or vb is None:
         return None
-    return round(ra["docs_per_second"] / rb["docs_per_second"], 3)
+    return round(va / vb, 3)
 
 
 def table(rows: dict) -> str:
@@ -88,24 +123,12 @@ def table(rows: dict) -> str:
 
 def chart(rows: dict, path: str, *, title: str) -> None:
     """A PNG with two bar panels: docs/s (with MFU) and peak RSS, one bar per contender."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     names = [n for n, r in rows.items() if n != "gemm" and "error" not in r]
     fig, (speed, memory) = plt.subplots(1, 2, figsize=(11, 0.6 * len(names) + 1.8))
-    rates = [rows[n]["docs_per_second"] for n in names]
-    colors = ["tab:blue" if n.startswith("bertbeam") else "tab:gray" for n in names]
-    speed.barh(names, rates, color=colors)
-    for y, n in enumerate(names):
-        mfu = rows[n]["mfu"]
-        note = f" {rows[n]['docs_per_second']:.1f}" + (f"  (MFU {mfu:.0%})" if mfu is not None else "")
-        speed.text(rows[n]["docs_per_second"], y, note, va="center", fontsize=8)
+    rate_panel(speed, rows, "docs_per_second", "mfu")
     speed.set_xlabel("documents / second (higher is better)")
-    speed.set_xlim(0, max(rates) * 1.45)
-    speed.invert_yaxis()
-    memory.barh(names, [rows[n]["peak_rss_mb"] for n in names], color=colors)
+    memory.barh(names, [rows[n]["peak_rss_mb"] for n in names], color=_colors(names))
     memory.set_xlabel("peak RSS, MiB (own process)")
     memory.invert_yaxis()
     memory.set_yticklabels([])
@@ -113,3 +136,31 @@ def chart(rows: dict, path: str, *, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def rate_panel(ax: Any, rows: dict, rate: str, mfu: str) -> None:
+    """Horizontal bars of ``rows[name][rate]``, bertbeam's blue, each labelled with its value
+    and ``rows[name][mfu]`` where known; contenders without the rate are left out."""
+    names = [n for n, r in rows.items() if n != "gemm" and r.get(rate) is not None]
+    rates = [rows[n][rate] for n in names]
+    ax.barh(names, rates, color=_colors(names))
+    for y, n in enumerate(names):
+        share = rows[n].get(mfu)
+        note = f" {rows[n][rate]:,.1f}" + (f"  (MFU {share:.0%})" if share is not None else "")
+        ax.text(rows[n][rate], y, note, va="center", fontsize=8)
+    ax.set_xlim(0, max(rates, default=1) * 1.45)
+    ax.invert_yaxis()
+
+
+def _colors(names: list[str]) -> list[str]:
+    return ["tab:blue" if n.startswith("bertbeam") else "tab:gray" for n in names]
+
+
+def pyplot() -> Any:
+    """matplotlib's pyplot on the Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt

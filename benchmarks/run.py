@@ -23,7 +23,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from benchmarks import report
-from benchmarks.contenders import CONTENDERS, Job
+from benchmarks.contenders import CONTENDERS, Job, run_named, token_windows
 from benchmarks.corpus import Corpus, write_corpus
 
 SIZES = {"quick": 600, "full": 2400}
@@ -42,12 +42,13 @@ TARGETS = (
 )
 
 
-def run_contender(name: str, job: Job, *, timeout: float) -> dict:
+def run_contender(name: str, job: Job, *, timeout: float | None) -> dict:
     """Runs one contender in a fresh interpreter and returns its JSON report."""
     env = {**os.environ, "OMP_NUM_THREADS": str(job.threads), "MKL_NUM_THREADS": str(job.threads),
            "TOKENIZERS_PARALLELISM": "true", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     cmd = [sys.executable, "-m", "benchmarks.contenders", name, "--job", json.dumps(asdict(job))]
+    start = time.perf_counter()
     try:
         proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -56,29 +57,39 @@ def run_contender(name: str, job: Job, *, timeout: float) -> dict:
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
         return {"name": name, "error": f"exit {proc.returncode}: {' | '.join(tail)}"[:2000]}
-    return json.loads(lines[-1])
+    return {**json.loads(lines[-1]), "process_seconds": time.perf_counter() - start}
 
 
-def token_lengths(corpus: Corpus, model_dir: str, max_length: int) -> tuple[list[int], object]:
-    """Real tokens per document (truncated to the window) and the model config."""
+def run_in_process(name: str, job: Job, *, timeout: float | None) -> dict:
+    """``run_contender`` in this process (no timeout, no own peak RSS): for smoke tests,
+    where an interpreter start per contender costs more than the work."""
+    start = time.perf_counter()
+    return {**run_named(name, job), "process_seconds": time.perf_counter() - start}
+
+
+def token_lengths(corpus: Corpus, model_dir: str, max_length: int, *,
+                  long_docs: str = "truncate") -> tuple[list[int], object]:
+    """Real tokens per model window (one per document, truncated, unless ``long_docs`` is
+    ``chunk``) and the model config."""
     from transformers import AutoConfig, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    ids = tokenizer(corpus.texts, truncation=True, max_length=max_length)["input_ids"]
+    ids, _ = token_windows(tokenizer, corpus.texts, max_length=max_length, long_docs=long_docs)
     return [len(x) for x in ids], AutoConfig.from_pretrained(model_dir)
 
 
-def measure(entries: dict[str, tuple[str, Job]], reps: int, *, timeout: float,
-            log) -> dict[str, list[dict]]:
-    """``reps`` rounds over ``entries`` (label -> contender and its job); each round starts
-    one entry later, so slow spells of a shared machine fall on every entry alike."""
+def measure(entries: dict[str, tuple[str, Job]], reps: int, *, timeout: float | None,
+            log, runner=run_contender) -> dict[str, list[dict]]:
+    """``reps`` rounds over ``entries`` (label -> contender and its job), each run by
+    ``runner`` (a process of its own by default); each round starts one entry later, so slow
+    spells of a shared machine fall on every entry alike."""
     labels = list(entries)
     runs: dict[str, list[dict]] = {label: [] for label in labels}
     for rep in range(reps):
         for label in labels[rep % len(labels):] + labels[:rep % len(labels)]:
             name, job = entries[label]
             work = Path(job.work_dir) / f"{label}-{rep}"
-            result = run_contender(name, replace(job, work_dir=str(work)), timeout=timeout)
+            result = runner(name, replace(job, work_dir=str(work)), timeout=timeout)
             runs[label].append(result)
             shown = result.get("error") or f"{result['seconds']:.1f} s, {result['peak_rss_mb']:.0f} MiB"
             log(f"  [{rep + 1}/{reps}] {label}: {shown}")
@@ -87,18 +98,29 @@ def measure(entries: dict[str, tuple[str, Job]], reps: int, *, timeout: float,
 
 def int8_fidelity(work_dir: str, reps: int) -> dict | None:
     """Cosine of bertbeam's int8 embeddings to its fp32 ones, document by document."""
-    import numpy as np
-
-    from bertbeam.writing import read_table
-
     fp32 = Path(work_dir) / f"bertbeam-{reps - 1}" / "out"
     int8 = Path(work_dir) / f"bertbeam-int8-{reps - 1}" / "out"
     if not (fp32.exists() and int8.exists()):
         return None
-    a, b = (read_table(str(d)).sort_by("id") for d in (fp32, int8))
+    return embedding_agreement(str(fp32), str(int8))
+
+
+def embedding_agreement(reference: str, other: str) -> dict:
+    """Per-document cosine of the embeddings in the bertbeam output ``other`` to those in
+    ``reference``, matched by id, over every id of ``reference``."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    from bertbeam.writing import read_table
+
+    a = read_table(reference, columns=["id", "embedding"]).sort_by("id")
+    b = read_table(other, columns=["id", "embedding"])
+    b = b.filter(pc.is_in(b.column("id"), value_set=a.column("id"))).sort_by("id")
+    if a.column("id").to_pylist() != b.column("id").to_pylist():
+        return {"error": f"{other} lacks {a.num_rows - b.num_rows} of the {a.num_rows} ids of {reference}"}
     va, vb = (np.stack(t.column("embedding").to_numpy(zero_copy_only=False)) for t in (a, b))
     cos = (va * vb).sum(1) / (np.linalg.norm(va, axis=1) * np.linalg.norm(vb, axis=1))
-    return {"mean_cosine": round(float(cos.mean()), 5), "min_cosine": round(float(cos.min()), 5),
+    return {"mean_cosine": round(float(cos.mean()), 6), "min_cosine": round(float(cos.min()), 6),
             "docs": len(cos)}
 
 
@@ -212,8 +234,8 @@ def render(result: dict) -> str:
     for key, r in result["ratios"].items():
         verdict = "n/a" if r["ratio"] is None else ("meets" if r["ratio"] >= r["target"] else "BELOW")
         lines.append(f"{key}: {r['ratio']} (target >= {r['target']}: {verdict})")
-    if result["int8_fidelity"]:
-        f = result["int8_fidelity"]
+    f = result["int8_fidelity"]
+    if f and "error" not in f:
         lines.append(f"int8 vs fp32 cosine: mean {f['mean_cosine']}, min {f['min_cosine']} "
                      f"over {f['docs']} docs")
     lin = result["linearity"]

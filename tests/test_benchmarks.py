@@ -1,5 +1,5 @@
-"""The benchmark: corpus, FLOPs formula, report, and the quick mode end to end (smoke, no
-speed thresholds: the numbers are ratios read by people, not gates)."""
+"""The benchmark: corpus, FLOPs formula, report, the quick mode and the GPU script's CPU smoke
+mode end to end (no speed thresholds: the numbers are ratios read by people, not gates)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from benchmarks import report
-from benchmarks.corpus import benchmark_texts, write_corpus
+from benchmarks.corpus import benchmark_texts, long_texts, write_corpus, write_texts
 
 
 def test_corpus_is_a_fixed_shuffle_and_a_prefix_of_the_larger_size(tmp_path):
@@ -22,6 +22,36 @@ def test_corpus_is_a_fixed_shuffle_and_a_prefix_of_the_larger_size(tmp_path):
 
     ids = [i for f in expand_glob(corpus.glob) for i in pq.read_table(f)["id"].to_pylist()]
     assert ids == corpus.ids and len(set(ids)) == 30
+
+
+def test_long_texts_are_many_windows_long_and_a_fixed_prefix():
+    short, longer = long_texts(3, tokens=1500), long_texts(5, tokens=1500)
+    assert short == longer[:3]
+    assert all(4800 <= len(t) < 4800 + 22_010 for t in longer)  # 1500 x 3.2 chars, one demo text over at most
+    assert len(set(longer)) == 5
+
+
+@pytest.mark.parametrize("long_docs", ["truncate", "chunk"])
+def test_the_sorted_loop_embeds_as_bertbeam_does(tmp_path, tiny_model, long_docs):
+    """The loop is a ceiling only if it does bertbeam's work: the same windows (stride
+    included), pooling, normalizing and merging of a long document's windows."""
+    import numpy as np
+
+    from benchmarks.contenders import CONTENDERS, Job, loop_embeddings
+    from bertbeam.writing import read_table
+
+    corpus = write_texts(tmp_path / "corpus", benchmark_texts(12) + long_texts(3, tokens=200))
+    job = Job(corpus_glob=corpus.glob, model_dir=tiny_model("bert"), threads=1, max_length=64,
+              work_dir=str(tmp_path), token_budget=512, long_docs=long_docs)
+    vectors, loop = loop_embeddings(job)
+    bertbeam = CONTENDERS["bertbeam"](job)
+    table = read_table(str(tmp_path / "out"), columns=["id", "embedding", "n_chunks"]).sort_by("id")
+    assert table.column("id").to_pylist() == corpus.ids
+    assert (max(table.column("n_chunks").to_pylist()) > 1) == (long_docs == "chunk")
+    np.testing.assert_allclose(vectors, np.stack(table.column("embedding").to_numpy(zero_copy_only=False)),
+                               atol=2e-5)
+    assert loop.real_tokens == bertbeam.real_tokens and 0 < loop.steady_seconds < loop.seconds
+    assert loop.batches >= loop.padded_tokens / 512 and bertbeam.batches >= bertbeam.padded_tokens / 512
 
 
 def test_model_flops_follow_the_stated_formula():
@@ -71,3 +101,81 @@ def test_quick_mode_runs_every_contender_and_reports(tmp_path):
     assert result["machine"]["gemm_peak_gflops"] > 0
     assert "bertbeam / sorted-loop" in result["ratios"]
     assert (tmp_path / "quick.png").exists()
+
+
+GPU_ROW_KEYS = {"cores", "docs", "docs_per_second", "tokens_per_second", "mfu", "peak_rss_mb",
+                "startup_seconds", "steady_seconds", "steady_docs_per_second",
+                "steady_tokens_per_second", "steady_mfu", "process_docs_per_second", "gpu_peak_mb"}
+
+
+def test_gpu_script_smoke_mode_reports_every_figure(tmp_path):
+    """``python -m benchmarks.gpu --smoke`` (tiny sizes, CPU, float32, in this process) runs
+    every suite and contender and writes every figure the GPU run is for: steady-state and
+    whole-process rates, start-up, MFU, memory, the targets and the CPU agreement; it leaves
+    this process as it found it (cores, patched classes)."""
+    import os
+
+    from sentence_transformers import SentenceTransformer
+
+    from benchmarks.gpu import main
+    from bertbeam.engine import Engine
+
+    before = (os.sched_getaffinity(0), Engine.launch, Engine.fetch, SentenceTransformer.preprocess)
+    assert main(["--smoke", "--out", str(tmp_path)]) == 0
+    assert (os.sched_getaffinity(0), Engine.launch, Engine.fetch, SentenceTransformer.preprocess) == before
+    check_gpu_result(tmp_path)
+
+
+@pytest.mark.slow
+def test_gpu_script_smoke_mode_with_a_process_per_contender(tmp_path):
+    """The same with every contender in a process of its own, as on the GPU: the job travels
+    as JSON, the 4-core entries pin their process, each reports its own memory."""
+    from benchmarks.gpu import main
+
+    assert main(["--smoke", "--no-in-process", "--out", str(tmp_path)]) == 0
+    rows = check_gpu_result(tmp_path)["suites"]["minilm"]["contenders"]
+    assert rows["bertbeam"]["process_docs_per_second"] < rows["bertbeam"]["docs_per_second"]
+
+
+def check_gpu_result(out) -> dict:
+    """Asserts that ``out/gpu-smoke.json`` holds every figure of the GPU run and returns it."""
+    import os
+
+    from benchmarks.gpu import SIZES, TARGETS
+
+    result = json.loads((out / "gpu-smoke.json").read_text())
+    assert (out / "gpu-smoke.png").read_bytes()[:4] == b"\x89PNG" and result["complete"]
+    env = result["environment"]
+    assert env["device"] and env["cpus"] >= 1 and (env["commit"] is None or len(env["commit"]) == 40)
+    assert set(env["versions"]) >= {"torch", "transformers", "tokenizers", "apache_beam"}
+    assert result["gemm_peak_tflops"] > 0 and set(result["settings"]) >= set(SIZES)
+    expected = {"minilm": {"bertbeam", "sorted-loop", "tokenizer", "st-encode", "bertbeam@4cpu",
+                           "sorted-loop@4cpu"},
+                "bert-base": {"bertbeam", "sorted-loop"},
+                "bert-base-long": {"bertbeam", "sorted-loop"}}
+    assert {k: set(v["contenders"]) for k, v in result["suites"].items()} == expected
+    for label, suite in result["suites"].items():
+        for name, row in suite["contenders"].items():
+            assert "error" not in row, (label, name, row.get("error"))
+            assert set(row) >= GPU_ROW_KEYS, (label, name)
+            assert row["steady_docs_per_second"] > 0 and row["steady_seconds"] <= row["seconds"]
+            if name != "tokenizer":
+                assert row["steady_mfu"] > 0 and row["startup_seconds"] > 0, (label, name)
+    minilm, long = result["suites"]["minilm"], result["suites"]["bert-base-long"]
+    usable = len(os.sched_getaffinity(0))
+    assert [minilm["contenders"][n]["cores"] for n in ("bertbeam", "bertbeam@4cpu", "sorted-loop@4cpu")] \
+        == [usable, min(4, usable), min(4, usable)]
+    sizes = {name: smoke for name, (_, smoke) in SIZES.items()}
+    st = minilm["contenders"]["st-encode"]
+    assert (st["docs"], st["subset_of"]) == (sizes["st_docs"], sizes["minilm_docs"])
+    assert long["windows"] > long["docs"] == sizes["long_docs"] == long["contenders"]["bertbeam"]["docs"]
+    assert set(result["ratios"]["minilm"]) == {"bertbeam / sorted-loop", "bertbeam / tokenizer",
+                                               "bertbeam / st-encode", "bertbeam@4cpu / sorted-loop@4cpu"}
+    assert result["ratios"]["minilm"]["bertbeam / sorted-loop"]["steady"] == result["targets"][0]["value"]
+    parity = result["parity"]["all"]
+    assert parity["docs"] == sizes["parity_docs"] and parity["multi_window_docs"] >= 1
+    assert parity["min_cosine"] >= 0.9999  # CPU float32 against itself, other batches
+    assert [t["what"] for t in result["targets"][:len(TARGETS)]] == [t[0] for t in TARGETS]
+    for target in result["targets"]:
+        assert target["value"] is not None and target["verdict"] in ("met", "BELOW"), target
+    return result
