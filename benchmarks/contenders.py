@@ -10,6 +10,8 @@ on, st-encode its ``encode`` call, the tokenizer its one call.
 Contenders:
   bertbeam       ``bertbeam embed`` through Beam on the local runner (the project's pipeline)
   bertbeam-int8  the same with ``--quantize int8``
+  bertbeam-onnx  the same with ``--backend onnx`` (ONNX Runtime; the export is cached first)
+  bertbeam-onnx-int8  ``--backend onnx --quantize int8``
   mltransform    Beam ``MLTransform`` + ``SentenceTransformerEmbeddings`` on the same runner
   st-encode      ``SentenceTransformer.encode`` (batch 32) on the job's device and dtype
   arrival-loop   transformers, batches of 32 in arrival order, padded to the longest
@@ -367,6 +369,8 @@ def _gemm(job: Job) -> Outcome:
 CONTENDERS: dict[str, Callable[[Job], Outcome]] = {
     "bertbeam": lambda job: _bertbeam(job, []),
     "bertbeam-int8": lambda job: _bertbeam(job, ["--quantize", "int8"]),
+    "bertbeam-onnx": lambda job: _bertbeam(job, ["--backend", "onnx"]),
+    "bertbeam-onnx-int8": lambda job: _bertbeam(job, ["--backend", "onnx", "--quantize", "int8"]),
     "mltransform": _mltransform,
     "st-encode": _st_encode,
     "arrival-loop": _arrival_loop,

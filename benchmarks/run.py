@@ -39,7 +39,10 @@ TARGETS = (
     ("bertbeam", "mltransform", 3.0),
     ("bertbeam", "st-encode", 1.5),
     ("bertbeam-int8", "bertbeam", 1.8),
+    ("bertbeam-onnx-int8", "bertbeam", 1.8),
 )
+ONNX_CONTENDERS = {"bertbeam-onnx": "none", "bertbeam-onnx-int8": "int8"}
+FULL_EXTRAS = ("bertbeam-int8", *ONNX_CONTENDERS)
 
 
 def run_contender(name: str, job: Job, *, timeout: float | None) -> dict:
@@ -96,10 +99,27 @@ def measure(entries: dict[str, tuple[str, Job]], reps: int, *, timeout: float | 
     return runs
 
 
-def int8_fidelity(work_dir: str, reps: int) -> dict | None:
-    """Cosine of bertbeam's int8 embeddings to its fp32 ones, document by document."""
+def warm_onnx_exports(model_dir: str, names: list[str], log) -> dict[str, float]:
+    """Exports the model for the ONNX contenders before anything is timed (the export is a
+    once-per-model cost, cached like a model download); returns the seconds each took."""
+    from bertbeam.config import ModelSpec
+    from bertbeam.models import load_model
+
+    seconds = {}
+    for name in names:
+        start = time.perf_counter()
+        load_model(ModelSpec(uri=model_dir, backend="onnx", quantize=ONNX_CONTENDERS[name]),
+                   "AutoModel")
+        seconds[name] = round(time.perf_counter() - start, 1)
+        log(f"  {name}: ONNX export ready in {seconds[name]} s (cached for the timed runs)")
+    return seconds
+
+
+def int8_fidelity(work_dir: str, reps: int, other: str = "bertbeam-int8") -> dict | None:
+    """Cosine of another bertbeam variant's embeddings (int8, ONNX) to its torch fp32 ones,
+    document by document."""
     fp32 = Path(work_dir) / f"bertbeam-{reps - 1}" / "out"
-    int8 = Path(work_dir) / f"bertbeam-int8-{reps - 1}" / "out"
+    int8 = Path(work_dir) / f"{other}-{reps - 1}" / "out"
     if not (fp32.exists() and int8.exists()):
         return None
     return embedding_agreement(str(fp32), str(int8))
@@ -143,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     n_docs = args.docs or SIZES[mode]
     reps = args.reps or REPETITIONS[mode]
     names = (args.contenders.split(",") if args.contenders else
-             [*DEFAULT_CONTENDERS, *(["bertbeam-int8"] if mode == "full" else [])])
+             [*DEFAULT_CONTENDERS, *(FULL_EXTRAS if mode == "full" else ())])
     unknown = [n for n in names if n not in CONTENDERS]
     if unknown:
         p.error(f"unknown contender {unknown[0]!r}; valid: {', '.join(CONTENDERS)}")
@@ -168,8 +188,10 @@ def main(argv: list[str] | None = None) -> int:
             # bertbeam on the quick-size prefix of the same corpus, in the same rotation.
             small = write_corpus(Path(tmp) / "corpus-quick", SIZES["quick"])
             entries[QUICK_BERTBEAM] = ("bertbeam", replace(job, corpus_glob=small.glob))
+        exports = warm_onnx_exports(model_dir, [n for n in names if n in ONNX_CONTENDERS], log)
         runs = measure(entries, reps, timeout=args.timeout, log=log)
-        fidelity = int8_fidelity(job.work_dir, reps) if "bertbeam-int8" in names else None
+        fidelity = {other: int8_fidelity(job.work_dir, reps, other)
+                    for other in ("bertbeam-int8", *ONNX_CONTENDERS) if other in names} or None
         linearity = linearity_figures(runs[QUICK_BERTBEAM], runs["bertbeam"]) if with_linearity else None
     flops = report.model_flops(lengths, config)
     gemm = [r for r in runs.get("gemm", []) if "error" not in r]
@@ -191,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         "ratios": {f"{a} / {b}": {"ratio": report.ratio(rows, a, b), "target": t}
                    for a, b, t in TARGETS if a in rows and b in rows},
         "int8_fidelity": fidelity,
+        "onnx_export_seconds": exports or None,
         "linearity": linearity,
         "wall_seconds": round(time.time() - started, 1),
     }
@@ -234,10 +257,10 @@ def render(result: dict) -> str:
     for key, r in result["ratios"].items():
         verdict = "n/a" if r["ratio"] is None else ("meets" if r["ratio"] >= r["target"] else "BELOW")
         lines.append(f"{key}: {r['ratio']} (target >= {r['target']}: {verdict})")
-    f = result["int8_fidelity"]
-    if f and "error" not in f:
-        lines.append(f"int8 vs fp32 cosine: mean {f['mean_cosine']}, min {f['min_cosine']} "
-                     f"over {f['docs']} docs")
+    for name, f in (result["int8_fidelity"] or {}).items():
+        if f and "error" not in f:
+            lines.append(f"{name} vs fp32 cosine: mean {f['mean_cosine']}, min {f['min_cosine']} "
+                         f"over {f['docs']} docs")
     lin = result["linearity"]
     if lin and "error" not in lin:
         lines.append(f"linearity: docs/s full/quick {lin['docs_per_second_ratio']}, "

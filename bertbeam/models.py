@@ -254,7 +254,7 @@ def load_model(spec: ModelSpec, model_class: str) -> LoadedModel:
     transformers.utils.logging.disable_progress_bar()
     local_dir = resolve_model_dir(spec.uri, spec.cache_dir)
     check_weights(local_dir, spec.uri, allow_pickle_weights=spec.allow_pickle_weights)
-    device = resolve_device(spec.device)
+    device = resolve_device("cpu" if spec.backend == "onnx" else spec.device)
     streams = 1
     if device.type == "cpu":
         threads = spec.num_threads or torch.get_num_threads()
@@ -264,6 +264,8 @@ def load_model(spec: ModelSpec, model_class: str) -> LoadedModel:
         torch.set_num_threads(spec.num_threads)
     dtype = resolve_dtype(spec.dtype, device)
     tokenizer = load_tokenizer(local_dir, spec)
+    if spec.backend == "onnx":
+        return _load_onnx(spec, model_class, local_dir, tokenizer, device, streams)
     cls = getattr(transformers, model_class)
     try:
         model, info = cls.from_pretrained(
@@ -293,6 +295,24 @@ def load_model(spec: ModelSpec, model_class: str) -> LoadedModel:
     _LOG.info("Loaded %s as %s on %s (%s, %d stream(s) of %d thread(s))", spec.uri, model_class,
               device, dtype, streams, torch.get_num_threads())
     return LoadedModel(spec.uri, local_dir, tokenizer, model.config, model, device, dtype, streams)
+
+
+def _load_onnx(spec: ModelSpec, model_class: str, local_dir: str, tokenizer: Any, device: Any,
+               streams: int) -> LoadedModel:
+    import torch
+    from transformers import AutoConfig
+
+    from bertbeam.onnx_backend import load_onnx
+
+    config = AutoConfig.from_pretrained(local_dir, trust_remote_code=spec.trust_remote_code)
+    check_task_fit(config, model_class, spec.uri)
+    model = load_onnx(
+        local_dir, model_class, quantize=spec.quantize, config=config, tokenizer=tokenizer,
+        threads=torch.get_num_threads(), cache_root=Path(spec.cache_dir or default_cache_dir()),
+        allow_pickle_weights=spec.allow_pickle_weights, trust_remote_code=spec.trust_remote_code)
+    _LOG.info("Loaded %s as %s on ONNX Runtime (%s, %d stream(s) of %d thread(s))", spec.uri,
+              model_class, spec.quantize, streams, torch.get_num_threads())
+    return LoadedModel(spec.uri, local_dir, tokenizer, config, model, device, torch.float32, streams)
 
 
 _HEADS = {

@@ -73,6 +73,8 @@ def add_common_args(parser: argparse.ArgumentParser, *, long_docs_default: str |
                         help="auto: bfloat16 on GPUs that have it, float32 otherwise")
     parser.add_argument("--quantize", choices=["none", "int8"], default="none",
                         help="int8: dynamic int8 linear layers on CPU")
+    parser.add_argument("--backend", choices=["torch", "onnx"], default="torch",
+                        help="onnx: ONNX Runtime's fused kernels on CPU (pip install 'bertbeam[onnx]')")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads per worker process (default: cores / local workers)")
     parser.add_argument("--cpu-streams", type=_streams, default="auto",
@@ -122,6 +124,7 @@ def run_spec(args: argparse.Namespace, options: PipelineOptions) -> RunSpec:
     return RunSpec(
         model=ModelSpec(
             uri=args.model, device=args.device, dtype=args.dtype, quantize=args.quantize,
+            backend=args.backend,
             num_threads=args.threads or torch_threads(options), cpu_streams=args.cpu_streams,
             allow_pickle_weights=args.allow_pickle_weights,
             trust_remote_code=args.trust_remote_code, cache_dir=args.model_cache_dir),
