@@ -1,4 +1,5 @@
-"""The ``bertbeam`` command: ``embed``, ``label``, ``demo-corpus``, ``check-gpu``."""
+"""The ``bertbeam`` command: ``embed``, ``label``, ``train``, ``evaluate``, ``demo-corpus``,
+``check-gpu``."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ _USAGE = """usage: bertbeam COMMAND [options]
 commands:
   embed          embed a Parquet corpus            (bertbeam embed --help)
   label          label a Parquet corpus with a task (bertbeam label --help)
-  demo-corpus    write a demo corpus: bertbeam demo-corpus DIR [--files N] [--limit N]
+  train          fine-tune a classifier or tagger   (bertbeam train --help)
+  evaluate       score label results against gold   (bertbeam evaluate --help)
+  demo-corpus    write a demo corpus: bertbeam demo-corpus DIR [--files N] [--limit N] [--labels]
   check-gpu      fail fast when workers see no GPU (bertbeam check-gpu --help)
 """
 
@@ -24,7 +27,15 @@ def _demo_corpus(argv: list[str]) -> int:
     p.add_argument("directory")
     p.add_argument("--files", type=int, default=2)
     p.add_argument("--limit", type=int, default=None, help="at most this many documents")
+    p.add_argument("--labels", action="store_true",
+                   help="write labelled train.parquet and test.parquet (id, text, label) instead")
     args = p.parse_args(argv)
+    if args.labels:
+        from bertbeam.training.demo import write_demo_labels
+
+        paths = write_demo_labels(args.directory, limit=args.limit)
+        print(f"wrote {', '.join(paths)}")
+        return 0
     paths = write_demo_corpus(args.directory, files=args.files, limit=args.limit)
     print(f"wrote {len(paths)} files to {args.directory}")
     return 0
@@ -48,6 +59,10 @@ def main(argv: list[str] | None = None) -> int:
         from pipelines.check_gpu import run
 
         return run(rest)
+    if command in ("train", "evaluate"):
+        from bertbeam.training import cli
+
+        return cli.run_train(rest) if command == "train" else cli.run_evaluate(rest)
     if command == "demo-corpus":
         return _demo_corpus(rest)
     print(f"bertbeam: unknown command {command!r}\n\n{_USAGE}", file=sys.stderr)
