@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from safetensors.numpy import load_file
 
@@ -22,6 +23,7 @@ from tests.test_classify import _assert_labels_match
 from tests.test_classify import _pipeline as classify_pipeline
 from tests.test_entities import _assert_entities_match
 from tests.test_entities import _pipeline as ner_pipeline
+from tests.test_gcs import BAD_ROWS, BUCKET, GOOD_IDS, _gs, gcs  # noqa: F401, F811 (a fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 PEOPLE = ["John Smith", "Maria Garcia", "Guido van Rossum", "Ada Lovelace", "Alan Turing"]
@@ -297,3 +299,36 @@ def test_demo_labels_are_fixed_and_disjoint(tmp_path):
     assert set(train_rows["label"]) == set(test_rows["label"]) == set(FAMILIES)
     assert not set(train_rows["text"]) & set(test_rows["text"])
     assert 0.15 < len(test_rows["id"]) / (len(train_rows["id"]) + len(test_rows["id"])) < 0.25
+
+
+@pytest.mark.gcs
+def test_train_label_evaluate_with_every_location_on_gs(gcs, tmp_path, classify_data):  # noqa: F811
+    """Training rows, start model and checkpoint on gs://; `bertbeam label` loads the
+    checkpoint from gs://; `bertbeam evaluate` reads predictions and gold there and writes
+    _EVAL.json beside the predictions. The corpus's two dead-lettered rows are counted as
+    gold ids without a prediction."""
+    import pyarrow.parquet as pq
+
+    gcs.put(classify_data, f"{BUCKET}/train/part-0.parquet")
+    assert run_cli("train", "--task", "classify", "--train", _gs("train/*.parquet"),
+                   "--output", _gs("models/trained"), "--model", _gs("models/bert-base"),
+                   "--model-cache-dir", tmp_path / "cache", "--max-steps", "2",
+                   "--max-length", "64", "--device", "cpu") == 0
+    gcs.invalidate_cache()
+    names = sorted(p.rsplit("/", 1)[-1] for p in gcs.ls(f"{BUCKET}/models/trained"))
+    assert names == ["_TRAIN.json", "config.json", "model.safetensors", "tokenizer.json",
+                     "tokenizer_config.json"]
+    assert run_cli("label", "--task", "classify", "--input", _gs("corpus/*.parquet"),
+                   "--output", _gs("out/trained"), "--model", _gs("models/trained"),
+                   "--model-cache-dir", tmp_path / "cache", "--device", "cpu") == 0
+    gold_ids = GOOD_IDS + list(BAD_ROWS)
+    with gcs.open(f"{BUCKET}/gold/gold.parquet", "wb") as f:
+        pq.write_table(pa.table({"id": gold_ids, "label": ["strings"] * len(gold_ids)}), f)
+    gcs.invalidate_cache()
+    assert run_cli("evaluate", "--task", "classify", "--predictions", _gs("out/trained/results-*.parquet"),
+                   "--gold", _gs("gold/*.parquet")) == 0
+    gcs.invalidate_cache()
+    report = json.loads(gcs.cat(f"{BUCKET}/out/trained/_EVAL.json"))
+    assert report["compared"] == len(GOOD_IDS)
+    assert report["missing"]["gold_without_prediction"] == {"count": 2, "first_ids": sorted(BAD_ROWS)}
+    assert gcs.exists(f"{BUCKET}/out/trained/confusion_matrix.png")
