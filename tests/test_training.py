@@ -210,6 +210,15 @@ def test_multi_label_checkpoint_uses_sigmoids(tmp_path, tiny_model):
     assert config["problem_type"] == "multi_label_classification"
 
 
+def test_without_evaluation_the_last_step_is_kept(tmp_path, tiny_model, classify_data):
+    """eval_fraction 0: every row trains, nothing is evaluated, the checkpoint is written."""
+    report = train(_config(tmp_path, tiny_model("bert", "base"), "classify", classify_data,
+                           "no-eval", eval_fraction=0, max_steps=2))
+    assert (report["history"], report["best"], report["eval_rows"]) == ([], None, 0)
+    assert report["train_rows"] == 96 and report["steps"] == 2
+    assert (tmp_path / "no-eval" / "model.safetensors").exists()
+
+
 def _train_cli(*argv, model: str) -> int:
     return run_cli("train", *argv, "--model", model, "--max-steps", "2", "--device", "cpu",
                    "--max-length", "32")
