@@ -267,6 +267,9 @@ def test_rows_without_label_or_text_are_counted_and_skipped(tmp_path, tiny_model
         "null or empty label": {"rows": 3, "first_ids": ["c0", "c1", "c2"]},
         "null or empty text": {"rows": 1, "first_ids": ["c3"]}}
     assert report["train_rows"] + report["eval_rows"] == 20
+    lengths = [len(t.split()) for t in rows["text"][4:]]
+    assert max(lengths) > 64 > min(lengths)  # some rows are longer than max_length
+    assert 0 < report["truncated_train_rows"]["rows"] < report["train_rows"]
     assert "skipped 4 rows: 3 null or empty label (ids: c0, c1, c2); 1 null or empty text" \
         in capsys.readouterr().err
 

@@ -220,7 +220,7 @@ def _epoch_callbacks(cfg: TrainConfig, history: list[dict[str, Any]]):
             shown = "  ".join(f"{k if k == 'eval_loss' else k.removeprefix('eval_')} {v:.4f}"
                               for k, v in row.items() if k.startswith("eval_"))
             loss = f"{self.loss:.4f}" if self.loss is not None else "-"
-            print(f"epoch {row['epoch']:g}/{cfg.epochs}  step {row['step']}  train_loss {loss}  "
+            print(f"epoch {row['epoch']:g}/{state.num_train_epochs}  step {row['step']}  train_loss {loss}  "
                   f"{shown}{'  (best)' if best else ''}  {time.perf_counter() - self.start:.0f} s",
                   file=sys.stderr, flush=True)
 
@@ -308,6 +308,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     device, bf16 = _device(cfg)
     tokenizer, model, max_length = _load(cfg, names)
     train_features = encode(train_rows, tokenizer, names, cfg, max_length)
+    lengths = map(len, tokenizer(train_rows.texts)["input_ids"])
+    truncated = sum(n > max_length for n in lengths)
     eval_features = encode(eval_rows, tokenizer, names, cfg, max_length) if eval_rows else None
     pad_multiple = 8 if device == "cuda" else 1
     samplers = {"train": _batch_sampler(train_features, cfg, pad_multiple, shuffle=True)}
@@ -347,6 +349,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         result = trainer.train()
         report = _report(cfg, trainer, result, history, names, skips, train_features,
                          len(eval_features or ()), device, bf16, time.perf_counter() - started)
+        report["truncated_train_rows"] = {"rows": truncated, "max_length": max_length}
         local = _local_path(cfg.output) or os.path.join(scratch, "model")
         trainer.save_model(local)  # the best checkpoint, with the tokenizer
         # Trainer pickles its arguments beside the weights; _TRAIN.json holds them as JSON,
