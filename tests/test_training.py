@@ -292,6 +292,7 @@ def test_cli_error_in_a_fresh_process_has_no_traceback(tmp_path):
     ({"learning_rate": 0}, "learning_rate must be a positive number, got 0."),
     ({"task": "ner", "multi_label": True}, "multi_label is for task 'classify' only"),
     ({"token_budget": 0}, "token_budget must be a positive integer, got 0."),
+    ({"num_threads": 0}, "num_threads must be a positive integer, got 0."),
 ])
 def test_invalid_config_says_what_is_valid(options, message):
     with pytest.raises(ValueError) as info:

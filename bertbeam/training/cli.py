@@ -42,6 +42,8 @@ def _train_parser() -> argparse.ArgumentParser:
     p.add_argument("--patience", type=int, default=2, help="evaluations without improvement before stopping")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--num-threads", type=int, default=None,
+                   help="torch CPU threads (default: all cores; 1 is faster on a busy shared machine)")
     p.add_argument("--model-cache-dir", default=None)
     return p
 
@@ -100,7 +102,7 @@ def run_train(argv: list[str]) -> int:
             weight_decay=args.weight_decay, token_budget=args.token_budget,
             max_batch_size=args.max_batch_size, max_length=args.max_length,
             patience=args.patience, seed=args.seed, device=args.device,
-            cache_dir=args.model_cache_dir))
+            num_threads=args.num_threads, cache_dir=args.model_cache_dir))
 
     return _run("train", work)
 

@@ -49,6 +49,9 @@ class TrainConfig:
         seed: seeds the head's initialisation, the split and the batch order.
         device: ``auto`` trains on CUDA (bf16 autocast) when there is a GPU, else on CPU
             (float32).
+        num_threads: torch CPU threads; ``None`` keeps torch's default (all cores). On a
+            machine shared with other busy processes, 1 can be several times faster: each
+            step waits for its slowest thread.
     """
 
     task: TrainTask
@@ -75,11 +78,13 @@ class TrainConfig:
     patience: int = 2
     seed: int = 42
     device: TrainDevice = "auto"
+    num_threads: int | None = None
     cache_dir: str | None = None
 
     def __post_init__(self) -> None:
         _check_choice("task", self.task, TrainTask)
         _check_choice("device", self.device, TrainDevice)
+        _check_positive("num_threads", self.num_threads, allow_none=True)
         for name in ("train", "output", "model", "id_column", "text_column", "label_column",
                      "tokens_column", "tags_column"):
             _check_text(name, getattr(self, name))

@@ -228,9 +228,12 @@ def _epoch_callbacks(cfg: TrainConfig, history: list[dict[str, Any]]):
 
 
 def _device(cfg: TrainConfig) -> tuple[str, bool]:
-    """(device type, bf16): CUDA with bf16 autocast where there is a GPU, else CPU float32."""
+    """(device type, bf16): CUDA with bf16 autocast where there is a GPU, else CPU float32;
+    sets the CPU threads when the config names a number."""
     import torch
 
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
     cuda = torch.cuda.is_available() and cfg.device != "cpu"
     if cfg.device == "cuda" and not cuda:
         raise ValueError("device 'cuda' was requested but this machine sees no CUDA device.")
