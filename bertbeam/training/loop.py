@@ -296,6 +296,16 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         report = train(TrainConfig(task="classify", train="demo/train.parquet", output="m"))
         print(report["best"])
     """
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        return _train(cfg)
+    finally:
+        torch.set_num_threads(threads)  # cfg.num_threads is for this run only
+
+
+def _train(cfg: TrainConfig) -> dict[str, Any]:
     from transformers import (
         DataCollatorForTokenClassification,
         DataCollatorWithPadding,
