@@ -131,15 +131,22 @@ def test_tagger_labels_as_the_pipeline_does(tmp_path, tiny_model, ner_data):
                            max_steps=6))
     assert report["labels"] == ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"]
     assert set(report["best"]) >= {"eval_f1", "eval_precision", "eval_recall"}
-    texts = [" ".join(t) for t in _ner_rows(8, seed=1)["tokens"]]
-    corpus = write_corpus(tmp_path / "in" / "corpus.parquet",
-                          {"id": [f"d{i}" for i in range(len(texts))], "text": texts})
+    gold = _ner_rows(8, seed=1)
+    texts = [" ".join(t) for t in gold["tokens"]]
+    corpus = write_corpus(tmp_path / "in" / "corpus.parquet", {"id": gold["id"], "text": texts})
     assert run_cli("label", "--task", "ner", "--input", corpus, "--output", tmp_path / "ents",
                    "--model", out, "--device", "cpu", "--aggregation", "first") == 0
     rows = {r["id"]: r for r in read_output(tmp_path / "ents")}
     expected = ner_pipeline(str(out))(texts, aggregation_strategy="first")
-    for i, ref in enumerate(expected):
-        _assert_entities_match(rows[f"d{i}"]["entities"], ref, f"d{i}")
+    for doc_id, ref in zip(gold["id"], expected, strict=True):
+        _assert_entities_match(rows[doc_id]["entities"], ref, doc_id)
+    # ... and `bertbeam evaluate` scores that output against the words and tags.
+    gold_path = write_corpus(tmp_path / "gold.parquet", gold)
+    assert run_cli("evaluate", "--task", "ner", "--predictions", tmp_path / "ents" / "results-*.parquet",
+                   "--gold", gold_path) == 0
+    report = json.loads((tmp_path / "ents" / "_EVAL.json").read_text())
+    assert report["compared"] == 8 and report["missing"]["gold_without_prediction"]["count"] == 0
+    assert set(report["scores"]["per_type"]) <= {"PER", "LOC"}
 
 
 @pytest.mark.parametrize("arch", ["bert", "roberta"])
