@@ -112,7 +112,9 @@ class Examples:
     spans: list[list[tuple[int, int]]] | None = None  # ner: character span of each word
 
     def subset(self, keep: list[int]) -> Examples:
-        pick = lambda xs: None if xs is None else [xs[i] for i in keep]  # noqa: E731
+        def pick(values: list | None) -> list | None:
+            return None if values is None else [values[i] for i in keep]
+
         return Examples(pick(self.ids), pick(self.texts), pick(self.labels), pick(self.spans))
 
     def __len__(self) -> int:

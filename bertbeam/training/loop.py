@@ -174,13 +174,17 @@ def _metric_fn(cfg: TrainConfig, names: list[str]):
             s = entity_scores(g, p)
             return {k: s[k] for k in ("f1", "precision", "recall")}
         if cfg.multi_label:
-            decode = lambda rows: [[n for n, on in zip(names, r, strict=True) if on] for r in rows]  # noqa: E731
-            s = multi_label_scores(decode(gold > 0.5), decode(preds > 0))
+            s = multi_label_scores(_names_on(names, gold > 0.5), _names_on(names, preds > 0))
             return {k: s[k] for k in ("micro_f1", "macro_f1", "accuracy")}
         s = class_scores([names[i] for i in gold], [names[i] for i in preds])
         return {k: s[k] for k in ("accuracy", "macro_f1")}
 
     return compute, reduce
+
+
+def _names_on(names: list[str], rows: np.ndarray) -> list[list[str]]:
+    """Multi-hot rows -> the names of the labels that are on."""
+    return [[n for n, on in zip(names, row, strict=True) if on] for row in rows]
 
 
 def _main_metric(cfg: TrainConfig) -> str:
