@@ -22,19 +22,48 @@ def _check_text(name: str, value: object) -> None:
 
 
 @dataclass(frozen=True, kw_only=True)
-class TrainConfig:
-    """What to fine-tune, on which data, and how.
+class _LabelledData:
+    """The task and the columns of labelled rows, shared by training and evaluation.
 
     Attributes:
-        task: ``classify`` (a sequence classifier on ``text_column`` / ``label_column``) or
-            ``ner`` (a token tagger on ``tokens_column`` / ``tags_column``, BIO tags).
+        task: ``classify`` (a text column and a label column) or ``ner`` (a column of words
+            and a column of BIO tags, one per word).
+        id_column: the rows' ids (messages name skipped rows by id; evaluation joins on it).
+        text_column: classify: the text; ner: the text the words are found in, in order,
+            when the rows have it (else the words joined by single spaces).
+        label_column: classify: a label, or with ``multi_label`` a list of labels.
+        tokens_column / tags_column: ner: ``list<string>`` of words and of their BIO tags.
+        multi_label: classify only: several labels per row, scored with sigmoids.
+    """
+
+    task: TrainTask
+    id_column: str = "id"
+    text_column: str = "text"
+    label_column: str = "label"
+    tokens_column: str = "tokens"
+    tags_column: str = "tags"
+    multi_label: bool = False
+
+    def _check_data(self, *locations: str) -> None:
+        _check_choice("task", self.task, TrainTask)
+        for name in ("id_column", "text_column", "label_column", "tokens_column", "tags_column",
+                     *locations):
+            _check_text(name, getattr(self, name))
+        if self.multi_label and self.task != "classify":
+            raise ValueError(f"multi_label is for task 'classify' only, got task {self.task!r}.")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig(_LabelledData):
+    """What to fine-tune, on which data, and how (the task and columns: ``_LabelledData``).
+
+    Attributes:
         train: Parquet glob of the training rows (local, ``gs://``, any fsspec URL).
         output: directory of the checkpoint (local or any fsspec URL).
         eval: Parquet glob of the evaluation rows; ``None`` holds out ``eval_fraction`` of
             ``train`` (stratified by label for ``classify``, seeded).
         eval_fraction: held-out share when ``eval`` is ``None``; 0 trains without evaluation
             (no early stopping: the last epoch's model is kept).
-        multi_label: ``label_column`` holds a list of labels per row; sigmoid outputs.
         model: the checkpoint to start from; the embedded all-MiniLM-L6-v2 by default.
         epochs: passes over the training rows.
         max_steps: stop after this many optimizer steps (overrides ``epochs``).
@@ -54,17 +83,10 @@ class TrainConfig:
             step waits for its slowest thread.
     """
 
-    task: TrainTask
     train: str
     output: str
     eval: str | None = None
     eval_fraction: float = 0.1
-    id_column: str = "id"
-    text_column: str = "text"
-    label_column: str = "label"
-    tokens_column: str = "tokens"
-    tags_column: str = "tags"
-    multi_label: bool = False
     model: str = EMBEDDED_MODEL
     epochs: int = 3
     max_steps: int | None = None
@@ -82,12 +104,9 @@ class TrainConfig:
     cache_dir: str | None = None
 
     def __post_init__(self) -> None:
-        _check_choice("task", self.task, TrainTask)
+        self._check_data("train", "output", "model")
         _check_choice("device", self.device, TrainDevice)
         _check_positive("num_threads", self.num_threads, allow_none=True)
-        for name in ("train", "output", "model", "id_column", "text_column", "label_column",
-                     "tokens_column", "tags_column"):
-            _check_text(name, getattr(self, name))
         if self.eval is not None:
             _check_text("eval", self.eval)
         _check_fraction("eval_fraction", self.eval_fraction)
@@ -105,8 +124,6 @@ class TrainConfig:
             raise ValueError(f"weight_decay must be a non-negative number, got {self.weight_decay!r}.")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}.")
-        if self.multi_label and self.task != "classify":
-            raise ValueError(f"multi_label is for task 'classify' only, got task {self.task!r}.")
 
     @property
     def evaluates(self) -> bool:
@@ -115,38 +132,24 @@ class TrainConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
-class EvalConfig:
-    """What ``bertbeam evaluate`` compares.
+class EvalConfig(_LabelledData):
+    """What ``bertbeam evaluate`` compares (the gold rows' task and columns:
+    ``_LabelledData``). classify compares the predicted ``label`` (``labels`` with
+    ``multi_label``) with ``label_column``; ner compares the predicted ``entities`` with the
+    entities of ``tokens_column`` / ``tags_column``.
 
     Attributes:
-        task: ``classify`` compares the predicted ``label`` (``labels`` with
-            ``multi_label``) with ``label_column``; ``ner`` compares the predicted
-            ``entities`` with the entities of ``tokens_column`` / ``tags_column``.
         predictions: Parquet glob of ``bertbeam label`` results.
         gold: Parquet glob of the gold rows, joined to predictions on ``id_column``.
         output: directory for ``_EVAL.json`` (and ``confusion_matrix.png`` for
             ``classify``); ``None`` writes beside the predictions.
-        text_column: ner only: when the gold rows have this column, tokens are found in it
-            in order; otherwise the labelled text is taken to be ``" ".join(tokens)``.
     """
 
-    task: TrainTask
     predictions: str
     gold: str
-    label_column: str = "label"
-    id_column: str = "id"
-    tokens_column: str = "tokens"
-    tags_column: str = "tags"
-    text_column: str = "text"
-    multi_label: bool = False
     output: str | None = None
 
     def __post_init__(self) -> None:
-        _check_choice("task", self.task, TrainTask)
-        for name in ("predictions", "gold", "label_column", "id_column", "tokens_column",
-                     "tags_column", "text_column"):
-            _check_text(name, getattr(self, name))
+        self._check_data("predictions", "gold")
         if self.output is not None:
             _check_text("output", self.output)
-        if self.multi_label and self.task != "classify":
-            raise ValueError(f"multi_label is for task 'classify' only, got task {self.task!r}.")
