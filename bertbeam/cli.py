@@ -1,4 +1,5 @@
-"""The ``bertbeam`` command: ``embed``, ``label``, ``index``, ``search``, ``demo-corpus``, ``check-gpu``."""
+"""The ``bertbeam`` command: ``embed``, ``label``, ``train``, ``evaluate``, ``index``,
+``search``, ``demo-corpus``, ``check-gpu``."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ _USAGE = """usage: bertbeam COMMAND [options]
 commands:
   embed          embed a Parquet corpus            (bertbeam embed --help)
   label          label a Parquet corpus with a task (bertbeam label --help)
+  train          fine-tune a classifier or tagger   (bertbeam train --help)
+  evaluate       score label results against gold   (bertbeam evaluate --help)
   index build    build a search index from embeddings (bertbeam index build --help)
   search         search an index: bertbeam search --index DIR "query" [-k 10] [--json]
-  demo-corpus    write a demo corpus: bertbeam demo-corpus DIR [--files N] [--limit N]
+  demo-corpus    write a demo corpus: bertbeam demo-corpus DIR [--files N] [--limit N] [--labels]
   check-gpu      fail fast when workers see no GPU (bertbeam check-gpu --help)
 
 options:
@@ -23,6 +26,8 @@ _COMMANDS = {
     "embed": "bertbeam.jobs.embed:run",
     "label": "bertbeam.jobs.label:run",
     "check-gpu": "bertbeam.jobs.check_gpu:run",
+    "train": "bertbeam.training.cli:run_train",
+    "evaluate": "bertbeam.training.cli:run_evaluate",
     "index": "bertbeam.index_cli:run_index",
     "search": "bertbeam.index_cli:run_search",
     "demo-corpus": "bertbeam.cli:_demo_corpus",
@@ -40,7 +45,15 @@ def _demo_corpus(argv: list[str]) -> int:
     p.add_argument("directory")
     p.add_argument("--files", type=int, default=2, help="Parquet files to write")
     p.add_argument("--limit", type=int, default=None, help="at most this many documents")
+    p.add_argument("--labels", action="store_true",
+                   help="write labelled train.parquet and test.parquet (id, text, label) instead")
     args = p.parse_args(argv)
+    if args.labels:
+        from bertbeam.training.demo import write_demo_labels
+
+        paths = write_demo_labels(args.directory, limit=args.limit)
+        print(f"wrote {', '.join(paths)}")
+        return 0
     paths = write_demo_corpus(args.directory, files=args.files, limit=args.limit)
     print(f"wrote {len(paths)} files to {args.directory}")
     return 0

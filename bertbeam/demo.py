@@ -8,16 +8,24 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 
-def demo_texts() -> list[str]:
-    """Paragraphs of Python's own reference documentation, short ones and long ones."""
+def topic_paragraphs() -> list[tuple[str, str]]:
+    """``(topic name, paragraph)`` for every paragraph of Python's ``pydoc_data`` topics."""
     from pydoc_data import topics
 
-    texts: list[str] = []
+    pairs: list[tuple[str, str]] = []
     for name in sorted(topics.topics):
         for para in re.split(r"\n\s*\n", topics.topics[name]):
             para = " ".join(para.split())
             if len(para) >= 20:
-                texts.append(para)
+                pairs.append((name, para))
+    return pairs
+
+
+def demo_texts() -> list[str]:
+    """Paragraphs of Python's own reference documentation, short ones and long ones."""
+    from pydoc_data import topics
+
+    texts = [para for _, para in topic_paragraphs()]
     # Whole topics as long documents: the heavy tail a real corpus has.
     texts += [" ".join(topics.topics[name].split()) for name in sorted(topics.topics)[::12]]
     return texts
