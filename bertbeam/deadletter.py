@@ -43,6 +43,7 @@ class Reason(str, enum.Enum):
     MISSING_ID = "missing_id"
     DUPLICATE_ID = "duplicate_id"
     UNREADABLE_FILE = "unreadable_file"
+    MISSING_COLUMN = "missing_column"
     TOO_LONG = "too_long"
     TOKENIZE_ERROR = "tokenize_error"
     MODEL_ERROR = "model_error"
@@ -60,6 +61,8 @@ REASONS: Mapping[Reason, tuple[Stage, str]] = {
     Reason.MISSING_ID: (Stage.READ, "the id is null or blank"),
     Reason.DUPLICATE_ID: (Stage.READ, "the id was already used by an earlier row"),
     Reason.UNREADABLE_FILE: (Stage.READ, "a truncated or corrupt Parquet file or row group"),
+    Reason.MISSING_COLUMN: (Stage.READ, "the row's file lacks the id or text column (a file "
+                                        "of the glob with another schema)"),
     Reason.TOO_LONG: (Stage.TOKENIZE, "a QA question longer than the window"),
     Reason.TOKENIZE_ERROR: (Stage.TOKENIZE, "the tokenizer failed on this document alone"),
     Reason.MODEL_ERROR: (Stage.MODEL, "the model failed on this row (a failing batch is bisected "
