@@ -31,7 +31,7 @@ from apache_beam.utils import shared
 
 from bertbeam import metrics
 from bertbeam.config import ModelSpec, TokenizeSpec
-from bertbeam.deadletter import PREVIEW_CHARS, DeadLetter, Reason
+from bertbeam.deadletter import PREVIEW_CHARS, DeadLetter, Reason, Stage
 from bertbeam.records import Batch, Document, Window, WindowOutput
 from bertbeam.tasks.base import Task, TaskInputError
 
@@ -183,9 +183,11 @@ class Engine:
                 if isinstance(exc, KeyboardInterrupt | SystemExit):
                     raise
                 # "too short to respect the provided max_length": the question of a
-                # (question, context) pair leaves no room for the context.
+                # (question, context) pair leaves no room for the context; "`stride` must be
+                # strictly less than `max_len`" (a PanicException): no room for the stride.
                 text = str(exc)
-                too_long = "longer than" in text or "too short to respect" in text
+                too_long = any(m in text for m in ("longer than", "too short to respect",
+                                                   "must be strictly less than"))
                 out.append(DeadLetter.of(doc.id, Reason.TOO_LONG if too_long else Reason.TOKENIZE_ERROR,
                                          f"{type(exc).__name__}: {text}", value=doc.text))
         return out
@@ -222,7 +224,8 @@ class Engine:
                 # or embedding can come from it.
                 empty = sample
                 yield DeadLetter.of(doc.id, Reason.EMPTY_TEXT, "the text tokenizes to no tokens",
-                                    value=doc.text_pair if pairs is not None else doc.text)
+                                    value=doc.text_pair if pairs is not None else doc.text,
+                                    stage=Stage.TOKENIZE)
                 continue
             n_windows = total if self.chunk else 1
             first = index == 0

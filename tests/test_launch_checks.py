@@ -223,8 +223,8 @@ def test_a_tokenizers_library_that_cuts_windows_is_refused(tmp_path, corpus, tin
                                                            monkeypatch):
     """tokenizers 0.23.1/0.23.2 return two overflow windows whatever the length; simulated
     here by dropping the overflow windows the real library returns."""
-    from bertbeam.models import load_tokenizer
     from bertbeam.config import ModelSpec
+    from bertbeam.models import load_tokenizer
 
     model = tiny_model("bert", "base")
     cls = type(load_tokenizer(model, ModelSpec(uri=model)))
