@@ -15,6 +15,7 @@ import json
 import os
 import socket
 import threading
+import time
 import uuid
 from typing import Any
 
@@ -23,6 +24,7 @@ from bertbeam.filesystems import url_to_fs, write_json_atomically
 LOCK_FILE = "_LOCK.json"
 HEARTBEAT_SECONDS = 60.0
 STALE_SECONDS = 600.0
+PARTIAL_GRACE_SECONDS = 1.0
 
 
 class OutputLockedError(ValueError):
@@ -98,6 +100,9 @@ class RunLock:
                     f.write(json.dumps(self._record()).encode())
             except FileExistsError:
                 held = self.read()
+                if held == {}:  # being written this instant, or left partial by a crash
+                    time.sleep(PARTIAL_GRACE_SECONDS)
+                    held = self.read()
                 if held is None:
                     continue  # released meanwhile
                 if not is_stale(held):

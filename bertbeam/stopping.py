@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import errno
+import logging
 import signal
 import sys
 import threading
@@ -20,27 +21,45 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, raised like Ctrl-C's KeyboardInterrupt so that the same cleanup runs."""
 
 
+_received: list[int] = []
+
+
 @contextmanager
-def sigterm_interrupts() -> Iterator[None]:
-    """Within the block, SIGTERM raises :class:`Terminated` (main thread only)."""
+def interrupts() -> Iterator[None]:
+    """Within the block, SIGINT raises KeyboardInterrupt and SIGTERM :class:`Terminated`, and
+    either is remembered (:func:`interrupted_by`): Beam may wrap the exception raised inside
+    a step into its own error (main thread only)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def _raise(signum: int, frame: object) -> None:
-        raise Terminated()
+        _received.append(signum)
+        # The runner logs the failure of the step it was in, with a traceback: the user
+        # asked for the stop, the one line of :func:`interrupted` is what they get.
+        logging.disable(logging.CRITICAL)
+        raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
-    previous = signal.signal(signal.SIGTERM, _raise)
+    _received.clear()
+    previous = {sig: signal.signal(sig, _raise) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        logging.disable(logging.NOTSET)
 
 
-def interrupted(exc: KeyboardInterrupt) -> int:
+def interrupted_by() -> int | None:
+    """The signal that interrupted the last :func:`interrupts` block, if one did."""
+    return _received[0] if _received else None
+
+
+def interrupted(exc: BaseException | None = None) -> int:
     """Prints the one line of an interrupted run; returns its exit status (128 + signal)."""
     print(INTERRUPTED, file=sys.stderr)
-    return 128 + (signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
+    signum = interrupted_by() or (signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
+    return 128 + signum
 
 
 def environment_error(exc: BaseException) -> str | None:

@@ -231,7 +231,7 @@ def main(make_job: Callable[[list[str] | None], tuple[Job, list[str]]], argv: li
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        with stopping.sigterm_interrupts():
+        with stopping.interrupts():
             job, beam_args = make_job(argv)
             report = execute(job, beam_args, parser)
     except (InputError, ModelLoadError, ValueError, BrokenTokenizerError) as exc:
@@ -243,6 +243,8 @@ def main(make_job: Callable[[list[str] | None], tuple[Job, list[str]]], argv: li
     except KeyboardInterrupt as exc:
         return stopping.interrupted(exc)
     except Exception as exc:
+        if stopping.interrupted_by() is not None:
+            return stopping.interrupted(exc)
         line = stopping.environment_error(exc)
         if line is None:
             raise
