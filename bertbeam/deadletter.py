@@ -57,9 +57,11 @@ REASONS: Mapping[Reason, tuple[Stage, str]] = {
     Reason.NULL_TEXT: (Stage.READ, "the text (or question/context) is null"),
     Reason.EMPTY_TEXT: (Stage.READ, "empty, whitespace-only or control-characters-only text "
                                     "(tokenize stage: text the tokenizer turns into no tokens)"),
-    Reason.NOT_A_STRING: (Stage.READ, "the text column holds a number, a list, … (a wrong column type)"),
-    Reason.INVALID_UTF8: (Stage.READ, "bytes that are not valid UTF-8 (lone surrogates included)"),
-    Reason.MISSING_ID: (Stage.READ, "the id is null or blank"),
+    Reason.NOT_A_STRING: (Stage.READ, "the text column holds a number, a list, a date, … (a wrong "
+                                      "column type)"),
+    Reason.INVALID_UTF8: (Stage.READ, "bytes that are not valid UTF-8 (lone surrogates included), "
+                                      "in the text or the id"),
+    Reason.MISSING_ID: (Stage.READ, "the id is null, blank or NaN"),
     Reason.DUPLICATE_ID: (Stage.READ, "the id was already used by an earlier row"),
     Reason.UNREADABLE_FILE: (Stage.READ, "a truncated or corrupt Parquet file or row group"),
     Reason.MISSING_COLUMN: (Stage.READ, "the row's file lacks the id or text column (a file "
