@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import logging
 import signal
+import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -28,26 +29,52 @@ _received: list[int] = []
 def interrupts() -> Iterator[None]:
     """Within the block, SIGINT raises KeyboardInterrupt and SIGTERM :class:`Terminated`, and
     either is remembered (:func:`interrupted_by`): Beam may wrap the exception raised inside
-    a step into its own error (main thread only)."""
+    a step into its own error (main thread only).
+
+    Ctrl-C signals the whole process group, and each of Beam's local worker processes would
+    print its own traceback; they are started in a session of their own instead, so the
+    launcher alone sees Ctrl-C and stops them as it ends its run.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def _raise(signum: int, frame: object) -> None:
         _received.append(signum)
-        # The runner logs the failure of the step it was in, with a traceback: the user
-        # asked for the stop, the one line of :func:`interrupted` is what they get.
+        # The runner logs the failure of the step it was in, with a traceback, and its
+        # worker threads report their workers' exit: the user asked for the stop, the one
+        # line of :func:`interrupted` is what they get.
         logging.disable(logging.CRITICAL)
+        threading.excepthook = lambda args: None
         raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+    from apache_beam.runners.portability import local_job_service
 
     _received.clear()
     previous = {sig: signal.signal(sig, _raise) for sig in (signal.SIGINT, signal.SIGTERM)}
+    hook, beams_subprocess = threading.excepthook, local_job_service.subprocess
+    local_job_service.subprocess = _OwnSession()
     try:
         yield
     finally:
+        local_job_service.subprocess = beams_subprocess
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        logging.disable(logging.NOTSET)
+        if not _received:
+            logging.disable(logging.NOTSET)
+            threading.excepthook = hook
+
+
+class _OwnSession:
+    """The ``subprocess`` module as Beam's local job service sees it: workers start in a
+    session of their own (Ctrl-C at the terminal does not reach them)."""
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(subprocess, name)
+
+    @staticmethod
+    def Popen(*args: object, **kwargs: object) -> subprocess.Popen:  # noqa: N802 - the module's name
+        return subprocess.Popen(*args, start_new_session=True, **kwargs)
 
 
 def interrupted_by() -> int | None:

@@ -186,12 +186,18 @@ def test_the_summary_is_never_left_partial(tmp_path, monkeypatch):
             assert json.load(f) == {"complete": True}
 
 
-@pytest.mark.parametrize(("sig", "code"), [
-    (signal.SIGTERM, 143),
-    pytest.param(signal.SIGINT, 130, marks=pytest.mark.slow),
+WORKERS = ("--direct_num_workers=2", "--direct_running_mode=multi_processing")
+
+
+@pytest.mark.parametrize(("sig", "code", "workers"), [
+    (signal.SIGTERM, 143, ()),
+    # Ctrl-C at a terminal signals the whole process group, worker processes included.
+    pytest.param(signal.SIGINT, 130, WORKERS, marks=pytest.mark.slow),
+    pytest.param(signal.SIGTERM, 143, WORKERS, marks=pytest.mark.slow),
 ])
 def test_an_interrupted_run_says_so_in_one_line_and_a_rerun_cleans_up(tmp_path, corpus,
-                                                                       tiny_model, sig, code):
+                                                                       tiny_model, sig, code,
+                                                                       workers):
     from bertbeam.demo import demo_texts
 
     texts = demo_texts()
@@ -203,16 +209,21 @@ def test_an_interrupted_run_says_so_in_one_line_and_a_rerun_cleans_up(tmp_path, 
     model = tiny_model("bert", "base")
     proc = subprocess.Popen(
         [sys.executable, "-m", "bertbeam.cli", "embed", "--input", path, "--output", str(out),
-         "--model", model, "--token-budget", "256"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
+         "--model", model, "--token-budget", "256", *workers],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True)
+    deadline = time.time() + 180
     while time.time() < deadline and not list(out.glob(".temp-*")):
         time.sleep(0.1)
-    proc.send_signal(sig)
+    if sig == signal.SIGINT:
+        os.killpg(proc.pid, sig)
+    else:
+        proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == code, err[-3000:]
     assert "interrupted; rerun to resume" in err
     assert "Traceback" not in err and "terminate called" not in err
+    assert "Worker subprocess exited" not in err
     assert not (out / "_SUMMARY.json").exists()
     assert not (out / "_LOCK.json").exists()
     small, small_ids = corpus
