@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -53,11 +55,14 @@ def interrupts() -> Iterator[None]:
     _received.clear()
     previous = {sig: signal.signal(sig, _raise) for sig in (signal.SIGINT, signal.SIGTERM)}
     hook, beams_subprocess = threading.excepthook, local_job_service.subprocess
-    local_job_service.subprocess = _OwnSession()
+    workers = _OwnSession()
+    local_job_service.subprocess = workers
     try:
         yield
     finally:
         local_job_service.subprocess = beams_subprocess
+        if _received:
+            workers.kill()  # before they report their broken connections
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         if not _received:
@@ -69,12 +74,23 @@ class _OwnSession:
     """The ``subprocess`` module as Beam's local job service sees it: workers start in a
     session of their own (Ctrl-C at the terminal does not reach them)."""
 
+    def __init__(self) -> None:
+        self.started: list[subprocess.Popen] = []
+
     def __getattr__(self, name: str) -> object:
         return getattr(subprocess, name)
 
-    @staticmethod
-    def Popen(*args: object, **kwargs: object) -> subprocess.Popen:  # noqa: N802 - the module's name
-        return subprocess.Popen(*args, start_new_session=True, **kwargs)
+    def Popen(self, *args: object, **kwargs: object) -> subprocess.Popen:  # noqa: N802 - the module's name
+        process = subprocess.Popen(*args, start_new_session=True, **kwargs)
+        self.started.append(process)
+        return process
+
+    def kill(self) -> None:
+        """Ends every worker started (its whole session: the shell and its Python)."""
+        for process in self.started:
+            if process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
 
 
 def interrupted_by() -> int | None:

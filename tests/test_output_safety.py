@@ -222,7 +222,7 @@ def test_an_interrupted_run_says_so_in_one_line_and_a_rerun_cleans_up(tmp_path, 
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == code, err[-3000:]
     assert "interrupted; rerun to resume" in err
-    assert "Traceback" not in err and "terminate called" not in err
+    assert "Traceback" not in err and "terminate called" not in err, err[-4000:]
     assert "Worker subprocess exited" not in err
     assert not (out / "_SUMMARY.json").exists()
     assert not (out / "_LOCK.json").exists()
