@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from bertbeam import checks, metrics, stopping, summary
+from bertbeam import checks, metrics, stopping, summary, writing
 from bertbeam.config import EMBEDDED_MODEL, BatchSpec, ModelSpec, RunSpec, TokenizeSpec
 from bertbeam.deadletter import DEAD_LETTER, DEAD_LETTER_SCHEMA
 from bertbeam.filesystems import url_to_fs
@@ -21,7 +21,7 @@ from bertbeam.runlock import RunLock
 from bertbeam.runners import is_local, resolve_runner, torch_threads
 from bertbeam.tasks.base import Task
 from bertbeam.transforms import InferDocuments
-from bertbeam.writing import WriteResults, check_no_foreign_files, remove_temp_dirs
+from bertbeam.writing import WriteResults
 
 _LOG = logging.getLogger("bertbeam")
 
@@ -156,7 +156,7 @@ def preflight(job: Job, options: PipelineOptions | None = None):
     checks.check_output_outside_input(job.input, job.output)
     check_input(job.input, job.columns)
     checks.check_output_writable(job.output)
-    check_no_foreign_files(job.output)
+    writing.check_no_foreign_files(job.output)
     spec = job.run.model
     checks.check_device(spec.device, local=options is None or is_local(options))
     local_dir = resolve_model_dir(spec.uri, spec.cache_dir)
@@ -215,7 +215,7 @@ def execute(job: Job, beam_args: list[str],
                 task=job.task.name)
             summary.write_summary(job.output, report)
         finally:
-            remove_temp_dirs(job.output)
+            writing.remove_temp_dirs(job.output)
     if not report["accounted"]:
         raise AccountingError(
             f"{report['read']} rows read but {report['written']} written + "
