@@ -163,6 +163,7 @@ class _FinalizeFn(beam.DoFn):
             raise _conflict(self._output_dir, self._prefix, sorted(foreign))
         # Listed before they exist: a finalize that dies part-way leaves every file it may
         # have created in the manifest, for the next run to replace.
+        fs.makedirs(root, exist_ok=True)
         self._write_manifest(sorted(owned | set(names)))
         for src, name in zip(sources, names, strict=True):
             if fs.exists(src):  # a retried finalize finds earlier moves done
