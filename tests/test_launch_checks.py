@@ -249,3 +249,17 @@ def test_the_requirement_excludes_the_tokenizers_versions_that_cut_windows():
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     (req,) = [d for d in deps if d.startswith("tokenizers")]
     assert "!=0.23.1" in req and "!=0.23.2" in req
+
+
+@pytest.mark.parametrize("arch", ["bert", "distilbert", "roberta"])
+@pytest.mark.parametrize("head", ["classify", "ner", "qa", "fill-mask"])
+def test_a_sound_checkpoint_of_every_head_passes_the_checks(tiny_model, arch, head):
+    """No false refusal: tied decoder weights (fill-mask) and each architecture's head names."""
+    from transformers import AutoConfig
+
+    from bertbeam.checks import check_checkpoint_files, check_head_weights
+    from tests.conftest import HEADS
+
+    model = tiny_model(arch, head)
+    check_checkpoint_files(model, model)
+    check_head_weights(model, model, AutoConfig.from_pretrained(model), HEADS[head])
