@@ -219,10 +219,10 @@ def test_settings_that_cannot_work_are_refused(tmp_path, corpus, tiny_model, cap
     assert expected in err
 
 
-def test_a_tokenizers_library_that_cuts_windows_is_refused(tmp_path, corpus, tiny_model, capsys,
-                                                           monkeypatch):
+@pytest.fixture()
+def two_window_tokenizers(tiny_model, monkeypatch) -> str:
     """tokenizers 0.23.1/0.23.2 return two overflow windows whatever the length; simulated
-    here by dropping the overflow windows the real library returns."""
+    by dropping the overflow windows the real library returns. Yields the model directory."""
     from bertbeam.config import ModelSpec
     from bertbeam.models import load_tokenizer
 
@@ -238,9 +238,26 @@ def test_a_tokenizers_library_that_cuts_windows_is_refused(tmp_path, corpus, tin
         return enc
 
     monkeypatch.setattr(cls, "__call__", two_windows)
+    return model
+
+
+def test_a_tokenizers_library_that_cuts_windows_is_refused_at_launch(tmp_path, corpus, capsys,
+                                                                      two_window_tokenizers):
     err = _refused(capsys, "embed", "--input", corpus, "--output", tmp_path / "out",
-                   "--model", model)
+                   "--model", two_window_tokenizers)
     assert "windows" in err and "tokenizers" in err
+
+
+def test_a_tokenizers_library_that_cuts_windows_fails_the_worker_loudly(two_window_tokenizers):
+    """The worker checks its own library at setup (a worker image may ship another)."""
+    from bertbeam.config import ModelSpec, TokenizeSpec
+    from bertbeam.engine import BrokenTokenizerError, Engine, EngineSpec
+    from bertbeam.tasks.embed import EmbedTask
+
+    spec = EngineSpec(ModelSpec(uri=two_window_tokenizers, device="cpu"), TokenizeSpec(),
+                      EmbedTask())
+    with pytest.raises(BrokenTokenizerError, match="windows"):
+        Engine.acquire(spec)
 
 
 def test_the_requirement_excludes_the_tokenizers_versions_that_cut_windows():
