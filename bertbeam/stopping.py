@@ -12,7 +12,6 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
 
 INTERRUPTED = "bertbeam: interrupted; rerun to resume"
 _ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
@@ -27,7 +26,7 @@ class Terminated(KeyboardInterrupt):
 _received: list[int] = []
 
 
-@contextmanager
+@contextlib.contextmanager
 def interrupts() -> Iterator[None]:
     """Within the block, SIGINT raises KeyboardInterrupt and SIGTERM :class:`Terminated`, and
     either is remembered (:func:`interrupted_by`): Beam may wrap the exception raised inside
