@@ -43,6 +43,7 @@ class Reason(str, enum.Enum):
     MISSING_ID = "missing_id"
     DUPLICATE_ID = "duplicate_id"
     UNREADABLE_FILE = "unreadable_file"
+    MISSING_COLUMN = "missing_column"
     TOO_LONG = "too_long"
     TOKENIZE_ERROR = "tokenize_error"
     MODEL_ERROR = "model_error"
@@ -54,13 +55,19 @@ class Reason(str, enum.Enum):
 
 REASONS: Mapping[Reason, tuple[Stage, str]] = {
     Reason.NULL_TEXT: (Stage.READ, "the text (or question/context) is null"),
-    Reason.EMPTY_TEXT: (Stage.READ, "empty, whitespace-only or control-characters-only text"),
-    Reason.NOT_A_STRING: (Stage.READ, "the text column holds a number, a list, … (a wrong column type)"),
-    Reason.INVALID_UTF8: (Stage.READ, "bytes that are not valid UTF-8 (lone surrogates included)"),
-    Reason.MISSING_ID: (Stage.READ, "the id is null or blank"),
+    Reason.EMPTY_TEXT: (Stage.READ, "empty, whitespace-only or control-characters-only text "
+                                    "(tokenize stage: text the tokenizer turns into no tokens)"),
+    Reason.NOT_A_STRING: (Stage.READ, "the text column holds a number, a list, a date, … (a wrong "
+                                      "column type)"),
+    Reason.INVALID_UTF8: (Stage.READ, "bytes that are not valid UTF-8 (lone surrogates included), "
+                                      "in the text or the id"),
+    Reason.MISSING_ID: (Stage.READ, "the id is null, blank or NaN"),
     Reason.DUPLICATE_ID: (Stage.READ, "the id was already used by an earlier row"),
     Reason.UNREADABLE_FILE: (Stage.READ, "a truncated or corrupt Parquet file or row group"),
-    Reason.TOO_LONG: (Stage.TOKENIZE, "a QA question longer than the window"),
+    Reason.MISSING_COLUMN: (Stage.READ, "the row's file lacks the id or text column (a file "
+                                        "of the glob with another schema)"),
+    Reason.TOO_LONG: (Stage.TOKENIZE, "a QA question that leaves no room in the window for the "
+                                      "context and the stride"),
     Reason.TOKENIZE_ERROR: (Stage.TOKENIZE, "the tokenizer failed on this document alone"),
     Reason.MODEL_ERROR: (Stage.MODEL, "the model failed on this row (a failing batch is bisected "
                                       "so only the offending rows go here)"),

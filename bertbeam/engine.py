@@ -31,7 +31,7 @@ from apache_beam.utils import shared
 
 from bertbeam import metrics
 from bertbeam.config import ModelSpec, TokenizeSpec
-from bertbeam.deadletter import PREVIEW_CHARS, DeadLetter, Reason
+from bertbeam.deadletter import PREVIEW_CHARS, DeadLetter, Reason, Stage
 from bertbeam.records import Batch, Document, Window, WindowOutput
 from bertbeam.tasks.base import Task, TaskInputError
 
@@ -77,6 +77,33 @@ def resolve_max_length(tokenizer: Any, config: Any, local_dir: str, spec: Tokeni
     return min(preferred, limit)
 
 
+class BrokenTokenizerError(RuntimeError):
+    """The tokenizers library cuts long documents short (it returns too few windows)."""
+
+
+def check_overflow(tokenizer: Any, max_length: int, stride: int) -> None:
+    """Self-check of long-document windows with this worker's tokenizers library: a text of
+    several windows must come back as all of them. tokenizers 0.23.1 and 0.23.2 return two
+    windows whatever the length (a 2,000-word text lost nine tenths of its tokens, silently).
+    """
+    import math
+
+    text = " ".join(["the cat sat on a mat"] * max(4, max_length // 2))
+    n = len(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+    content = max_length - tokenizer.num_special_tokens_to_add(pair=False)
+    expected = 1 + math.ceil(max(0, n - content) / max(1, content - stride))
+    got = len(tokenizer([text], truncation=True, max_length=max_length, stride=stride,
+                        return_overflowing_tokens=True, padding=False)["input_ids"])
+    if got != expected:
+        import tokenizers
+
+        raise BrokenTokenizerError(
+            f"tokenizers {tokenizers.__version__} cut a {n}-token text into {got} windows of "
+            f"{max_length} tokens (stride {stride}) where {expected} are due: it would drop "
+            "the rest of every long document. Install a working version: "
+            "pip install 'tokenizers>=0.21,!=0.23.1,!=0.23.2'.")
+
+
 class Engine:
     """One task on one worker process: model, tokenizer and resolved settings, with the
     encode -> run -> postprocess steps. Get it with :meth:`acquire`, never build it per element.
@@ -115,6 +142,7 @@ class Engine:
         pad = loaded.tokenizer.pad_token_id
         self.pad_id = 0 if pad is None else int(pad)
         self._type_ids = "token_type_ids" in loaded.tokenizer.model_input_names
+        self._specials = loaded.tokenizer.num_special_tokens_to_add(pair=spec.task.pair_input)
         self._max_tokens: int | None = None  # learned from CUDA out-of-memory errors
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
@@ -130,6 +158,9 @@ class Engine:
         from bertbeam.models import acquire_model
 
         engine = cls(spec, acquire_model(spec.model, spec.task.model_class))
+        if engine.chunk:
+            with engine.loaded.tokenizer_lock:
+                check_overflow(engine.tokenizer, engine.max_length, engine.stride)
         _LOG.info("Engine for %s (%s) on %s: windows of %d tokens, stride %d",
                   spec.task.name, spec.model.uri, engine.device, engine.max_length, engine.stride)
         return engine
@@ -152,14 +183,16 @@ class Engine:
                 if isinstance(exc, KeyboardInterrupt | SystemExit):
                     raise
                 # "too short to respect the provided max_length": the question of a
-                # (question, context) pair leaves no room for the context.
+                # (question, context) pair leaves no room for the context; "`stride` must be
+                # strictly less than `max_len`" (a PanicException): no room for the stride.
                 text = str(exc)
-                too_long = "longer than" in text or "too short to respect" in text
+                too_long = any(m in text for m in ("longer than", "too short to respect",
+                                                   "must be strictly less than"))
                 out.append(DeadLetter.of(doc.id, Reason.TOO_LONG if too_long else Reason.TOKENIZE_ERROR,
                                          f"{type(exc).__name__}: {text}", value=doc.text))
         return out
 
-    def _encode(self, docs: list[Document]) -> Iterator[Window]:
+    def _encode(self, docs: list[Document]) -> Iterator[Window | DeadLetter]:
         task = self.task
         pairs = [d.text_pair for d in docs] if task.pair_input else None
         texts = task.prepare_texts(self, [d.text for d in docs])  # e.g. an embedding prompt
@@ -181,10 +214,19 @@ class Engine:
         starts = np.searchsorted(mapping, np.arange(len(docs)))
         previews = [d.text[:PREVIEW_CHARS] for d in docs]
         windows_out = chunked = truncated = 0
+        empty = -1  # the document (index in docs) whose windows are skipped
         for i, sample in enumerate(mapping):
             doc, total = docs[sample], int(counts[sample])
             index = i - int(starts[sample])
-            if not self.chunk and index > 0:
+            if (not self.chunk and index > 0) or sample == empty:
+                continue
+            if index == 0 and self._tokenizes_to_nothing(enc, i, pairs is not None):
+                # Text the tokenizer drops entirely (combining marks, say): no answer, label
+                # or embedding can come from it.
+                empty = sample
+                yield DeadLetter.of(doc.id, Reason.EMPTY_TEXT, "the text tokenizes to no tokens",
+                                    value=doc.text_pair if pairs is not None else doc.text,
+                                    stage=Stage.TOKENIZE)
                 continue
             n_windows = total if self.chunk else 1
             first = index == 0
@@ -211,6 +253,12 @@ class Engine:
         metrics.inc(metrics.WINDOWS, windows_out)
         metrics.inc(metrics.CHUNKED_DOCS, chunked)
         metrics.inc(metrics.TRUNCATED_DOCS, truncated)
+
+    def _tokenizes_to_nothing(self, enc: Any, i: int, pair: bool) -> bool:
+        """Whether window ``i`` holds no token of the text (or of the question or context)."""
+        if pair:
+            return not {0, 1} <= set(enc.sequence_ids(i))
+        return len(enc["input_ids"][i]) <= self._specials
 
     # -- batch -------------------------------------------------------------------------------
 

@@ -23,7 +23,10 @@ def join(fs: Any, root: str, name: str) -> str:
 def expand_glob(pattern: str) -> list[str]:
     """Sorted full URLs of the files matching ``pattern``."""
     fs, path = url_to_fs(pattern)
-    matches = fs.glob(path) if any(c in path for c in "*?[") else ([path] if fs.exists(path) else [])
+    try:
+        matches = fs.glob(path) if any(c in path for c in "*?[") else ([path] if fs.exists(path) else [])
+    except FileNotFoundError:  # a bucket that does not exist
+        return []
     return sorted(fs.unstrip_protocol(m) for m in matches if not fs.isdir(m))
 
 

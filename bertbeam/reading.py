@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 from bertbeam import metrics
 from bertbeam.deadletter import DEAD_LETTER, DeadLetter, Reason
 from bertbeam.filesystems import expand_glob, url_to_fs
-from bertbeam.validation import check_document, id_key
+from bertbeam.validation import Unconvertible, check_document, id_key
 
 READ_BATCH_ROWS = 4096
 
@@ -45,6 +45,10 @@ def check_input(pattern: str, columns: Columns) -> list[str]:
     """
     files = expand_glob(pattern)
     if not files:
+        fs, path = url_to_fs(pattern)
+        if not any(c in path for c in "*?[") and fs.isdir(path):
+            raise InputError(f"Input {pattern!r} is a directory, which matches no files; pass "
+                             f"a glob such as '{pattern.rstrip('/')}/*.parquet'.")
         raise InputError(f"Input {pattern!r} matches no files.")
     errors = []
     for url in files:
@@ -90,18 +94,41 @@ def _read_dead_letter(doc_id: Any, reason: Reason, message: str | None = None,
     return DeadLetter.of(doc_id, reason, message, value=value).tagged()
 
 
-def _read_group(url: str, group: int, columns: list[str]) -> pa.Table:
-    fs, path = url_to_fs(url)
-    with fs.open(path, "rb") as f:
-        return pq.ParquetFile(f).read_row_group(group, columns=columns)
+class _Footers:
+    """Parsed Parquet footers of the files a DoFn instance reads, each parsed once: a work
+    item is one row group, and re-parsing the footer of a file of G row groups for each of
+    them costs O(G²). Held per DoFn instance, so per worker and per pipeline run."""
+
+    MAX_FILES = 64
+
+    def __init__(self) -> None:
+        self._cache: dict[str, pq.FileMetaData] = {}
+
+    def get(self, url: str) -> pq.FileMetaData:
+        footer = self._cache.get(url)
+        if footer is None:
+            fs, path = url_to_fs(url)
+            with fs.open(path, "rb") as f:
+                footer = pq.ParquetFile(f).metadata
+            if len(self._cache) >= self.MAX_FILES:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[url] = footer
+        return footer
+
+    def read_group(self, url: str, group: int, columns: list[str]) -> pa.Table:
+        footer = self.get(url)
+        fs, path = url_to_fs(url)
+        with fs.open(path, "rb") as f:
+            return pq.ParquetFile(f, metadata=footer).read_row_group(group, columns=columns)
 
 
 class _ListRowGroupsFn(beam.DoFn):
+    def setup(self) -> None:
+        self._footers = _Footers()
+
     def process(self, url: str) -> Iterator[Any]:
-        fs, path = url_to_fs(url)
         try:
-            with fs.open(path, "rb") as f:
-                n = pq.ParquetFile(f).num_row_groups
+            n = self._footers.get(url).num_row_groups
         except Exception as exc:
             # The footer is unreadable, so the number of rows lost is unknown: one unit.
             yield _read_dead_letter(None, Reason.UNREADABLE_FILE, f"{type(exc).__name__}: {exc}", url)
@@ -116,10 +143,13 @@ class _RowGroupIdsFn(beam.DoFn):
     def __init__(self, id_column: str):
         self._id_column = id_column
 
+    def setup(self) -> None:
+        self._footers = _Footers()
+
     def process(self, element: tuple[str, int]) -> Iterator[tuple[str, tuple]]:
         url, group = element
         try:
-            ids = _read_group(url, group, [self._id_column]).column(0).to_pylist()
+            ids = _as_python(self._footers.read_group(url, group, [self._id_column]).column(0))
         except Exception:
             ids = []  # the main read reports this row group
         for row, raw in enumerate(ids):
@@ -150,35 +180,45 @@ class _ReadRowGroupFn(beam.DoFn):
     def __init__(self, columns: Columns):
         self._columns = columns
 
+    def setup(self) -> None:
+        self._footers = _Footers()
+
     def process(self, element: tuple[str, int], duplicates: dict[str, tuple]) -> Iterator[Any]:
         url, group = element
         try:
-            table = _read_group(url, group, self._columns.names)
+            names = self._footers.get(url).schema.to_arrow_schema().names
+            missing = [c for c in self._columns.names if c not in names]
+            table = None if missing else self._footers.read_group(url, group, self._columns.names)
         except Exception as exc:
             yield from self._lost_group(url, group, exc)
+            return
+        if missing:
+            # Every file is checked where it is read: a later file of the glob may differ.
+            message = f"{url} has no column {missing[0]!r}; its columns are: {', '.join(names)}"
+            yield from self._lost_group(url, group, message=message, reason=Reason.MISSING_COLUMN)
             return
         row = 0
         for batch in table.to_batches(max_chunksize=READ_BATCH_ROWS):
             yield from self._documents(batch, url, group, row, duplicates)
             row += batch.num_rows
 
-    def _lost_group(self, url: str, group: int, exc: Exception) -> Iterator[Any]:
-        """Reports every row of an unreadable row group: by id when the ids can still be read,
-        else one id-less row per row the footer says the group holds."""
-        message = f"row group {group} of {url}: {type(exc).__name__}: {exc}"[:500]
+    def _lost_group(self, url: str, group: int, exc: Exception | None = None, *,
+                    message: str | None = None,
+                    reason: Reason = Reason.UNREADABLE_FILE) -> Iterator[Any]:
+        """Reports every row of a row group that cannot be read: by id when the ids can still
+        be read, else one id-less row per row the footer says the group holds."""
+        message = (message or f"row group {group} of {url}: {type(exc).__name__}: {exc}")[:500]
         try:
-            ids = _read_group(url, group, [self._columns.id]).column(0).to_pylist()
+            ids = _as_python(self._footers.read_group(url, group, [self._columns.id]).column(0))
         except Exception:
-            fs, path = url_to_fs(url)
-            with fs.open(path, "rb") as f:
-                ids = [None] * pq.ParquetFile(f).metadata.row_group(group).num_rows
+            ids = [None] * self._footers.get(url).row_group(group).num_rows
         for raw in ids:
-            yield _read_dead_letter(id_key(raw), Reason.UNREADABLE_FILE, message, url)
+            yield _read_dead_letter(id_key(raw), reason, message, url)
 
     def _documents(self, batch: pa.RecordBatch, url: str, group: int, row0: int,
                    duplicates: dict[str, tuple]) -> Iterator[Any]:
         cols = self._columns
-        ids = batch.column(cols.id).to_pylist()
+        ids = _as_python(batch.column(cols.id))
         texts = _as_python(batch.column(cols.text))
         pairs = _as_python(batch.column(cols.text_pair)) if cols.text_pair else None
         with_pair = pairs is not None
@@ -201,13 +241,24 @@ class _ReadRowGroupFn(beam.DoFn):
 
 
 def _as_python(column: pa.Array) -> list[Any]:
-    """Python values of a column; strings with invalid UTF-8 come back as bytes."""
+    """Python values of a column, never failing on one value: strings with invalid UTF-8
+    (dictionary-encoded ones included) come back as bytes, any other value Arrow cannot
+    convert (a date out of range) as an :class:`Unconvertible`."""
+    try:
+        return column.to_pylist()
+    except Exception:  # noqa: BLE001 - one bad value must not fail the row group
+        pass
+    if pa.types.is_dictionary(column.type):
+        column = column.dictionary_decode()
     if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        return column.cast(pa.large_binary()).to_pylist()
+    values: list[Any] = []
+    for i in range(len(column)):
         try:
-            return column.to_pylist()
-        except (UnicodeDecodeError, pa.ArrowException):
-            return column.cast(pa.binary()).to_pylist()
-    return column.to_pylist()
+            values.append(column[i].as_py())
+        except Exception as exc:  # noqa: BLE001
+            values.append(Unconvertible(f"{type(exc).__name__}: {exc}"))
+    return values
 
 
 class ReadDocuments(beam.PTransform):

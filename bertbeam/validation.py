@@ -3,6 +3,7 @@ reason codes of the dead letter. The read path (``ReadDocuments``) applies the s
 
 from __future__ import annotations
 
+import math
 import unicodedata
 from collections.abc import Iterator
 from typing import Any
@@ -14,9 +15,27 @@ from bertbeam.deadletter import DEAD_LETTER, DeadLetter, Reason
 from bertbeam.records import Document
 
 
+class Unconvertible:
+    """A Parquet value Arrow could not turn into Python (a date out of range, …)."""
+
+    def __init__(self, error: str):
+        self.error = error
+
+    def __repr__(self) -> str:
+        return f"<unconvertible value: {self.error}>"
+
+
 def id_key(raw: Any) -> str | None:
-    """The string id of a row, or None when it has none (null or blank)."""
-    if raw is None or (isinstance(raw, str) and not raw.strip()):
+    """The string id of a row, or None when it has none: null, blank, NaN, bytes that are not
+    UTF-8 (valid UTF-8 bytes are decoded, so results join to a binary id column)."""
+    if isinstance(raw, bytes):
+        try:
+            raw = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    if raw is None or isinstance(raw, Unconvertible) or (isinstance(raw, str) and not raw.strip()):
+        return None
+    if isinstance(raw, float) and math.isnan(raw):
         return None
     return raw if isinstance(raw, str) else str(raw)
 
@@ -46,7 +65,11 @@ def check_document(raw_id: Any, text: Any, pair: Any = None, *,
     """A valid Document, or the read-stage DeadLetter saying why the row cannot be one."""
     doc_id = id_key(raw_id)
     if doc_id is None:
-        return DeadLetter.of(raw_id, Reason.MISSING_ID, value=text)
+        if isinstance(raw_id, bytes):
+            return DeadLetter.of(None, Reason.INVALID_UTF8, f"the id {raw_id[:100]!r} is not "
+                                 "valid UTF-8", value=text)
+        return DeadLetter.of(raw_id if isinstance(raw_id, str) else None, Reason.MISSING_ID,
+                             value=text)
     text_value, reason = text_or_reason(text)
     pair_value = None
     if reason is None and with_pair:

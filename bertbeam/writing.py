@@ -1,23 +1,106 @@
 """WriteResults: rows to typed Parquet files through fsspec, committed atomically.
 
-Sinks write each bundle to a temporary file under ``DIR/.temp-<run>/`` and a single finalize
-step renames the committed files to ``DIR/<prefix>-NNNNN-of-NNNNN.parquet`` and removes files
-of earlier runs: a retried bundle's lost attempt is never renamed, so retries cannot
-duplicate rows.
+Sinks write each bundle to a temporary file under ``DIR/.temp-<prefix>-<run>/`` and a single
+finalize step renames the committed files to ``DIR/<prefix>-NNNNN-of-NNNNN.parquet``: a
+retried bundle's lost attempt is never renamed, so retries cannot duplicate rows.
+
+Finalize replaces only files bertbeam wrote: each commit lists its files in
+``DIR/_MANIFEST-<prefix>.json``, and the files of earlier runs that a new commit removes are
+those its manifest lists (and only names of the exact form above). A file with such a name
+that no manifest lists belongs to someone else: the write refuses to start rather than mix
+it with its results or delete it.
 """
 
 from __future__ import annotations
 
+import json
+import re
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bertbeam.buffering import BufferedDoFn
-from bertbeam.filesystems import join, url_to_fs
+from bertbeam.filesystems import join, url_to_fs, write_json_atomically
 from bertbeam.records import rows_to_table
+
+PREFIXES = ("results", "dead_letter")
+"""The file prefixes a bertbeam job writes."""
+
+
+class OutputConflictError(ValueError):
+    """The output directory holds files with bertbeam's names that no bertbeam run listed."""
+
+
+def shard_name(prefix: str, index: int, count: int) -> str:
+    """The final name of shard ``index`` of ``count``: ``<prefix>-NNNNN-of-NNNNN.parquet``."""
+    return f"{prefix}-{index:05d}-of-{count:05d}.parquet"
+
+
+def is_shard_name(prefix: str, name: str) -> bool:
+    """Whether ``name`` (a base name) is exactly a name :func:`shard_name` gives ``prefix``."""
+    return re.fullmatch(rf"{re.escape(prefix)}-\d{{5}}-of-\d{{5}}\.parquet", name) is not None
+
+
+def manifest_name(prefix: str) -> str:
+    return f"_MANIFEST-{prefix}.json"
+
+
+def _base(path: str) -> str:
+    return path.rstrip("/").rsplit("/", 1)[-1]
+
+
+def _listed(fs: Any, root: str, prefix: str) -> set[str] | None:
+    """Base names the manifest of ``prefix`` lists (shard names only), or None without one."""
+    path = f"{root.rstrip('/')}/{manifest_name(prefix)}"
+    if not fs.exists(path):
+        return None
+    with fs.open(path, "r") as f:
+        manifest = json.load(f)
+    return {n for n in manifest.get("files", []) if is_shard_name(prefix, n)}
+
+
+def _present(fs: Any, root: str, prefix: str) -> set[str]:
+    """Base names of the shard-named files of ``prefix`` in ``root``."""
+    try:
+        paths = fs.glob(f"{root.rstrip('/')}/{prefix}-*.parquet")
+    except FileNotFoundError:
+        return set()
+    return {_base(p) for p in paths if is_shard_name(prefix, _base(p))}
+
+
+def foreign_files(output_dir: str, prefix: str) -> list[str]:
+    """Files of ``output_dir`` named like ``prefix`` shards that no bertbeam manifest lists."""
+    fs, root = url_to_fs(output_dir)
+    return sorted(_present(fs, root, prefix) - (_listed(fs, root, prefix) or set()))
+
+
+def check_no_foreign_files(output_dir: str, prefixes: tuple[str, ...] = PREFIXES) -> None:
+    """Refuses an output directory whose shard-named files bertbeam did not list: replacing
+    them could delete someone's data, keeping them would mix two runs' results."""
+    for prefix in prefixes:
+        foreign = foreign_files(output_dir, prefix)
+        if foreign:
+            raise _conflict(output_dir, prefix, foreign)
+
+
+def _conflict(output_dir: str, prefix: str, foreign: list[str]) -> OutputConflictError:
+    return OutputConflictError(
+        f"Output {output_dir!r} holds {len(foreign)} file(s) named like bertbeam's {prefix} "
+        f"files that no bertbeam run listed in {manifest_name(prefix)} (first: {foreign[0]!r}); "
+        "bertbeam neither deletes nor mixes them: move them away or choose an empty --output.")
+
+
+def committed_files(output_dir: str, prefix: str) -> list[str]:
+    """Full paths of the ``prefix`` files of the last commit into ``output_dir``: those its
+    manifest lists, else (no manifest) every shard-named file."""
+    fs, root = url_to_fs(output_dir)
+    listed = _listed(fs, root, prefix)
+    names = _present(fs, root, prefix) if listed is None else listed
+    return [f"{root.rstrip('/')}/{n}" for n in sorted(names)]
 
 
 class _WriteShardFn(BufferedDoFn):
@@ -37,9 +120,22 @@ class _WriteShardFn(BufferedDoFn):
         fs, root = url_to_fs(self._temp_dir)
         fs.makedirs(root, exist_ok=True)
         path = f"{root.rstrip('/')}/{self._prefix}-{uuid.uuid4().hex}.parquet"
+        write_table(fs, path, table)
+        return fs.unstrip_protocol(path)
+
+
+def write_table(fs: Any, path: str, table: pa.Table) -> None:
+    """Writes ``table`` to ``path``; a failed write (a full disk) leaves no partial file."""
+    try:
         with fs.open(path, "wb") as f:
             pq.write_table(table, f, compression="zstd")
-        return fs.unstrip_protocol(path)
+    except BaseException:
+        try:
+            if fs.exists(path):
+                fs.rm(path)
+        except OSError:
+            pass
+        raise
 
 
 class _FinalizeFn(beam.DoFn):
@@ -57,26 +153,41 @@ class _FinalizeFn(beam.DoFn):
             # An empty result still gets one file, so readers always find the schema.
             fs.makedirs(temp_root, exist_ok=True)
             empty = f"{temp_root.rstrip('/')}/{self._prefix}-empty.parquet"
-            with fs.open(empty, "wb") as f:
-                pq.write_table(self._schema.empty_table(), f)
+            write_table(fs, empty, self._schema.empty_table())
             sources = [empty]
         n = len(sources)
-        finals = [f"{root.rstrip('/')}/{self._prefix}-{i:05d}-of-{n:05d}.parquet" for i in range(n)]
-        stale = set(fs.glob(f"{root.rstrip('/')}/{self._prefix}-*.parquet")) - set(finals)
-        for src, dst in zip(sources, finals, strict=True):
+        names = [shard_name(self._prefix, i, n) for i in range(n)]
+        owned = _listed(fs, root, self._prefix) or set()
+        foreign = _present(fs, root, self._prefix) - owned
+        if foreign:
+            raise _conflict(self._output_dir, self._prefix, sorted(foreign))
+        # Listed before they exist: a finalize that dies part-way leaves every file it may
+        # have created in the manifest, for the next run to replace.
+        fs.makedirs(root, exist_ok=True)
+        self._write_manifest(sorted(owned | set(names)))
+        for src, name in zip(sources, names, strict=True):
             if fs.exists(src):  # a retried finalize finds earlier moves done
-                fs.mv(src, dst)
-        for path in stale:
-            fs.rm(path)
+                fs.mv(src, f"{root.rstrip('/')}/{name}")
+        for name in owned - set(names):
+            fs.rm(f"{root.rstrip('/')}/{name}")
+        self._write_manifest(names)
         if fs.exists(temp_root):
             fs.rm(temp_root, recursive=True)
-        for dst in finals:
-            yield fs.unstrip_protocol(dst)
+        for name in names:
+            yield join(fs, root, name)
+
+    def _write_manifest(self, names: list[str]) -> None:
+        write_json_atomically(self._output_dir, manifest_name(self._prefix),
+                              {"prefix": self._prefix, "files": names})
 
 
 class WriteResults(beam.PTransform):
     """row dict -> final file URL: writes rows with an explicit Arrow schema to
-    ``DIR/<prefix>-NNNNN-of-NNNNN.parquet``, atomically per file, replacing earlier runs' files.
+    ``DIR/<prefix>-NNNNN-of-NNNNN.parquet``, atomically per file, replacing the files an
+    earlier bertbeam run listed in ``DIR/_MANIFEST-<prefix>.json`` (and no other file).
+
+    Raises :class:`OutputConflictError` when the pipeline is built if ``DIR`` holds files
+    named like this prefix's shards that no manifest lists.
 
     Example::
 
@@ -94,6 +205,7 @@ class WriteResults(beam.PTransform):
         self._temp_dir = join(fs, root, f".temp-{prefix}-{uuid.uuid4().hex[:12]}")
 
     def expand(self, rows: beam.PCollection) -> beam.PCollection:
+        check_no_foreign_files(self._output_dir, (self._prefix,))
         return (
             rows
             | "WriteShards" >> beam.ParDo(
@@ -105,20 +217,33 @@ class WriteResults(beam.PTransform):
 
 
 def count_rows(output_dir: str, prefix: str) -> int:
-    """Rows in the finalized ``prefix`` files of ``output_dir`` (from Parquet footers)."""
-    fs, root = url_to_fs(output_dir)
+    """Rows in the committed ``prefix`` files of ``output_dir`` (from Parquet footers)."""
+    fs, _ = url_to_fs(output_dir)
     total = 0
-    for path in fs.glob(f"{root.rstrip('/')}/{prefix}-*-of-*.parquet"):
+    for path in committed_files(output_dir, prefix):
         with fs.open(path, "rb") as f:
             total += pq.ParquetFile(f).metadata.num_rows
     return total
 
 
 def read_table(output_dir: str, prefix: str = "results", columns: list[str] | None = None) -> pa.Table:
-    """All finalized ``prefix`` files of ``output_dir`` as one Arrow table."""
-    fs, root = url_to_fs(output_dir)
+    """All committed ``prefix`` files of ``output_dir`` as one Arrow table."""
+    fs, _ = url_to_fs(output_dir)
     tables = []
-    for path in sorted(fs.glob(f"{root.rstrip('/')}/{prefix}-*-of-*.parquet")):
+    for path in committed_files(output_dir, prefix):
         with fs.open(path, "rb") as f:
             tables.append(pq.read_table(f, columns=columns))
     return pa.concat_tables(tables) if tables else pa.table({})
+
+
+def remove_temp_dirs(output_dir: str) -> None:
+    """Removes the temporary directories of writes into ``output_dir`` (interrupted runs');
+    only while no other run writes there."""
+    fs, root = url_to_fs(output_dir)
+    for prefix in PREFIXES:
+        try:
+            paths = fs.glob(f"{root.rstrip('/')}/.temp-{prefix}-*")
+        except FileNotFoundError:
+            continue
+        for path in paths:
+            fs.rm(path, recursive=True)

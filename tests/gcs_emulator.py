@@ -1,5 +1,9 @@
 """A GCS JSON-API emulator on 127.0.0.1 for tests: ``gcp-storage-emulator``, in memory.
 
+Real GCS refuses an upload with ``ifGenerationMatch=0`` when the object exists (412), which
+gcsfs sends for ``open(path, "xb")`` and bertbeam's run lock relies on; the emulator ignores
+the condition, so :func:`start_emulator` adds it.
+
 Real GCS has ``objects.move`` (``POST …/o/{src}/moveTo/o/{dst}``), which gcsfs uses for
 ``mv`` within a bucket; the emulator answers it with 501, which gcsfs retries with
 backoff for ~30 s before falling back to copy + delete. :func:`start_emulator` adds the
@@ -48,12 +52,40 @@ def _add_move_route() -> None:
         server.HANDLERS = (route, *server.HANDLERS)
 
 
+def _insert_if_absent(request, response, storage, *args, **kwargs) -> None:
+    from gcp_storage_emulator.exceptions import NotFound
+    from gcp_storage_emulator.handlers import objects
+
+    if (request.query.get("ifGenerationMatch") or [None])[0] == "0":
+        name = (request.query.get("name") or [None])[0]
+        if name is None and isinstance(request.data, dict):
+            name = (request.data.get("meta") or request.data).get("name")
+        try:
+            storage.get_file_obj(request.params["bucket_name"], name)
+        except NotFound:
+            pass
+        else:
+            response.status = HTTPStatus.PRECONDITION_FAILED
+            return
+    objects.insert(request, response, storage, *args, **kwargs)
+
+
+def _add_upload_condition() -> None:
+    from gcp_storage_emulator import server
+    from gcp_storage_emulator.handlers import objects
+
+    server.HANDLERS = tuple(
+        (pattern, {m: _insert_if_absent if h is objects.insert else h for m, h in methods.items()})
+        for pattern, methods in server.HANDLERS)
+
+
 @contextmanager
 def start_emulator(bucket: str) -> Iterator[str]:
     """Runs an in-memory emulator with ``bucket`` on a free port; yields its URL."""
     from gcp_storage_emulator.server import create_server
 
     _add_move_route()
+    _add_upload_condition()
     port = _free_port()
     server = create_server("127.0.0.1", port, in_memory=True, default_bucket=bucket)
     server.start()

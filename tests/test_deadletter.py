@@ -27,9 +27,11 @@ def test_every_reason_has_a_stage_and_a_meaning():
 
 
 def test_readme_documents_exactly_the_reason_table():
-    rows = re.findall(r"^\| `(\w+)` \| (\w+) \|", README.read_text(), flags=re.MULTILINE)
+    rows = re.findall(r"^\| `(\w+)` \| ([\w, ]+) \|", README.read_text(), flags=re.MULTILINE)
     assert rows, "README has no reason table"
-    assert dict(rows) == {r.value: stage.value for r, (stage, _) in REASONS.items()}
+    # The first stage listed is the one that reports the reason by default.
+    documented = {code: stages.split(",")[0].strip() for code, stages in rows}
+    assert documented == {r.value: stage.value for r, (stage, _) in REASONS.items()}
 
 
 def test_of_fills_stage_message_and_a_bounded_preview():

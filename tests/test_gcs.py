@@ -191,3 +191,37 @@ def test_without_emulator_nothing_is_changed(monkeypatch):
         assert configure_emulator() is False
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", "127.0.0.1:9023")
     assert emulator_host() == "http://127.0.0.1:9023"
+
+
+@pytest.mark.parametrize(("flag", "expected"), [
+    ("--input", "matches no files"),
+    ("--output", "bucket 'no-such-bucket' does not exist"),
+])
+def test_a_bucket_that_does_not_exist_is_refused_in_one_line(gcs, tmp_path, capsys, flag,
+                                                             expected):
+    from bertbeam.cli import main
+
+    argv = _embed_argv("out/missing-bucket") + ["--model-cache-dir", str(tmp_path / "cache")]
+    argv[argv.index(flag) + 1] = "gs://no-such-bucket/x/*.parquet" if flag == "--input" \
+        else "gs://no-such-bucket/out"
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert expected in err and "Traceback" not in err and len(err.splitlines()) == 1
+
+
+def test_the_run_lock_on_gs_is_exclusive_and_a_stale_one_is_taken_over(gcs):
+    from bertbeam.runlock import LOCK_FILE, OutputLockedError, RunLock
+
+    out = _gs("out/locked")
+    with RunLock(out) as first:
+        with pytest.raises(OutputLockedError, match="in use by run"):
+            RunLock(out).acquire()
+        assert first.read()["run_id"] == first.run_id
+    assert not gcs.exists(f"{BUCKET}/out/locked/{LOCK_FILE}")
+    gcs.pipe(f"{BUCKET}/out/locked/{LOCK_FILE}", json.dumps(
+        {"run_id": "killed", "host": "elsewhere", "pid": 1,
+         "heartbeat_at": "2020-01-01T00:00:00+00:00"}).encode())
+    gcs.invalidate_cache()
+    with RunLock(out) as taker:
+        assert taker.read()["run_id"] == taker.run_id

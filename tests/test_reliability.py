@@ -129,3 +129,82 @@ def test_model_without_weights_fails_before_the_pipeline(tmp_path, tiny_model, c
     path = write_corpus(tmp_path / "x.parquet", {"id": ["a"], "text": ["hello"]})
     assert run_cli("embed", "--input", path, "--output", tmp_path / "o", "--model", broken) == 2
     assert "no weights" in capsys.readouterr().err
+
+
+# -- hostile columns: every row a result or a dead letter, never a crash ---------------------------
+
+
+def _unchecked_strings(values: list[bytes]) -> pa.Array:
+    """A string array holding bytes as they are (invalid UTF-8 included), as a careless
+    writer produces them: Arrow validates nothing when built from buffers."""
+    raw = pa.array(values, pa.binary())
+    return pa.Array.from_buffers(pa.string(), len(raw), raw.buffers())
+
+
+@pytest.fixture(scope="module")
+def hostile_columns_run(tmp_path_factory, tiny_model):
+    """One embed run over files whose columns are hostile in kind, not in value."""
+    import datetime as dt
+
+    root = tmp_path_factory.mktemp("hostile-columns")
+    src = root / "in"
+    write_corpus(src / "a-good.parquet", {"id": ["g1", "g2"], "text": ["hello there", "a cat"]})
+    write_corpus(src / "b-binary-ids.parquet", {
+        "id": pa.array([b"i1", b"i2", b"\xff\xfe"], pa.binary()),
+        "text": ["binary id one", "binary id two", "an id that is not UTF-8"]})
+    write_corpus(src / "c-float-ids.parquet", {"id": [1.5, float("nan")], "text": ["x y", "nan id"]})
+    # Later files of the glob without the text column, or without the id column.
+    write_corpus(src / "d-drift-text.parquet", {"id": ["d1", "d2"], "body": ["no", "text"]})
+    write_corpus(src / "e-drift-id.parquet", {"key": ["e1"], "text": ["no id column"]})
+    dictionary = pa.DictionaryArray.from_arrays(
+        pa.array([0, 1, 0], pa.int32()), _unchecked_strings([b"fine text", b"bad \xff byte"]))
+    write_corpus(src / "f-dictionary.parquet", {"id": ["f1", "f2", "f3"], "text": dictionary})
+    write_corpus(src / "g-bad-string-id.parquet", {
+        "id": _unchecked_strings([b"ok-id", b"bad\xffid"]), "text": ["fine", "bad id"]})
+    dates = pa.array([dt.date(2024, 1, 1).toordinal() - 719163, 2**31 - 1], pa.date32())
+    write_corpus(src / "h-date-text.parquet", {"id": ["h1", "h2"], "text": dates})
+    code = run_cli("embed", "--input", src / "*.parquet", "--output", root / "out",
+                   "--model", tiny_model("bert", "base"))
+    assert code == 0
+    out = root / "out"
+    dead = {}
+    for row in read_output(out, "dead_letter"):
+        dead.setdefault(row["reason"], []).append(row["id"])
+    return [r["id"] for r in read_output(out)], dead, read_summary(out)
+
+
+def test_hostile_columns_keep_the_accounting(hostile_columns_run):
+    results, dead, summary = hostile_columns_run
+    assert summary["read"] == 17
+    assert summary["accounted"] is True
+    assert summary["written"] + summary["dead_lettered"] == summary["read"]
+    assert len(results) == len(set(results))
+
+
+def test_binary_ids_are_decoded_and_invalid_ones_dead_lettered(hostile_columns_run):
+    """A binary id column joins back to the input: ``i1``, never ``b'i1'``."""
+    results, dead, _ = hostile_columns_run
+    assert {"i1", "i2"} <= set(results)
+    assert not [r for r in results if r.startswith("b'")]
+    assert None in dead["invalid_utf8"]
+
+
+def test_a_nan_id_is_a_missing_id_not_the_id_nan(hostile_columns_run):
+    results, dead, _ = hostile_columns_run
+    assert "1.5" in results and "nan" not in results
+    assert None in dead["missing_id"]
+
+
+def test_a_later_file_without_the_columns_is_dead_lettered_per_row(hostile_columns_run):
+    results, dead, _ = hostile_columns_run
+    assert sorted(dead["missing_column"], key=str) == [None, "d1", "d2"]
+
+
+def test_unconvertible_values_are_dead_lettered_per_row(hostile_columns_run):
+    """A dictionary-encoded text with one invalid UTF-8 value, a string id with invalid
+    UTF-8, an out-of-range date32 text: each its own row's dead letter."""
+    results, dead, _ = hostile_columns_run
+    assert {"f1", "f3", "ok-id"} <= set(results)
+    assert "f2" in dead["invalid_utf8"]
+    assert dead["invalid_utf8"].count(None) == 2  # the binary id and the string id
+    assert sorted(dead["not_a_string"]) == ["h1", "h2"]

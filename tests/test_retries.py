@@ -68,18 +68,46 @@ def test_a_bundle_retried_after_a_failure_writes_each_row_once(tmp_path, corpus,
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".temp-")]
 
 
-def test_finalize_ignores_orphaned_temporary_files_and_replaces_old_results(tmp_path, corpus,
+def test_finalize_replaces_an_earlier_runs_listed_files_and_nothing_else(tmp_path, corpus,
                                                                          tiny_model):
+    """Files an earlier bertbeam run listed in its manifest are replaced; a user's file with a
+    similar name is untouched; temporary directories of an interrupted run are removed."""
+    import json
+
     path, ids = corpus
     model = tiny_model("bert", "base")
-    # Files of an earlier, different run and an orphan of a crashed attempt.
+    # Files of an earlier, different run (listed in its manifest), an orphan of a crashed
+    # attempt, and a user's own file that merely starts like bertbeam's.
     write_corpus(tmp_path / "results-00000-of-00009.parquet", {"id": ["stale"]})
+    (tmp_path / "_MANIFEST-results.json").write_text(
+        json.dumps({"prefix": "results", "files": ["results-00000-of-00009.parquet"]}))
+    write_corpus(tmp_path / "results-2023-report.parquet", {"id": ["mine"]})
     orphan_dir = tmp_path / ".temp-results-deadbeef0000"
     write_corpus(orphan_dir / "results-orphan.parquet", {"id": ["orphan"]})
     (tmp_path / "_SUMMARY.json").write_text('{"stale": true}')
     assert run_cli("embed", "--input", path, "--output", tmp_path, "--model", model) == 0
     assert sorted(r["id"] for r in read_output(tmp_path)) == sorted(ids)
     assert "stale" not in read_summary(tmp_path)
+    assert not (tmp_path / "results-00000-of-00009.parquet").exists()
+    assert (tmp_path / "results-2023-report.parquet").exists()
+    assert not orphan_dir.exists()
+
+
+def test_a_file_named_like_bertbeams_that_no_manifest_lists_refuses_the_run(tmp_path, corpus,
+                                                                          tiny_model, capsys):
+    """Replacing it could delete someone's data and keeping it would mix two runs' results:
+    the run is refused before it starts, with one line, and the file is left as it was."""
+    path, _ = corpus
+    foreign = write_corpus(tmp_path / "results-00000-of-00009.parquet", {"id": ["theirs"]})
+    before = Path(foreign).read_bytes()
+    code = run_cli("embed", "--input", path, "--output", tmp_path, "--model",
+                   tiny_model("bert", "base"))
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "results-00000-of-00009.parquet" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert Path(foreign).read_bytes() == before
+    assert not (tmp_path / "_SUMMARY.json").exists()
 
 
 @pytest.mark.slow

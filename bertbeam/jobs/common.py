@@ -13,12 +13,13 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from bertbeam import metrics, summary
+from bertbeam import checks, metrics, stopping, summary, writing
 from bertbeam.config import EMBEDDED_MODEL, BatchSpec, ModelSpec, RunSpec, TokenizeSpec
 from bertbeam.deadletter import DEAD_LETTER, DEAD_LETTER_SCHEMA
 from bertbeam.filesystems import url_to_fs
 from bertbeam.reading import Columns, InputError, ReadDocuments, check_input
-from bertbeam.runners import resolve_runner, torch_threads
+from bertbeam.runlock import RunLock
+from bertbeam.runners import is_local, resolve_runner, torch_threads
 from bertbeam.tasks.base import Task
 from bertbeam.transforms import InferDocuments
 from bertbeam.vectordb import write_to_sink
@@ -75,7 +76,7 @@ def add_common_args(parser: argparse.ArgumentParser, *, long_docs_default: str |
                         help="int8: dynamic int8 linear layers on CPU")
     parser.add_argument("--backend", choices=["torch", "onnx"], default="torch",
                         help="onnx: ONNX Runtime's fused kernels on CPU (pip install 'bertbeam[onnx]')")
-    parser.add_argument("--threads", type=int, default=None,
+    parser.add_argument("--threads", type=positive_int, default=None,
                         help="torch threads per worker process (default: cores / local workers)")
     parser.add_argument("--cpu-streams", type=_streams, default="auto",
                         help="CPU batches run at once per worker process, each on its share of "
@@ -85,6 +86,16 @@ def add_common_args(parser: argparse.ArgumentParser, *, long_docs_default: str |
                         help="accept .bin/.pt weights (pickle can run code)")
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="run model code shipped with the checkpoint")
+
+
+def positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+    return number
 
 
 def _streams(value: str) -> int | str:
@@ -147,23 +158,33 @@ class Job:
     sink: Any = None  # a bertbeam.vectordb sink (--sink), or None
 
 
-def preflight(job: Job):
-    """Fails with one clear line before anything starts: input, columns, model, task fit.
+def preflight(job: Job, options: PipelineOptions | None = None):
+    """Fails with one clear line before anything starts: input, output, columns, model, task
+    fit, settings (:mod:`bertbeam.checks`).
 
     Returns the model config, from which the task's output schema is derived.
     """
-    from transformers import AutoConfig
+    from bertbeam.engine import check_overflow, resolve_max_length
+    from bertbeam.models import check_task_fit, check_weights, resolve_model_dir
 
-    from bertbeam.engine import resolve_max_length
-    from bertbeam.models import check_task_fit, check_weights, load_tokenizer, resolve_model_dir
-
+    checks.check_location("--input", job.input)
+    checks.check_output_outside_input(job.input, job.output)
     check_input(job.input, job.columns)
+    checks.check_output_writable(job.output)
+    writing.check_no_foreign_files(job.output)
     spec = job.run.model
+    checks.check_device(spec.device, local=options is None or is_local(options))
     local_dir = resolve_model_dir(spec.uri, spec.cache_dir)
     check_weights(local_dir, spec.uri, allow_pickle_weights=spec.allow_pickle_weights)
-    config = AutoConfig.from_pretrained(local_dir, trust_remote_code=spec.trust_remote_code)
+    checks.check_checkpoint_files(local_dir, spec.uri)
+    config = checks.load_config(local_dir, spec.uri, trust_remote_code=spec.trust_remote_code)
     check_task_fit(config, job.task.model_class, spec.uri)
-    resolve_max_length(load_tokenizer(local_dir, spec), config, local_dir, job.run.tokenize)
+    checks.check_head_weights(local_dir, spec.uri, config, job.task.model_class)
+    tokenizer = checks.load_tokenizer(local_dir, spec)
+    max_length = resolve_max_length(tokenizer, config, local_dir, job.run.tokenize)
+    checks.check_window(tokenizer, max_length, job.run.tokenize, pairs=job.task.pair_input)
+    if job.run.tokenize.long_docs == "chunk":
+        check_overflow(tokenizer, max_length, job.run.tokenize.resolved_stride(max_length))
     return config
 
 
@@ -189,22 +210,28 @@ def execute(job: Job, beam_args: list[str],
     Raises AccountingError when read != written + dead-lettered.
     """
     options = beam_options(beam_args, bertbeam_parser)
-    config = preflight(job)
+    config = preflight(job, options)
     fs, root = url_to_fs(job.output)
-    fs.makedirs(root, exist_ok=True)
-    if fs.exists(f"{root.rstrip('/')}/_SUMMARY.json"):
-        # A stale summary must not vouch for files this run is about to replace.
-        fs.rm(f"{root.rstrip('/')}/_SUMMARY.json")
-    start = time.perf_counter()
-    p = beam.Pipeline(runner=resolve_runner(options), options=options)
-    build(p, job, config)
-    result = p.run()
-    result.wait_until_finish()
-    counters = metrics.query_counters(result)
-    report = summary.build_summary(
-        counters, input_pattern=job.input, output_dir=job.output, wall_seconds=time.perf_counter() - start,
-        model=job.run.model.uri, task=job.task.name)
-    summary.write_summary(job.output, report)
+    # One run at a time; the temporary files of this run (on failure) and of interrupted
+    # earlier runs are removed while the lock is held.
+    with RunLock(job.output):
+        try:
+            if fs.exists(f"{root.rstrip('/')}/_SUMMARY.json"):
+                # A stale summary must not vouch for files this run is about to replace.
+                fs.rm(f"{root.rstrip('/')}/_SUMMARY.json")
+            start = time.perf_counter()
+            p = beam.Pipeline(runner=resolve_runner(options), options=options)
+            build(p, job, config)
+            result = p.run()
+            result.wait_until_finish()
+            counters = metrics.query_counters(result)
+            report = summary.build_summary(
+                counters, input_pattern=job.input, output_dir=job.output,
+                wall_seconds=time.perf_counter() - start, model=job.run.model.uri,
+                task=job.task.name)
+            summary.write_summary(job.output, report)
+        finally:
+            writing.remove_temp_dirs(job.output)
     if not report["accounted"]:
         raise AccountingError(
             f"{report['read']} rows read but {report['written']} written + "
@@ -215,17 +242,29 @@ def execute(job: Job, beam_args: list[str],
 def main(make_job: Callable[[list[str] | None], tuple[Job, list[str]]], argv: list[str] | None,
          parser: argparse.ArgumentParser | None = None) -> int:
     """Runs a task job from argv; returns the process exit code."""
+    from bertbeam.engine import BrokenTokenizerError
     from bertbeam.models import ModelLoadError
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        job, beam_args = make_job(argv)
-        report = execute(job, beam_args, parser)
-    except (InputError, ModelLoadError, ValueError) as exc:
+        with stopping.interrupts():
+            job, beam_args = make_job(argv)
+            report = execute(job, beam_args, parser)
+    except (InputError, ModelLoadError, ValueError, BrokenTokenizerError) as exc:
         print(f"bertbeam: error: {exc}", file=sys.stderr)
         return 2
     except AccountingError as exc:
         print(f"bertbeam: error: {exc}", file=sys.stderr)
         return 3
+    except KeyboardInterrupt as exc:
+        return stopping.interrupted(exc)
+    except Exception as exc:
+        if stopping.interrupted_by() is not None:
+            return stopping.interrupted(exc)
+        line = stopping.environment_error(exc)
+        if line is None:
+            raise
+        print(f"bertbeam: error: the run failed: {line}", file=sys.stderr)
+        return 1
     print(summary.summary_line(report))
     return 0
