@@ -115,8 +115,18 @@ class DeadLetter(NamedTuple):
         )
 
     def tagged(self) -> beam.pvalue.TaggedOutput:
-        """This dead letter on the :data:`DEAD_LETTER` output of a DoFn."""
+        """This dead letter on the :data:`DEAD_LETTER` output of a DoFn, counted in the
+        ``documents_dead_lettered`` counter."""
+        from bertbeam import metrics
+
+        metrics.inc(metrics.DEAD_LETTERED)
         return beam.pvalue.TaggedOutput(DEAD_LETTER, self)
+
+
+def emit(value: Any) -> Any:
+    """What a DoFn yields for a stage's result: a DeadLetter on the dead-letter output
+    (counted), anything else on the main output."""
+    return value.tagged() if isinstance(value, DeadLetter) else value
 
 
 beam.coders.registry.register_coder(DeadLetter, beam.coders.RowCoder)

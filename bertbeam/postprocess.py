@@ -73,7 +73,6 @@ class _PostprocessFn(beam.DoFn):
     def process(self, outputs: list[WindowOutput]) -> Iterator[Any]:
         row = self._engine.postprocess(outputs)
         if isinstance(row, DeadLetter):
-            metrics.inc(metrics.DEAD_LETTERED)
             yield row.tagged()
         else:
             metrics.inc(metrics.WRITTEN)

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bertbeam import metrics
-from bertbeam.deadletter import DEAD_LETTER, DeadLetter, Reason
+from bertbeam.deadletter import DEAD_LETTER, DeadLetter, Reason, emit
 from bertbeam.filesystems import expand_glob, url_to_fs
 from bertbeam.validation import Unconvertible, check_document, id_key
 
@@ -90,7 +90,6 @@ def _read_dead_letter(doc_id: Any, reason: Reason, message: str | None = None,
                       value: Any = None) -> Any:
     """Counts one input unit as read and dead-lettered; returns its tagged dead letter."""
     metrics.inc(metrics.READ)
-    metrics.inc(metrics.DEAD_LETTERED)
     return DeadLetter.of(doc_id, reason, message, value=value).tagged()
 
 
@@ -233,11 +232,7 @@ class _ReadRowGroupFn(beam.DoFn):
             checked = check_document(raw_id, texts[i], pairs[i] if with_pair else None,
                                      with_pair=with_pair)
             metrics.inc(metrics.READ)
-            if isinstance(checked, DeadLetter):
-                metrics.inc(metrics.DEAD_LETTERED)
-                yield checked.tagged()
-            else:
-                yield checked
+            yield emit(checked)
 
 
 def _as_python(column: pa.Array) -> list[Any]:

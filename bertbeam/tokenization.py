@@ -7,10 +7,9 @@ from typing import Any
 
 import apache_beam as beam
 
-from bertbeam import metrics
 from bertbeam.buffering import BufferedDoFn
 from bertbeam.config import RunSpec
-from bertbeam.deadletter import DEAD_LETTER, DeadLetter
+from bertbeam.deadletter import DEAD_LETTER, emit
 from bertbeam.engine import Engine, EngineSpec
 from bertbeam.records import Document, Window
 from bertbeam.tasks.base import Task
@@ -28,11 +27,7 @@ class _TokenizeFn(BufferedDoFn):
 
     def flush(self, docs: list[Document]) -> Iterator[Any]:
         for out in self._engine.encode(docs):
-            if isinstance(out, DeadLetter):
-                metrics.inc(metrics.DEAD_LETTERED)
-                yield out.tagged()
-            else:
-                yield out
+            yield emit(out)
 
 
 class Tokenize(beam.PTransform):

@@ -10,8 +10,7 @@ from typing import Any
 
 import apache_beam as beam
 
-from bertbeam import metrics
-from bertbeam.deadletter import DEAD_LETTER, DeadLetter, Reason
+from bertbeam.deadletter import DEAD_LETTER, DeadLetter, Reason, emit
 from bertbeam.records import Document
 
 
@@ -85,17 +84,11 @@ class _ValidateFn(beam.DoFn):
 
     def process(self, doc: Any) -> Iterator[Any]:
         if not isinstance(doc, Document):
-            metrics.inc(metrics.DEAD_LETTERED)
             yield DeadLetter.of(None, Reason.NOT_A_STRING, (
                 f"expected a bertbeam Document, got {type(doc).__name__}"), value=doc).tagged()
             return
         with_pair = doc.text_pair is not None if self._with_pair is None else self._with_pair
-        checked = check_document(doc.id, doc.text, doc.text_pair, with_pair=with_pair)
-        if isinstance(checked, DeadLetter):
-            metrics.inc(metrics.DEAD_LETTERED)
-            yield checked.tagged()
-        else:
-            yield checked
+        yield emit(check_document(doc.id, doc.text, doc.text_pair, with_pair=with_pair))
 
 
 class _DuplicatesFn(beam.DoFn):
@@ -107,7 +100,6 @@ class _DuplicatesFn(beam.DoFn):
         ordered = sorted(docs, key=lambda d: (d.text, d.text_pair or ""))
         yield ordered[0]
         for doc in ordered[1:]:
-            metrics.inc(metrics.DEAD_LETTERED)
             yield DeadLetter.of(doc_id, Reason.DUPLICATE_ID, (
                 f"{len(docs)} documents have this id; one is kept"), value=doc.text).tagged()
 
