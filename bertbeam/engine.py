@@ -249,6 +249,7 @@ class Engine:
                 preview=previews[sample],
                 text=doc.text if (task.needs_text and first) else None,
                 text_pair=doc.text_pair if (task.needs_text and first) else None,
+                extra=doc.extra if first else None,
             )
         metrics.inc(metrics.WINDOWS, windows_out)
         metrics.inc(metrics.CHUNKED_DOCS, chunked)
@@ -410,7 +411,7 @@ class Engine:
                                  f"{len(outputs)} of {first.n_windows} windows came back",
                                  value=first.preview)
         try:
-            return {"id": first.doc_id, **self.task.postprocess(self, outputs)}
+            return {"id": first.doc_id, **self.task.postprocess(self, outputs), **(first.extra or {})}
         except TaskInputError as exc:
             return DeadLetter.of(first.doc_id, Reason.BAD_TASK_INPUT, str(exc), value=first.preview)
         except Exception as exc:

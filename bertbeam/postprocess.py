@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,6 +21,9 @@ from bertbeam.tokenization import engine_spec
 
 def _in_window_order(outputs: list[WindowOutput]) -> list[WindowOutput]:
     return sorted(outputs, key=lambda o: o.window.index)
+
+
+_LOG = logging.getLogger(__name__)
 
 
 class _MergeWindowsFn(beam.DoFn):
@@ -93,8 +97,16 @@ class Postprocess(beam.PTransform):
     def __init__(self, task: Task, *, schema: Any, run: RunSpec | None = None):
         super().__init__()
         self._fn = _PostprocessFn(engine_spec(task, run), schema)
-        self._row_type = beam_row_type(schema)
+        try:
+            self._row_type = beam_row_type(schema)
+        except TypeError as exc:
+            # A carried column of a type Beam schemas lack (a date, a map): rows still flow,
+            # as beam.Rows without a declared schema.
+            _LOG.info("Results are not schema-aware: %s", exc)
+            self._row_type = None
 
     def expand(self, docs: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
-        return docs | "Postprocess" >> beam.ParDo(self._fn).with_output_types(
-            self._row_type).with_outputs(DEAD_LETTER, main="results")
+        pardo = beam.ParDo(self._fn)
+        if self._row_type is not None:
+            pardo = pardo.with_output_types(self._row_type)
+        return docs | "Postprocess" >> pardo.with_outputs(DEAD_LETTER, main="results")

@@ -31,10 +31,16 @@ class Columns:
     id: str = "id"
     text: str = "text"
     text_pair: str | None = None
+    carry: tuple[str, ...] = ()
+    """Input columns of any type passed through unchanged into each document's result row."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "carry", tuple(self.carry))
 
     @property
     def names(self) -> list[str]:
-        return [c for c in (self.id, self.text, self.text_pair) if c is not None]
+        read = [c for c in (self.id, self.text, self.text_pair) if c is not None]
+        return read + [c for c in self.carry if c not in read]
 
 
 def check_input(pattern: str, columns: Columns) -> list[str]:
@@ -50,21 +56,34 @@ def check_input(pattern: str, columns: Columns) -> list[str]:
             raise InputError(f"Input {pattern!r} is a directory, which matches no files; pass "
                              f"a glob such as '{pattern.rstrip('/')}/*.parquet'.")
         raise InputError(f"Input {pattern!r} matches no files.")
+    url, schema = _first_schema(pattern, files)
+    missing = [c for c in columns.names if c not in schema.names]
+    if missing:
+        raise InputError(
+            f"Input {url!r} has no column {missing[0]!r}; its columns are: {', '.join(schema.names)}."
+        )
+    return files
+
+
+def carried_fields(pattern: str, columns: Columns) -> list[pa.Field]:
+    """The Arrow fields of the carried columns, as the first readable file of ``pattern``
+    declares them (nullable: a later file may hold nulls)."""
+    if not columns.carry:
+        return []
+    _, schema = _first_schema(pattern, expand_glob(pattern))
+    return [schema.field(c).with_nullable(True) for c in columns.carry]
+
+
+def _first_schema(pattern: str, files: list[str]) -> tuple[str, pa.Schema]:
+    """The URL and Arrow schema of the first file of ``files`` whose footer reads."""
     errors = []
     for url in files:
         fs, path = url_to_fs(url)
         try:
             with fs.open(path, "rb") as f:
-                names = pq.ParquetFile(f).schema_arrow.names
+                return url, pq.ParquetFile(f).schema_arrow
         except Exception as exc:
             errors.append(f"{url}: {exc}")
-            continue
-        missing = [c for c in columns.names if c not in names]
-        if missing:
-            raise InputError(
-                f"Input {url!r} has no column {missing[0]!r}; its columns are: {', '.join(names)}."
-            )
-        return files
     raise InputError(f"No file of {pattern!r} is readable Parquet; first error: {errors[0]}")
 
 
@@ -220,6 +239,7 @@ class _ReadRowGroupFn(beam.DoFn):
         ids = _as_python(batch.column(cols.id))
         texts = _as_python(batch.column(cols.text))
         pairs = _as_python(batch.column(cols.text_pair)) if cols.text_pair else None
+        carried = {c: _as_python(batch.column(c)) for c in cols.carry}
         with_pair = pairs is not None
         for i, raw_id in enumerate(ids):
             doc_id = id_key(raw_id)
@@ -231,6 +251,8 @@ class _ReadRowGroupFn(beam.DoFn):
                 continue
             checked = check_document(raw_id, texts[i], pairs[i] if with_pair else None,
                                      with_pair=with_pair)
+            if carried and not isinstance(checked, DeadLetter):
+                checked.extra = {c: values[i] for c, values in carried.items()}
             metrics.inc(metrics.READ)
             yield emit(checked)
 

@@ -20,11 +20,13 @@ from bertbeam.deadletter import DeadLetter
 
 @dataclass(slots=True)
 class Document:
-    """One input row: an id, the text (or question + context) to run the model on."""
+    """One input row: an id, the text (or question + context) to run the model on, and the
+    input columns carried unchanged into its result row (``extra``: column -> value)."""
 
     id: str
     text: str
     text_pair: str | None = None
+    extra: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)
@@ -44,6 +46,7 @@ class Window:
     sequence_ids: np.ndarray | None  # int8 [length]: -1 special token, 0 first text, 1 second
     truncated: bool = False
     preview: str = ""  # the document's first characters, for a dead letter of any stage
+    extra: dict[str, Any] | None = None  # window 0 only: the document's carried columns
     text: str | None = None
     text_pair: str | None = None
 
@@ -153,12 +156,16 @@ def _python_type(f: pa.Field) -> Any:
 
 
 def to_beam_row(values: dict[str, Any], schema: pa.Schema) -> beam.Row:
-    """A ``beam.Row`` of a task's result dict; list-of-struct values become lists of Rows."""
-    out = {}
-    for f in schema:
-        value = values[f.name]
-        t = f.type
-        if (pa.types.is_list(t) and pa.types.is_struct(t.value_type)) and value is not None:
-            value = [beam.Row(**item) for item in value]
-        out[f.name] = value
-    return beam.Row(**out)
+    """A ``beam.Row`` of a result dict; struct values (and lists of them) become Rows, as
+    Beam's RowCoder wants nested rows."""
+    return beam.Row(**{f.name: _nested_rows(values[f.name], f.type) for f in schema})
+
+
+def _nested_rows(value: Any, t: pa.DataType) -> Any:
+    if value is None:
+        return None
+    if pa.types.is_struct(t):
+        return beam.Row(**{c.name: _nested_rows(value.get(c.name), c.type) for c in t})
+    if (pa.types.is_list(t) or pa.types.is_large_list(t)) and pa.types.is_struct(t.value_type):
+        return [_nested_rows(item, t.value_type) for item in value]
+    return value

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import apache_beam as beam
+import pyarrow as pa
 from apache_beam.transforms.window import GlobalWindows
 
 from bertbeam.batching import BatchByTokens
@@ -45,6 +46,9 @@ class InferDocuments(beam.PTransform):
         validate: check documents (ids, texts, duplicate ids) first, with the dead-letter
             reasons of ``ReadDocuments``. ``ReadDocuments`` output is already checked: pass
             ``False`` after it.
+        carry: Arrow fields of the columns carried from each Document's ``extra`` into its
+            result row, after the task's columns (``reading.carried_fields`` reads them from
+            the input files).
 
     Example::
 
@@ -52,8 +56,10 @@ class InferDocuments(beam.PTransform):
         out["results"] | beam.Select("id", "embedding")
     """
 
-    def __init__(self, task: Task, *, run: RunSpec | None = None, validate: bool = True):
+    def __init__(self, task: Task, *, run: RunSpec | None = None, validate: bool = True,
+                 carry: list[pa.Field] | tuple[pa.Field, ...] = ()):
         super().__init__()
+        self._carry = tuple(carry)
         self._spec = engine_spec(task, run)
         self._run = RunSpec(model=self._spec.model, tokenize=self._spec.tokenize,
                             batch=(run or RunSpec()).batch)
@@ -67,7 +73,7 @@ class InferDocuments(beam.PTransform):
         """The Arrow schema of the result rows (reads the checkpoint's config on the launcher)."""
         from bertbeam.models import load_config
 
-        return self.task.schema(load_config(self._spec.model))
+        return with_carried(self.task.schema(load_config(self._spec.model)), self._carry)
 
     def expand(self, docs: beam.PCollection[Document]) -> dict[str, beam.PCollection]:
         check_global_windows(docs, type(self).__name__)
@@ -91,6 +97,18 @@ class InferDocuments(beam.PTransform):
                     DeadLetter)}
 
 
+def with_carried(schema: pa.Schema, carry: tuple[pa.Field, ...]) -> pa.Schema:
+    """The task's result schema with the carried columns after its own; a carried column
+    named like one of the task's is refused (it would overwrite a result)."""
+    clash = [f.name for f in carry if f.name in schema.names]
+    if clash:
+        raise ValueError(f"Carried column {clash[0]!r} has the name of a result column; the "
+                         f"results already have: {', '.join(schema.names)}.")
+    for f in carry:
+        schema = schema.append(f)
+    return schema
+
+
 class EmbedDocuments(InferDocuments):
     """Document -> embedding rows (``id, embedding, n_tokens, n_chunks, truncated, model``).
 
@@ -100,8 +118,8 @@ class EmbedDocuments(InferDocuments):
     """
 
     def __init__(self, task: EmbedTask | None = None, *, run: RunSpec | None = None,
-                 validate: bool = True):
-        super().__init__(task or EmbedTask(), run=run, validate=validate)
+                 validate: bool = True, carry: list[pa.Field] | tuple[pa.Field, ...] = ()):
+        super().__init__(task or EmbedTask(), run=run, validate=validate, carry=carry)
 
 
 class LabelDocuments(InferDocuments):
@@ -117,11 +135,11 @@ class LabelDocuments(InferDocuments):
     """
 
     def __init__(self, task: str | Task, *, run: RunSpec | None = None, validate: bool = True,
-                 **options: object):
+                 carry: list[pa.Field] | tuple[pa.Field, ...] = (), **options: object):
         from bertbeam.tasks import make_task
 
         if isinstance(task, str):
             task = make_task(task, **options)
         elif options:
             raise TypeError(f"Options {sorted(options)} only apply when the task is given by name.")
-        super().__init__(task, run=run, validate=validate)
+        super().__init__(task, run=run, validate=validate, carry=carry)

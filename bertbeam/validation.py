@@ -88,7 +88,10 @@ class _ValidateFn(beam.DoFn):
                 f"expected a bertbeam Document, got {type(doc).__name__}"), value=doc).tagged()
             return
         with_pair = doc.text_pair is not None if self._with_pair is None else self._with_pair
-        yield emit(check_document(doc.id, doc.text, doc.text_pair, with_pair=with_pair))
+        checked = check_document(doc.id, doc.text, doc.text_pair, with_pair=with_pair)
+        if isinstance(checked, Document):
+            checked.extra = doc.extra
+        yield emit(checked)
 
 
 class _DuplicatesFn(beam.DoFn):

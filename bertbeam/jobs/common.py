@@ -17,11 +17,11 @@ from bertbeam import checks, metrics, stopping, summary, writing
 from bertbeam.config import EMBEDDED_MODEL, BatchSpec, ModelSpec, RunSpec, TokenizeSpec
 from bertbeam.deadletter import DEAD_LETTER, DEAD_LETTER_SCHEMA
 from bertbeam.filesystems import url_to_fs
-from bertbeam.reading import Columns, InputError, ReadDocuments, check_input
+from bertbeam.reading import Columns, InputError, ReadDocuments, carried_fields, check_input
 from bertbeam.runlock import RunLock
 from bertbeam.runners import is_local, resolve_runner, torch_threads
 from bertbeam.tasks.base import Task
-from bertbeam.transforms import InferDocuments
+from bertbeam.transforms import InferDocuments, with_carried
 from bertbeam.vectordb import write_to_sink
 from bertbeam.writing import WriteResults
 
@@ -58,6 +58,11 @@ def add_common_args(parser: argparse.ArgumentParser, *, long_docs_default: str |
                         help=f"model directory or URI (default: {EMBEDDED_MODEL})")
     parser.add_argument("--id-column", default="id", help="input column with the document id")
     parser.add_argument("--text-column", default="text", help="input column with the text")
+    parser.add_argument("--carry-columns", default=None,
+                        help="comma-separated input columns (any type) copied unchanged into "
+                             "each result row, e.g. title,url,lang")
+    parser.add_argument("--keep-text", action="store_true",
+                        help="copy the text column(s) into the results too")
     parser.add_argument("--max-length", type=int, default=None, help="tokens per window")
     parser.add_argument("--long-docs", choices=["truncate", "chunk"], default=long_docs_default,
                         help="long documents: overlapping windows (chunk) or the first (truncate)")
@@ -86,6 +91,14 @@ def add_common_args(parser: argparse.ArgumentParser, *, long_docs_default: str |
                         help="accept .bin/.pt weights (pickle can run code)")
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="run model code shipped with the checkpoint")
+
+
+def carry_columns(args: argparse.Namespace, text_columns: list[str]) -> tuple[str, ...]:
+    """The columns ``--carry-columns`` and ``--keep-text`` ask to carry, in that order."""
+    names = [c.strip() for c in (args.carry_columns or "").split(",") if c.strip()]
+    if args.keep_text:
+        names += text_columns
+    return tuple(dict.fromkeys(names))
 
 
 def positive_int(value: str) -> int:
@@ -192,10 +205,12 @@ def build(p: beam.Pipeline, job: Job, config) -> None:
     """Read -> infer -> write results and dead letter; the shape every task pipeline has."""
     read = p | "ReadDocuments" >> ReadDocuments(job.input, job.columns)
     # ReadDocuments has checked ids and texts already (with the same reasons).
-    infer = InferDocuments(job.task, run=job.run, validate=False)
+    carry = carried_fields(job.input, job.columns)
+    infer = InferDocuments(job.task, run=job.run, validate=False, carry=carry)
+    schema = with_carried(job.task.schema(config), tuple(carry))
     inferred = read["documents"] | "Infer" >> infer
-    inferred["results"] | "WriteResults" >> WriteResults(job.output, schema=job.task.schema(config))
-    write_to_sink(inferred["results"], job.sink, job.task.schema(config))
+    inferred["results"] | "WriteResults" >> WriteResults(job.output, schema=schema)
+    write_to_sink(inferred["results"], job.sink, schema)
     (
         (read[DEAD_LETTER], inferred[DEAD_LETTER])
         | "AllDeadLetters" >> beam.Flatten()

@@ -12,7 +12,7 @@ from collections import defaultdict
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from bertbeam.jobs.common import Job, add_common_args, main, new_parser, run_spec
+from bertbeam.jobs.common import Job, add_common_args, carry_columns, main, new_parser, run_spec
 from bertbeam.reading import Columns
 from bertbeam.tasks import TASKS, make_task
 from bertbeam.tasks.base import TaskOption, task_options
@@ -115,10 +115,12 @@ def make_job(argv: list[str] | None) -> tuple[Job, list[str]]:
     if args.long_docs is None:
         args.long_docs = task.default_long_docs
     if args.task == "qa":
-        columns = Columns(id=args.id_column, text=args.question_column or "question",
-                          text_pair=args.context_column or "context")
+        question, context = args.question_column or "question", args.context_column or "context"
+        columns = Columns(id=args.id_column, text=question, text_pair=context,
+                          carry=carry_columns(args, [question, context]))
     else:
-        columns = Columns(id=args.id_column, text=args.text_column)
+        columns = Columns(id=args.id_column, text=args.text_column,
+                          carry=carry_columns(args, [args.text_column]))
     job = Job(task=task, run=run_spec(args, PipelineOptions(beam_args)), input=args.input,
               output=args.output, columns=columns)
     task.check_tokenize(job.run.tokenize)
