@@ -8,6 +8,7 @@ import sys
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from bertbeam.jobs.common import Job, add_common_args, main, new_parser, run_spec
+from bertbeam.jobs.control import run_control
 from bertbeam.reading import Columns
 from bertbeam.tasks.embed import EmbedTask
 
@@ -31,7 +32,8 @@ def make_job(argv: list[str] | None) -> tuple[Job, list[str]]:
         normalize=None if args.normalize == "auto" else args.normalize == "yes",
         chunk_pooling=args.chunk_pooling)
     job = Job(task=task, run=run_spec(args, PipelineOptions(beam_args)), input=args.input,
-              output=args.output, columns=Columns(id=args.id_column, text=args.text_column))
+              output=args.output, columns=Columns(id=args.id_column, text=args.text_column),
+              control=run_control(args, beam_args))
     return job, beam_args
 
 
