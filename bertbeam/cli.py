@@ -1,4 +1,4 @@
-"""The ``bertbeam`` command: ``embed``, ``label``, ``demo-corpus``, ``check-gpu``."""
+"""The ``bertbeam`` command: ``embed``, ``label``, ``report``, ``demo-corpus``, ``check-gpu``."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ _USAGE = """usage: bertbeam COMMAND [options]
 commands:
   embed          embed a Parquet corpus            (bertbeam embed --help)
   label          label a Parquet corpus with a task (bertbeam label --help)
+  report         write a finished run's _REPORT.html: bertbeam report OUTPUT [--previous OUTPUT]
   demo-corpus    write a demo corpus: bertbeam demo-corpus DIR [--files N] [--limit N]
   check-gpu      fail fast when workers see no GPU (bertbeam check-gpu --help)
 
@@ -20,6 +21,7 @@ options:
 _COMMANDS = {
     "embed": "bertbeam.jobs.embed:run",
     "label": "bertbeam.jobs.label:run",
+    "report": "bertbeam.report:report_command",
     "check-gpu": "bertbeam.jobs.check_gpu:run",
     "demo-corpus": "bertbeam.cli:_demo_corpus",
 }

@@ -21,6 +21,14 @@ SUMMARY_SCHEMA_VERSION = 2
 _IMPORTED_AT = time.time()
 
 
+def summary_schema() -> dict[str, Any]:
+    """The JSON Schema of ``_SUMMARY.json``, shipped in the package."""
+    import json
+    from importlib.resources import files
+
+    return json.loads((files("bertbeam") / "schemas" / "summary.schema.json").read_text())
+
+
 def utc_iso(epoch: float) -> str:
     """``2026-11-28T21:14:42.123Z``: UTC, ISO 8601, milliseconds."""
     return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="milliseconds").replace(
