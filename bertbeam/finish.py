@@ -52,7 +52,10 @@ class FinishRun:
 
         tally_dir = self.tally_dir if self.tally_dir and os.path.isdir(self.tally_dir) else None
         if counters is None:
-            counters = settled_totals(tally_dir) if tally_dir else {}
+            from bertbeam.metrics import COUNTERS
+
+            # Unknown without a tally (a remote runner): None in the summary, not 0.
+            counters = {**dict.fromkeys(COUNTERS, 0), **settled_totals(tally_dir)} if tally_dir else {}
         if samples is None:
             samples = read_samples(tally_dir) if tally_dir else []
         meta = runinfo.finished(self.meta, pipeline_started=self.pipeline_started,

@@ -100,8 +100,10 @@ class LiveProgress:
         if self.mode == "bar":
             from tqdm import tqdm
 
+            # A terminal that reports no width (0 columns) would get an empty bar.
+            width = shutil.get_terminal_size((100, 24)).columns or 100
             self._bar = tqdm(total=self.total, unit="docs", desc=self.label, file=self.stream,
-                             dynamic_ncols=True, mininterval=0, smoothing=0.1)
+                             ncols=width, mininterval=0, smoothing=0.1)
         self._thread = threading.Thread(target=self._poll, name="bertbeam-progress", daemon=True)
         self._thread.start()
         return self
