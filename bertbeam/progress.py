@@ -91,6 +91,7 @@ class LiveProgress:
         self._saved_env: str | None = None
         self._bar: Any = None
         self._started = 0.0
+        self._printed = -1  # documents done at the last line printed
 
     def __enter__(self) -> LiveProgress:
         self.directory = tempfile.mkdtemp(prefix="bertbeam-tally-")
@@ -146,8 +147,9 @@ class LiveProgress:
             self._bar.update(done - self._bar.n)
             self._bar.set_postfix_str(f"{tokens / max(elapsed, 1e-9):,.0f} tokens/s, "
                                       f"{dead} dead-lettered", refresh=True)
-        elif self.mode == "lines":
+        elif self.mode == "lines" and not (final and done == self._printed == self.total):
             print(self.line(done, tokens, dead, elapsed), file=self.stream, flush=True)
+            self._printed = done
 
     def line(self, done: int, tokens: int, dead: int, elapsed: float) -> str:
         """``bertbeam embed: 1200/20000 documents (6.0%), 40.1 docs/s, 2,600 tokens/s, 0

@@ -251,3 +251,31 @@ def test_a_hub_model_pinned_with_at_revision(monkeypatch, tmp_path):
     assert asked == {"name": "org/model", "revision": "v1.2"}
     assert split_revision("org/model") == ("org/model", None)
     assert split_revision("gs://b/m@x") == ("gs://b/m@x", None)
+
+
+def test_only_the_join_with_previous_runs_shuffles_documents(tmp_path, tiny_model):
+    """Without --previous, documents stream from the read to the write with no shuffle (the
+    grouping steps are ReadDocuments' id pass and WriteResults' commit); with it, the join by
+    id is the one added."""
+    import apache_beam as beam
+    from apache_beam.portability import common_urns
+
+    from bertbeam.jobs import common, embed
+
+    day1, _, _ = write_nightly_corpora(tmp_path, n=10)
+    model = ["--model", tiny_model("bert", "base"), "--quiet"]
+    assert run_cli("embed", "--input", day1, "--output", tmp_path / "out-1", *model) == 0
+
+    def grouping_steps(*extra: str) -> set[str]:
+        job, _ = embed.make_job(["--input", day1, "--output", str(tmp_path / "out"), *model, *extra])
+        p = beam.Pipeline()
+        common.build(p, job, common.preflight(job))
+        gbk = common_urns.primitives.GROUP_BY_KEY.urn
+        return {t.unique_name.split("/")[0] + "/" + t.unique_name.split("/")[1]
+                for t in p.to_runner_api().components.transforms.values() if t.spec.urn == gbk}
+
+    without = grouping_steps()
+    assert {name.split("/")[0] for name in without} == {"ReadDocuments", "WriteResults",
+                                                        "WriteDeadLetter"}
+    assert grouping_steps("--previous", str(tmp_path / "out-1")) - without == {
+        "JoinPrevious/JoinById", "JoinPrevious/SpreadPreviousRowGroups"}

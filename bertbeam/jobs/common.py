@@ -252,7 +252,7 @@ def execute(job: Job, beam_args: list[str],
         result.wait_until_finish()
     job_id = result.job_id() if callable(getattr(result, "job_id", None)) else None
     finish = dataclasses.replace(finish, meta={**meta, "job_id": job_id})
-    report = finish(metrics.query_counters(result), live.samples)
+    report = finish(metrics.query_counters(result), live.samples if local else [])
     check_accounting(report)
     return report
 
