@@ -3,8 +3,8 @@ the row is still valid.
 
 * the **text fingerprint** of a document: a hash of every input column the task reads (the
   text, or the question and its context);
-* the **model fingerprint**: the hub revision of a hub model, else a hash of the files of the
-  checkpoint directory (weights, config, tokenizer);
+* the **model fingerprint**: the hub revision of a hub model, else a digest of the files of
+  the checkpoint directory (weights, config, tokenizer);
 * the **job fingerprint**: the model fingerprint and every option that changes results (task
   and its options, window length, long-document policy, stride, device, dtype, quantization)
   plus :data:`RESULTS_FORMAT`. Batching options, threads and streams are left out: they
@@ -18,7 +18,6 @@ import hashlib
 import json
 import os
 import re
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,7 @@ so that rows of an older bertbeam are recomputed rather than carried forward."""
 
 TEXT_FINGERPRINT_CHARS = 32
 _HUB_SNAPSHOT = re.compile(r"/snapshots/([0-9a-f]{40})/?$")
-_SKIPPED = re.compile(r"(^|/)(\.[^/]*|README[^/]*|[^/]*\.md|[^/]*\.lock)$")
+_PARTIAL_HASH_BYTES = 1 << 20
 
 
 def _digest(parts: list[bytes]) -> str:
@@ -58,8 +57,13 @@ def text_fingerprint(text: str, text_pair: str | None = None) -> str:
 
 
 def model_fingerprint(local_dir: str) -> str:
-    """``rev:<commit>`` for a hub snapshot, else ``sha256:<hex>`` of the checkpoint's files
-    (relative paths and contents; hidden files, READMEs and locks left out).
+    """``rev:<commit>`` for a hub snapshot, else 16 hex digits of SHA-256 over the checkpoint
+    directory's files: names, sizes and contents (files over 2 MiB by their size and first
+    and last MiB, which any retraining changes), hidden files and folders left out. It
+    costs milliseconds even for large checkpoints.
+
+    The digest is the search index's (``bertbeam.index.model_fingerprint`` on main), so an
+    index manifest and the rows it was built from name a model alike.
 
     Example::
 
@@ -68,24 +72,22 @@ def model_fingerprint(local_dir: str) -> str:
     revision = _HUB_SNAPSHOT.search(str(Path(local_dir).resolve()).replace(os.sep, "/"))
     if revision:
         return f"rev:{revision.group(1)}"
+    digest = hashlib.sha256()
     root = Path(local_dir)
-    files = sorted(p for p in root.rglob("*") if p.is_file()
-                   and not _SKIPPED.search(p.relative_to(root).as_posix()))
-    stats = tuple((p.relative_to(root).as_posix(), p.stat().st_size, p.stat().st_mtime_ns)
-                  for p in files)
-    return _hash_files(str(root), stats)
-
-
-@lru_cache(maxsize=16)
-def _hash_files(root: str, stats: tuple[tuple[str, int, int], ...]) -> str:
-    """SHA-256 over the files ``stats`` names; cached on (path, size, mtime) per process."""
-    h = hashlib.sha256()
-    for rel, size, _ in stats:
-        h.update(f"{rel}\0{size}\0".encode())
-        with open(Path(root) / rel, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-    return f"sha256:{h.hexdigest()[:32]}"
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = path.relative_to(root).as_posix()
+        if any(part.startswith(".") for part in rel.split("/")):
+            continue  # cache markers and locks are not the model
+        size = path.stat().st_size
+        digest.update(f"{rel}\0{size}\0".encode())
+        with path.open("rb") as f:
+            if size <= 2 * _PARTIAL_HASH_BYTES:
+                digest.update(f.read())
+            else:
+                digest.update(f.read(_PARTIAL_HASH_BYTES))
+                f.seek(-_PARTIAL_HASH_BYTES, os.SEEK_END)
+                digest.update(f.read())
+    return digest.hexdigest()[:16]
 
 
 def job_fingerprint(task: Task, run: RunSpec, model_fp: str) -> str:

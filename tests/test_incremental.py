@@ -200,17 +200,17 @@ def test_fingerprints():
 
     assert text_fingerprint("ab", "c") != text_fingerprint("a", "bc") != text_fingerprint("abc")
     assert len(text_fingerprint("x")) == 32
-    base = job_fingerprint(ClassifyTask(), RunSpec(), "sha256:1")
+    base = job_fingerprint(ClassifyTask(), RunSpec(), "f1")
     assert job_fingerprint(ClassifyTask(), RunSpec(batch=BatchSpec(token_budget=99)),
-                           "sha256:1") == base
+                           "f1") == base
     assert job_fingerprint(ClassifyTask(), RunSpec(model=ModelSpec(num_threads=3)),
-                           "sha256:1") == base
-    for changed in (job_fingerprint(ClassifyTask(top_k=2), RunSpec(), "sha256:1"),
-                    job_fingerprint(ClassifyTask(), RunSpec(), "sha256:2"),
+                           "f1") == base
+    for changed in (job_fingerprint(ClassifyTask(top_k=2), RunSpec(), "f1"),
+                    job_fingerprint(ClassifyTask(), RunSpec(), "f2"),
                     job_fingerprint(ClassifyTask(), RunSpec(tokenize=TokenizeSpec(max_length=64)),
-                                    "sha256:1"),
+                                    "f1"),
                     job_fingerprint(ClassifyTask(), RunSpec(model=ModelSpec(dtype="bfloat16")),
-                                    "sha256:1")):
+                                    "f1")):
         assert changed != base
 
 
@@ -223,7 +223,7 @@ def test_model_fingerprint_follows_the_files_or_the_hub_revision(tmp_path):
     (model / "model.safetensors").write_bytes(b"weights")
     (model / ".bertbeam-complete").write_text("marker")
     first = model_fingerprint(str(model))
-    assert first.startswith("sha256:")
+    assert len(first) == 16 and int(first, 16) >= 0
     (model / ".bertbeam-complete").write_text("another marker")  # hidden files don't count
     assert model_fingerprint(str(model)) == first
     (model / "model.safetensors").write_bytes(b"other weights")

@@ -24,7 +24,7 @@ from tests.conftest import SAMPLE_TEXTS, run_cli, write_corpus
 ROOT = Path(__file__).resolve().parents[1]
 LINE = re.compile(r"^bertbeam embed: (\d+)/(\d+) documents \([\d.]+%\), [\d.]+ docs/s, [\d,]+ "
                   r"tokens/s, (\d+) dead-lettered, ETA \S+$")
-START = re.compile(r"^bertbeam embed: 11 documents; model .+ \(sha256:[0-9a-f]{32}\); device cpu, "
+START = re.compile(r"^bertbeam embed: 11 documents; model .+ \([0-9a-f]{16}\); device cpu, "
                    r"dtype float32, \d+ threads, \d+ streams$")
 
 
