@@ -12,18 +12,21 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 def add_control_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("nightly runs")
-    g.add_argument("--previous", action="append", default=[], metavar="LOCATION",
+    # The defaults live on the parser: with default=SUPPRESS on each flag, --help does not
+    # print "(default: True)" after --no-wait (its help says what the default does).
+    parser.set_defaults(previous=[], wait=True, report=True, quiet=False, log_level=None)
+    g.add_argument("--previous", action="append", default=argparse.SUPPRESS, metavar="LOCATION",
                    help="output directory of an earlier run of this job (repeatable): rows of "
                         "unchanged documents are carried forward instead of computed again")
-    g.add_argument("--no-wait", dest="wait", action="store_false",
+    g.add_argument("--no-wait", dest="wait", action="store_false", default=argparse.SUPPRESS,
                    help="return once the job is submitted: the pipeline writes _SUMMARY.json "
                         "(and the report) itself, after the outputs (Dataflow Flex Templates)")
-    g.add_argument("--no-report", dest="report", action="store_false",
+    g.add_argument("--no-report", dest="report", action="store_false", default=argparse.SUPPRESS,
                    help="do not write _REPORT.html and its figures")
-    g.add_argument("--quiet", action="store_true",
+    g.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS,
                    help="print the summary line only: no start line, no progress")
-    g.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS, default=None,
-                   help="logging level (default: WARNING, ERROR with --quiet)")
+    g.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS, default=argparse.SUPPRESS,
+                   help="level of bertbeam's log messages (default: WARNING, ERROR with --quiet)")
 
 
 @dataclass(frozen=True)
