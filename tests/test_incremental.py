@@ -279,3 +279,24 @@ def test_only_the_join_with_previous_runs_shuffles_documents(tmp_path, tiny_mode
                                                         "WriteDeadLetter"}
     assert grouping_steps("--previous", str(tmp_path / "out-1")) - without == {
         "JoinPrevious/JoinById", "JoinPrevious/SpreadPreviousRowGroups"}
+
+
+def test_the_join_keeps_the_first_location_that_has_the_unchanged_row():
+    """Per id: an unchanged text takes the earliest --previous location's row (rows left twice
+    by a killed run count once); a changed text is computed; a removed id yields nothing."""
+    from bertbeam.fingerprint import text_fingerprint
+    from bertbeam.incremental import CARRIED, TEXT_FP, _ChooseFn
+    from bertbeam.records import Document
+
+    fp = text_fingerprint("same text")
+    first, second = {"id": "a", TEXT_FP: fp, "n": 0}, {"id": "a", TEXT_FP: fp, "n": 1}
+    stale = {"id": "a", TEXT_FP: text_fingerprint("old text"), "n": 2}
+    doc = Document(id="a", text="same text")
+    out = list(_ChooseFn().process(("a", {"documents": [doc],
+                                          "previous": [(1, second), (2, stale), (0, first),
+                                                       (1, second)]})))
+    assert [(o.tag, o.value) for o in out] == [(CARRIED, first)]
+    changed = Document(id="a", text="new text")
+    assert list(_ChooseFn().process(("a", {"documents": [changed], "previous": [(0, first)]}))) == [
+        changed]
+    assert list(_ChooseFn().process(("a", {"documents": [], "previous": [(0, first)]}))) == []
