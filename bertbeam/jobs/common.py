@@ -248,7 +248,9 @@ def execute(job: Job, beam_args: list[str],
                       f"{summary.SUMMARY_FILE} when it ends.", file=sys.stderr)
                 return None
             result.wait_until_finish()
-            return summary.read_summary(job.output)
+            report = summary.read_summary(job.output)
+            check_accounting(report)  # a local launcher is still here to exit with status 3
+            return report
         result.wait_until_finish()
     job_id = result.job_id() if callable(getattr(result, "job_id", None)) else None
     finish = dataclasses.replace(finish, meta={**meta, "job_id": job_id})
