@@ -101,3 +101,20 @@ def test_the_schema_rejects_a_summary_that_breaks_it(tmp_path, tiny_model, corpu
                    {**summary, "model_fingerprint": "sha256:1"}):
         with pytest.raises(jsonschema.ValidationError):
             validate(broken)
+
+
+@pytest.mark.parametrize("wait", [True, False], ids=["waited", "no-wait"])
+def test_rows_missing_from_the_accounting_exit_3(tmp_path, tiny_model, corpus, monkeypatch,
+                                                capsys, wait):
+    """read != computed + carried_forward + dead_lettered (here: one row more in the footers
+    than the pipeline saw) is exit status 3, with the summary written to say so."""
+    from bertbeam import summary
+
+    real = summary.count_input_rows
+    monkeypatch.setattr(summary, "count_input_rows", lambda pattern: real(pattern) + 1)
+    code = run_cli("embed", "--input", corpus, "--output", tmp_path, "--quiet", "--no-report",
+                   "--model", tiny_model("bert", "base"), *([] if wait else ["--no-wait"]))
+    assert code == 3
+    assert "12 rows read but 10 computed + 0 carried forward + 1 dead-lettered" in (
+        capsys.readouterr().err)
+    assert read_summary(tmp_path)["accounted"] is False
