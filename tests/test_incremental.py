@@ -171,9 +171,12 @@ def test_a_rerun_killed_part_way_then_rerun_yields_each_id_once(tmp_path, tiny_m
     proc = subprocess.Popen([sys.executable, "-m", "bertbeam.cli", *argv], cwd=ROOT,
                             start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    deadline = time.time() + 180
-    while time.time() < deadline and not any(p.name.startswith(".temp-") for p in out.glob(".*")):
-        time.sleep(0.2)
+    # Killed once the writes begin: temporary shards, or final files before the summary (the
+    # temporary directory lives a fraction of a second, so the poll is fast).
+    deadline = time.time() + 300
+    while time.time() < deadline and not any(
+            p.name.startswith((".temp-", "results-")) for p in (out.iterdir() if out.exists() else ())):
+        time.sleep(0.01)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (out / "_SUMMARY.json").exists()
