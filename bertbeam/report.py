@@ -296,7 +296,7 @@ def _throughput(summary: dict) -> Panel:
     rate.set_ylabel("documents / s", color="#7a8aa3")
     rate.spines[["top"]].set_visible(False)
     mean = done[-1] / seconds[-1] if seconds[-1] > 0 else 0.0
-    return Panel("throughput", _png(fig), f"{int(done[-1])} documents in {seconds[-1]:.0f} s "
+    return Panel("throughput", _png(fig), f"{int(done[-1])} documents in {seconds[-1]:.1f} s "
                                           f"({mean:.1f} documents/s on average); dark: "
                                           "documents done, light: documents per second.")
 
