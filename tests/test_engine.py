@@ -63,9 +63,9 @@ def test_one_tokenizer_one_model_and_one_resolution_per_process(tmp_path, tiny_m
                    "--token-budget", "64") == 0
     assert len(read_output(tmp_path / "out")) == 10
     assert {name: calls.count(name) for name in set(calls)} == {
-        "from_pretrained": 1, "load_model": 1, "resolve_device": 1, "_build": 1,
-        # once on the launcher (a check before anything runs), once in the engine
-        "resolve_max_length": 2,
+        "from_pretrained": 1, "load_model": 1, "_build": 1,
+        # once on the launcher (a check, and the start line's device), once in the engine
+        "resolve_max_length": 2, "resolve_device": 2,
     }
 
 

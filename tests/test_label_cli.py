@@ -41,7 +41,8 @@ def test_classify_end_to_end(tmp_path, tiny_model, corpus):
     written, dead = _ids_accounted(out, ids)
     assert dead == {ids[-1]}
     schema = pq.read_schema(sorted(out.glob("results-*.parquet"))[0])
-    assert schema.names == ["id", "label", "score", "labels", "n_chunks", "truncated", "model"]
+    assert schema.names == ["id", "label", "score", "labels", "n_chunks", "truncated", "model",
+                            "text_fingerprint", "model_fingerprint", "job_fingerprint", "run_id"]
     assert schema.field("labels").type == pa.list_(
         pa.struct([pa.field("label", pa.string()), pa.field("score", pa.float32())]))
     assert schema.field("score").type == pa.float32()

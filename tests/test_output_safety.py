@@ -151,7 +151,7 @@ def test_a_full_disk_ends_in_one_line_without_partial_files(small_disk, tmp_path
     out = small_disk / "out"
     model = tiny_model("bert", "base")
     capsys.readouterr()
-    code = run_cli("embed", "--input", path, "--output", out, "--model", model)
+    code = run_cli("embed", "--input", path, "--output", out, "--model", model, "--quiet")
     err = capsys.readouterr().err
     assert code == 1, err[-3000:]
     assert "No space left on device" in err and "Traceback" not in err

@@ -123,7 +123,7 @@ def test_a_run_killed_part_way_then_rerun_leaves_one_complete_result_set(tmp_pat
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline and not any(p.name.startswith(".temp-") for p in out.glob(".*")):
-        time.sleep(0.2)
+        time.sleep(0.01)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (out / "_SUMMARY.json").exists(), "the killed run must not look complete"

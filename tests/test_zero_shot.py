@@ -69,7 +69,8 @@ def test_bertbeam_label_zero_shot_gets_separable_texts_right(tmp_path):
         assert (row["n_chunks"], row["truncated"], row["model"]) == (
             1, False, "embedded:all-MiniLM-L6-v2")
     schema = pq.read_schema(next(out.glob("results-*.parquet")))
-    assert schema.names == ["id", "label", "score", "labels", "n_chunks", "truncated", "model"]
+    assert schema.names == ["id", "label", "score", "labels", "n_chunks", "truncated", "model",
+                            "text_fingerprint", "model_fingerprint", "job_fingerprint", "run_id"]
     assert schema.field("score").type == pa.float32()
     assert schema.field("labels").type.value_type == pa.struct(
         [("label", pa.string()), ("score", pa.float32())])

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import apache_beam as beam
@@ -17,6 +18,9 @@ from bertbeam import checks, metrics, stopping, summary, writing
 from bertbeam.config import EMBEDDED_MODEL, BatchSpec, ModelSpec, RunSpec, TokenizeSpec
 from bertbeam.deadletter import DEAD_LETTER, DEAD_LETTER_SCHEMA
 from bertbeam.filesystems import url_to_fs
+from bertbeam.finish import AccountingError, FinishRun, WriteSummary, check_accounting
+from bertbeam.incremental import CARRIED, JoinPrevious, KeyByText, Stamp, StampResults
+from bertbeam.jobs.control import RunControl, add_control_args
 from bertbeam.reading import Columns, InputError, ReadDocuments, carried_fields, check_input
 from bertbeam.runlock import RunLock
 from bertbeam.runners import is_local, resolve_runner, torch_threads
@@ -27,9 +31,7 @@ from bertbeam.writing import WriteResults
 
 _LOG = logging.getLogger("bertbeam")
 
-
-class AccountingError(RuntimeError):
-    """Some input rows are neither in the results nor in the dead letter."""
+__all__ = ["AccountingError", "Job", "Prepared", "build", "execute", "main", "preflight"]
 
 
 class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -91,6 +93,7 @@ def add_common_args(parser: argparse.ArgumentParser, *, long_docs_default: str |
                         help="accept .bin/.pt weights (pickle can run code)")
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="run model code shipped with the checkpoint")
+    add_control_args(parser)
 
 
 def carry_columns(args: argparse.Namespace, text_columns: list[str]) -> tuple[str, ...]:
@@ -169,17 +172,34 @@ class Job:
     output: str
     columns: Columns
     sink: Any = None  # a bertbeam.vectordb sink (--sink), or None
+    control: RunControl = field(default_factory=RunControl)
 
 
-def preflight(job: Job, options: PipelineOptions | None = None):
+@dataclass(frozen=True)
+class Prepared:
+    """What the launcher checks establish: the model's config and fingerprint, this run's
+    stamp, the result schema (the task's columns, the carried ones, the stamp's) and the
+    earlier runs' files to carry rows from."""
+
+    config: Any
+    local_dir: str
+    stamp: Stamp
+    schema: Any
+    carry: tuple[Any, ...]
+    previous_files: list[tuple[int, str]]
+    started: float = field(default_factory=time.time)
+
+
+def preflight(job: Job, options: PipelineOptions | None = None) -> Prepared:
     """Fails with one clear line before anything starts: input, output, columns, model, task
-    fit, settings (:mod:`bertbeam.checks`).
-
-    Returns the model config, from which the task's output schema is derived.
-    """
+    fit, settings (:mod:`bertbeam.checks`), carried columns, ``--previous`` locations."""
     from bertbeam.engine import check_overflow, resolve_max_length
+    from bertbeam.fingerprint import job_fingerprint, model_fingerprint
+    from bertbeam.incremental import previous_result_files
     from bertbeam.models import check_task_fit, check_weights, resolve_model_dir
+    from bertbeam.runinfo import new_run_id
 
+    started = time.time()
     checks.check_location("--input", job.input)
     checks.check_output_outside_input(job.input, job.output)
     check_input(job.input, job.columns)
@@ -198,60 +218,150 @@ def preflight(job: Job, options: PipelineOptions | None = None):
     checks.check_window(tokenizer, max_length, job.run.tokenize, pairs=job.task.pair_input)
     if job.run.tokenize.long_docs == "chunk":
         check_overflow(tokenizer, max_length, job.run.tokenize.resolved_stride(max_length))
-    return config
+    carry = tuple(carried_fields(job.input, job.columns))
+    model_fp = model_fingerprint(local_dir)
+    stamp = Stamp(job_fingerprint=job_fingerprint(job.task, job.run, model_fp),
+                  model_fingerprint=model_fp, run_id=new_run_id(started))
+    schema = stamp.schema(with_carried(job.task.schema(config), carry))
+    previous = previous_result_files(job.control.previous, stamp, schema)
+    return Prepared(config, local_dir, stamp, schema, carry, previous, started)
 
 
-def build(p: beam.Pipeline, job: Job, config) -> None:
-    """Read -> infer -> write results and dead letter; the shape every task pipeline has."""
+def build(p: beam.Pipeline, job: Job, prepared: Prepared,
+          finish: FinishRun | None = None) -> None:
+    """Read -> [join with earlier runs] -> infer -> write results and dead letter [-> a vector
+    database: ``--sink``] [-> write the summary: ``finish``, for ``--no-wait``]; the shape
+    every task pipeline has."""
     read = p | "ReadDocuments" >> ReadDocuments(job.input, job.columns)
+    docs, carried = read["documents"], ()
+    if prepared.previous_files:
+        joined = docs | "JoinPrevious" >> JoinPrevious(prepared.previous_files,
+                                                       prepared.stamp.job_fingerprint)
+        docs, carried = joined["documents"], (joined[CARRIED],)
     # ReadDocuments has checked ids and texts already (with the same reasons).
-    carry = carried_fields(job.input, job.columns)
-    infer = InferDocuments(job.task, run=job.run, validate=False, carry=carry)
-    schema = with_carried(job.task.schema(config), tuple(carry))
-    inferred = read["documents"] | "Infer" >> infer
-    inferred["results"] | "WriteResults" >> WriteResults(job.output, schema=schema)
-    write_to_sink(inferred["results"], job.sink, schema)
-    (
-        (read[DEAD_LETTER], inferred[DEAD_LETTER])
+    infer = InferDocuments(job.task, run=job.run, validate=False, carry=prepared.carry)
+    inferred = docs | "KeyByText" >> KeyByText() | "Infer" >> infer
+    stamped = inferred | "StampResults" >> StampResults(prepared.stamp)
+    results = stamped["results"]
+    if carried:
+        results = (results, *carried) | "AllResults" >> beam.Flatten()
+    written = results | "WriteResults" >> WriteResults(job.output, schema=prepared.schema)
+    write_to_sink(results, job.sink, prepared.schema)
+    dead_written = (
+        (read[DEAD_LETTER], stamped[DEAD_LETTER])
         | "AllDeadLetters" >> beam.Flatten()
         | "WriteDeadLetter" >> WriteResults(job.output, schema=DEAD_LETTER_SCHEMA, prefix="dead_letter")
     )
+    if finish is not None:
+        (written, dead_written) | "WriteSummary" >> WriteSummary(finish)
 
 
 def execute(job: Job, beam_args: list[str],
-            bertbeam_parser: argparse.ArgumentParser | None = None) -> dict:
-    """Runs ``job`` to completion and writes ``_SUMMARY.json``; returns the summary.
+            bertbeam_parser: argparse.ArgumentParser | None = None) -> dict | None:
+    """Runs ``job``, writes ``_SUMMARY.json`` (and the report) and returns the summary; with
+    ``--no-wait`` on a remote runner, returns ``None`` once the job is submitted (its last
+    stage writes the summary).
 
-    Raises AccountingError when read != written + dead-lettered.
+    Raises AccountingError when read != computed + carried_forward + dead_lettered.
     """
     options = beam_options(beam_args, bertbeam_parser)
-    config = preflight(job, options)
-    fs, root = url_to_fs(job.output)
+    prepared = preflight(job, options)
     # One run at a time; the temporary files of this run (on failure) and of interrupted
     # earlier runs are removed while the lock is held.
     with RunLock(job.output):
         try:
-            if fs.exists(f"{root.rstrip('/')}/_SUMMARY.json"):
-                # A stale summary must not vouch for files this run is about to replace.
-                fs.rm(f"{root.rstrip('/')}/_SUMMARY.json")
-            start = time.perf_counter()
-            p = beam.Pipeline(runner=resolve_runner(options), options=options)
-            build(p, job, config)
-            result = p.run()
-            result.wait_until_finish()
-            counters = metrics.query_counters(result)
-            report = summary.build_summary(
-                counters, input_pattern=job.input, output_dir=job.output,
-                wall_seconds=time.perf_counter() - start, model=job.run.model.uri,
-                task=job.task.name)
-            summary.write_summary(job.output, report)
+            return _run(job, options, prepared)
         finally:
             writing.remove_temp_dirs(job.output)
-    if not report["accounted"]:
-        raise AccountingError(
-            f"{report['read']} rows read but {report['written']} written + "
-            f"{report['dead_lettered']} dead-lettered: rows are missing or duplicated.")
+
+
+def _run(job: Job, options: PipelineOptions, prepared: Prepared) -> dict | None:
+    from bertbeam import progress, runinfo
+    from bertbeam.reading import count_input_rows
+    from bertbeam.report import REPORT_FILE
+
+    fs, root = url_to_fs(job.output)
+    fs.makedirs(root, exist_ok=True)
+    for name in (summary.SUMMARY_FILE, REPORT_FILE):
+        if fs.exists(f"{root.rstrip('/')}/{name}"):
+            # A stale summary must not vouch for files this run is about to replace.
+            fs.rm(f"{root.rstrip('/')}/{name}")
+    local = is_local(options)
+    runtime = runinfo.resolve_runtime(job.run.model, local=local)
+    meta = run_metadata(job, prepared, runtime, options)
+    total = count_input_rows(job.input)
+    label = f"bertbeam {job.task.name}"
+    if not job.control.quiet:
+        print(start_line(label, job, prepared, runtime, total), file=sys.stderr, flush=True)
+    mode = progress.choose_mode(sys.stderr, quiet=job.control.quiet, local=local)
+    with progress.LiveProgress(total, mode=mode, label=label) as live:
+        finish = FinishRun(
+            input=job.input, output=job.output, task=job.task.name, model=job.run.model.uri,
+            run_id=prepared.stamp.run_id, meta=meta, pipeline_started=time.time(),
+            process_started=runinfo.process_started(), report=job.control.report,
+            tally_dir=live.directory if local else None,
+            previous_output=job.control.previous[0] if job.control.previous else None)
+        p = beam.Pipeline(runner=resolve_runner(options), options=options)
+        build(p, job, prepared, None if job.control.wait else finish)
+        result = p.run()
+        if not job.control.wait:
+            if not local:
+                print(f"{label}: submitted; the job writes {job.output.rstrip('/')}/"
+                      f"{summary.SUMMARY_FILE} when it ends.", file=sys.stderr)
+                return None
+            result.wait_until_finish()
+            report = summary.read_summary(job.output)
+            check_accounting(report)  # a local launcher is still here to exit with status 3
+            return report
+        result.wait_until_finish()
+    job_id = result.job_id() if callable(getattr(result, "job_id", None)) else None
+    finish = dataclasses.replace(finish, meta={**meta, "job_id": job_id})
+    report = finish(metrics.query_counters(result), live.samples if local else [])
+    check_accounting(report)
     return report
+
+
+def run_metadata(job: Job, prepared: Prepared, runtime: dict[str, Any],
+                 options: PipelineOptions) -> dict[str, Any]:
+    """Everything ``_SUMMARY.json`` says about the run besides its counts and timings."""
+    from apache_beam.options.pipeline_options import GoogleCloudOptions, StandardOptions
+
+    from bertbeam import runinfo
+    from bertbeam.models import split_revision
+
+    runner = options.view_as(StandardOptions).runner
+    embedding = prepared.schema.field("embedding") if "embedding" in prepared.schema.names else None
+    model_fp = prepared.stamp.model_fingerprint
+    return {
+        "schema_version": runinfo.SUMMARY_SCHEMA_VERSION,
+        "run_id": prepared.stamp.run_id,
+        "runner": runner if isinstance(runner, str) else type(runner).__name__ if runner else "DirectRunner",
+        "job_name": options.view_as(GoogleCloudOptions).job_name,
+        "job_id": None,
+        "started_at": runinfo.utc_iso(runinfo.process_started()),
+        "versions": runinfo.versions(),
+        "input": job.input,
+        "output": job.output,
+        "previous": list(job.control.previous),
+        "model_revision": (split_revision(job.run.model.uri)[1]
+                           or (model_fp[4:] if model_fp.startswith("rev:") else None)),
+        "model_fingerprint": model_fp,
+        "job_fingerprint": prepared.stamp.job_fingerprint,
+        **runtime,
+        "embedding_dimension": embedding.type.list_size if embedding is not None else None,
+        "options": job.control.options,
+    }
+
+
+def start_line(label: str, job: Job, prepared: Prepared, runtime: dict[str, Any], total: int) -> str:
+    """The line a job prints when it starts: what runs where, resolved."""
+    threads = runtime["threads"] if runtime["threads"] is not None else "auto"
+    streams = runtime["streams"] if runtime["streams"] is not None else "auto"
+    previous = (f"; carrying unchanged rows from {len(job.control.previous)} earlier run(s)"
+                if job.control.previous else "")
+    return (f"{label}: {total} documents; model {job.run.model.uri} "
+            f"({prepared.stamp.model_fingerprint}); device {runtime['device']}, dtype "
+            f"{runtime['dtype']}, {threads} threads, {streams} streams{previous}")
 
 
 def main(make_job: Callable[[list[str] | None], tuple[Job, list[str]]], argv: list[str] | None,
@@ -264,6 +374,7 @@ def main(make_job: Callable[[list[str] | None], tuple[Job, list[str]]], argv: li
     try:
         with stopping.interrupts():
             job, beam_args = make_job(argv)
+            _set_log_level(job.control)
             report = execute(job, beam_args, parser)
     except (InputError, ModelLoadError, ValueError, BrokenTokenizerError) as exc:
         print(f"bertbeam: error: {exc}", file=sys.stderr)
@@ -281,5 +392,15 @@ def main(make_job: Callable[[list[str] | None], tuple[Job, list[str]]], argv: li
             raise
         print(f"bertbeam: error: the run failed: {line}", file=sys.stderr)
         return 1
-    print(summary.summary_line(report))
+    if report is not None:
+        print(summary.summary_line(report))
     return 0
+
+
+def _set_log_level(control: RunControl) -> None:
+    """``--log-level`` for bertbeam's loggers; Beam's and the rest stay at WARNING (ERROR with
+    ``--quiet``, which also quiets bertbeam unless a level is given)."""
+    quiet = logging.ERROR if control.quiet else logging.WARNING
+    logging.getLogger().setLevel(quiet)
+    logging.getLogger("bertbeam").setLevel(control.log_level or quiet)
+

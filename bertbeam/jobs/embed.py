@@ -9,6 +9,7 @@ from typing import get_args
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from bertbeam.jobs.common import Job, add_common_args, carry_columns, main, new_parser, run_spec
+from bertbeam.jobs.control import run_control
 from bertbeam.reading import Columns
 from bertbeam.tasks.embed import EmbedTask, Pooling
 from bertbeam.vectordb import add_sink_args, sink_from_args
@@ -44,7 +45,7 @@ def make_job(argv: list[str] | None) -> tuple[Job, list[str]]:
     job = Job(task=task, run=run_spec(args, PipelineOptions(beam_args)), input=args.input,
               output=args.output, columns=Columns(id=args.id_column, text=args.text_column,
                               carry=carry_columns(args, [args.text_column])),
-              sink=sink_from_args(args))
+              sink=sink_from_args(args), control=run_control(args, beam_args))
     return job, beam_args
 
 

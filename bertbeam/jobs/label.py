@@ -13,6 +13,7 @@ from collections import defaultdict
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from bertbeam.jobs.common import Job, add_common_args, carry_columns, main, new_parser, run_spec
+from bertbeam.jobs.control import run_control
 from bertbeam.reading import Columns
 from bertbeam.tasks import TASKS, make_task
 from bertbeam.tasks.base import TaskOption, task_options
@@ -122,7 +123,7 @@ def make_job(argv: list[str] | None) -> tuple[Job, list[str]]:
         columns = Columns(id=args.id_column, text=args.text_column,
                           carry=carry_columns(args, [args.text_column]))
     job = Job(task=task, run=run_spec(args, PipelineOptions(beam_args)), input=args.input,
-              output=args.output, columns=columns)
+              output=args.output, columns=columns, control=run_control(args, beam_args))
     task.check_tokenize(job.run.tokenize)
     return job, beam_args
 

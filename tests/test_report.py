@@ -1,0 +1,109 @@
+"""The run report: ``_REPORT.html`` renders every panel in a real browser; labels that moved
+since the previous run are flagged; ``bertbeam report`` and the job write it."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bertbeam.report import PANELS, REPORT_FILE, panels_for
+from tests.conftest import SAMPLE_TEXTS, read_summary, run_cli, write_corpus
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--no-first-run", "--hide-scrollbars"]
+
+
+def _chromium() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    pytest.skip("no chromium on PATH (.ci/run installs Debian's chromium with apt-get)")
+
+
+def screenshot(page: Path, png: Path, tmp_path: Path, size: str = "1400,2400") -> np.ndarray:
+    """The page as headless Chromium draws it, as an RGB array."""
+    from PIL import Image
+
+    proc = subprocess.run(
+        [_chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chromium-profile'}",
+         f"--window-size={size}", f"--screenshot={png}", page.as_uri()],
+        capture_output=True, text=True, timeout=120, check=False)
+    assert png.exists(), proc.stderr[-2000:]
+    return np.asarray(Image.open(png).convert("RGB"))
+
+
+def panel_pixels(image: np.ndarray, key: str) -> int:
+    """Pixels of ``key``'s frame colour: only its figure (or table) has that colour."""
+    rgb = tuple(int(PANELS[key][1][i:i + 2], 16) for i in (1, 3, 5))
+    return int((image == rgb).all(axis=-1).sum())
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_model, tmp_path_factory) -> dict[str, Path]:
+    """A classify run, a rerun with more negative texts and ``--previous``, and an embed run."""
+    root = tmp_path_factory.mktemp("report")
+    ids = [f"d{i}" for i in range(len(SAMPLE_TEXTS) + 1)]
+    day1 = write_corpus(root / "in-1" / "p.parquet", {"id": ids, "text": [*SAMPLE_TEXTS, None]})
+    day2 = write_corpus(root / "in-2" / "p.parquet",
+                        {"id": ids, "text": [*SAMPLE_TEXTS[:5], *["short"] * 5, None]})
+    classify = ["label", "--task", "classify", "--model", tiny_model("bert", "classify"), "--quiet"]
+    out = {"day-1": root / "day-1", "day-2": root / "day-2", "embed": root / "embed"}
+    assert run_cli(*classify, "--input", day1, "--output", out["day-1"]) == 0
+    assert run_cli(*classify, "--input", day2, "--output", out["day-2"],
+                   "--previous", out["day-1"]) == 0
+    assert run_cli("embed", "--model", tiny_model("bert", "base"), "--quiet", "--input", day1,
+                   "--output", out["embed"]) == 0
+    return out
+
+
+@pytest.mark.parametrize("run", ["day-2", "embed"])
+def test_every_panel_renders_in_headless_chromium(runs, run, tmp_path):
+    """The job's own _REPORT.html, opened in Chromium: each panel's figure is on screen."""
+    page = runs[run] / REPORT_FILE
+    image = screenshot(page, tmp_path / f"{run}.png", tmp_path)
+    task = read_summary(runs[run])["task"]
+    expected = panels_for(task)
+    assert set(expected) >= ({"labels", "scores"} if task == "classify" else {"norms", "neighbours"})
+    shown = {key: panel_pixels(image, key) for key in expected}
+    assert all(n > 2000 for n in shown.values()), shown
+    absent = {key: panel_pixels(image, key) for key in set(PANELS) - set(expected)}
+    assert not any(absent.values()), absent
+    html = page.read_text()
+    assert "http://" not in html and "https://" not in html  # self-contained
+    assert html.count("data:image/png;base64,") == len([k for k in expected if k != "neighbours"])
+    for key in expected:
+        if key != "neighbours":
+            assert (runs[run] / f"_REPORT-{key}.png").exists()
+
+
+def test_labels_that_moved_are_flagged():
+    from bertbeam.report import _labels
+
+    before = {"label_distribution": {"positive": 50, "negative": 45, "neutral": 5}}
+    now = {"label_distribution": {"positive": 80, "negative": 16, "neutral": 4}}
+    panel = _labels(now, before, threshold=0.05)
+    assert panel.png is not None
+    assert panel.note == "Flagged (moved more than 5 percentage points): positive, negative."
+    assert "No label moved" in _labels(now, now, threshold=0.05).note
+    assert "No previous run" in _labels(now, None, threshold=0.05).note
+
+
+def test_report_command_and_no_report(runs, tiny_model, tmp_path, capsys):
+    """``bertbeam report`` rewrites a run's report (here against its previous run);
+    ``--no-report`` leaves none; a directory without a summary is exit status 2."""
+    (runs["day-1"] / REPORT_FILE).unlink()
+    assert run_cli("report", runs["day-1"]) == 0
+    assert (runs["day-1"] / REPORT_FILE).exists()
+    assert run_cli("report", runs["day-2"], "--previous", runs["day-1"]) == 0
+    assert "previous run" in (runs["day-2"] / REPORT_FILE).read_text()
+    assert run_cli("report", tmp_path) == 2
+    assert "cannot write the report" in capsys.readouterr().err
+    corpus = write_corpus(tmp_path / "in" / "p.parquet", {"id": ["a"], "text": ["hello"]})
+    assert run_cli("embed", "--model", tiny_model("bert", "base"), "--quiet", "--no-report",
+                   "--input", corpus, "--output", tmp_path / "out") == 0
+    assert not list((tmp_path / "out").glob("_REPORT*"))
