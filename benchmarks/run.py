@@ -101,15 +101,18 @@ def measure(entries: dict[str, tuple[str, Job]], reps: int, *, timeout: float | 
 
 def warm_onnx_exports(model_dir: str, names: list[str], log) -> dict[str, float]:
     """Exports the model for the ONNX contenders before anything is timed (the export is a
-    once-per-model cost, cached like a model download); returns the seconds each took."""
-    from bertbeam.config import ModelSpec
-    from bertbeam.models import load_model
+    once-per-model cost, cached like a model download); returns the seconds each took.
 
+    In a process of its own: a contender forked from a parent that holds a model starts with
+    the parent's pages in its peak RSS (Linux counts them at fork), which would blur every
+    contender's memory figure."""
     seconds = {}
     for name in names:
         start = time.perf_counter()
-        load_model(ModelSpec(uri=model_dir, backend="onnx", quantize=ONNX_CONTENDERS[name]),
-                   "AutoModel")
+        code = ("from bertbeam.config import ModelSpec; from bertbeam.models import load_model; "
+                f"load_model(ModelSpec(uri={model_dir!r}, backend='onnx', "
+                f"quantize={ONNX_CONTENDERS[name]!r}), 'AutoModel')")
+        subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
         seconds[name] = round(time.perf_counter() - start, 1)
         log(f"  {name}: ONNX export ready in {seconds[name]} s (cached for the timed runs)")
     return seconds
