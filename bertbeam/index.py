@@ -31,6 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from bertbeam.filesystems import url_to_fs
 from bertbeam.fingerprint import model_fingerprint
 
 _LOG = logging.getLogger(__name__)
@@ -165,12 +166,6 @@ def query_prompt(local_dir: str) -> str | None:
     return prompts.get("query") or None
 
 
-def _fs(url: str) -> tuple[Any, str]:
-    import fsspec
-
-    return fsspec.core.url_to_fs(url)
-
-
 def _check_results_schema(url: str, schema: pa.Schema, first: pa.Schema | None) -> int:
     """The embedding dimension of a results file; refuses files that are not embed results
     or do not match the first file."""
@@ -195,7 +190,7 @@ def _check_results_schema(url: str, schema: pa.Schema, first: pa.Schema | None) 
 
 def _document_prompt(files: Sequence[str]) -> str | None:
     """The prompt the run embedded documents with, when its ``_SUMMARY.json`` records one."""
-    fs, path = _fs(files[0])
+    fs, path = url_to_fs(files[0])
     summary_path = f"{path.rsplit('/', 1)[0]}/_SUMMARY.json"
     if not fs.exists(summary_path):
         return None
@@ -205,7 +200,7 @@ def _document_prompt(files: Sequence[str]) -> str | None:
 
 def _batches(files: Sequence[str], columns: list[str], rows: int) -> Iterator[tuple[str, pa.RecordBatch]]:
     for url in files:
-        fs, path = _fs(url)
+        fs, path = url_to_fs(url)
         with fs.open(path, "rb") as f:
             for batch in pq.ParquetFile(f).iter_batches(batch_size=rows, columns=columns):
                 yield url, batch
@@ -251,7 +246,7 @@ def build_index(embeddings: str, output: str, *, spec: IndexSpec | None = None) 
         raise SearchIndexError(f"--embeddings {embeddings!r} matches no files.")
     first_schema = None
     for url in files:
-        fs, path = _fs(url)
+        fs, path = url_to_fs(url)
         with fs.open(path, "rb") as f:
             schema = pq.ParquetFile(f).schema_arrow
         dim = _check_results_schema(url, schema, first_schema)
@@ -312,7 +307,7 @@ def build_index(embeddings: str, output: str, *, spec: IndexSpec | None = None) 
 def _publish(workdir: Path, output: str) -> None:
     """Copies the built files to ``output``, the manifest last (and an old one removed first),
     so a reader never sees a manifest beside files it does not describe."""
-    fs, root = _fs(output)
+    fs, root = url_to_fs(output)
     root = root.rstrip("/")
     fs.makedirs(root, exist_ok=True)
     if fs.exists(f"{root}/{MANIFEST_FILE}"):
@@ -354,7 +349,7 @@ class SearchIndex:
             SearchIndexError: ``location`` holds no complete bertbeam index.
         """
         faiss = _require_faiss()
-        fs, root = _fs(location)
+        fs, root = url_to_fs(location)
         root = root.rstrip("/")
         if not fs.exists(f"{root}/{MANIFEST_FILE}"):
             raise SearchIndexError(f"{location} is not a bertbeam index (no {MANIFEST_FILE}; build one "

@@ -56,25 +56,15 @@ def _require_onnxruntime() -> Any:
     return onnxruntime
 
 
-def fingerprint(local_dir: str) -> str:
-    """A hash of a checkpoint's config and weight files (names, sizes and contents)."""
-    digest = hashlib.sha256()
-    for path in sorted(Path(local_dir).glob("*")):
-        if path.is_file() and (path.suffix in (".json", ".safetensors", ".bin", ".txt")):
-            digest.update(path.name.encode())
-            with path.open("rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(block)
-    return digest.hexdigest()[:24]
-
-
 def export_dir(local_dir: str, model_class: str, quantize: str, cache_root: Path) -> Path:
     """Where the export of this checkpoint, head and quantization lives in the cache."""
     import onnxruntime
     import torch
     import transformers
 
-    key = json.dumps([fingerprint(local_dir), model_class, quantize, EXPORT_VERSION, OPSET,
+    from bertbeam.fingerprint import model_fingerprint
+
+    key = json.dumps([model_fingerprint(local_dir), model_class, quantize, EXPORT_VERSION, OPSET,
                       torch.__version__, transformers.__version__, onnxruntime.__version__])
     return cache_root / "onnx" / hashlib.sha256(key.encode()).hexdigest()[:24]
 

@@ -56,11 +56,9 @@ class Skips:
 
 def expand(pattern: str) -> list[str]:
     """Sorted full URLs of the files matching ``pattern``; an error when there are none."""
-    import fsspec
+    from bertbeam.filesystems import expand_glob
 
-    fs, path = fsspec.core.url_to_fs(pattern)
-    paths = fs.glob(path) if any(c in path for c in "*?[") else [path]
-    files = sorted(fs.unstrip_protocol(p) for p in paths if fs.exists(p) and not fs.isdir(p))
+    files = expand_glob(pattern)
     if not files:
         raise TrainingDataError(f"{pattern!r} matches no files.")
     return files
