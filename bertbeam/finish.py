@@ -39,6 +39,7 @@ class FinishRun:
     report: bool = True
     tally_dir: str | None = None
     previous_output: str | None = None
+    read: int | None = None  # input units from the footers, counted once on the launcher
 
     def __call__(self, counters: dict[str, int] | None = None,
                  samples: list[list[float]] | None = None) -> dict[str, Any]:
@@ -64,7 +65,7 @@ class FinishRun:
         report = summary.build_summary(
             counters, input_pattern=self.input, output_dir=self.output,
             wall_seconds=meta["pipeline_seconds"], model=self.model, task=self.task,
-            run_id=self.run_id, metadata=meta)
+            run_id=self.run_id, metadata=meta, read=self.read)
         summary.write_summary(self.output, report)
         if self.report:
             self._write_report()

@@ -23,17 +23,20 @@ def build_summary(
     task: str,
     run_id: str | None = None,
     metadata: dict | None = None,
+    read: int | None = None,
 ) -> dict:
     """The run summary: ``read`` from the input files' footers, ``written`` and
     ``dead_lettered`` from the finalized output files, ``computed`` from their ``run_id``
     column (``carried_forward`` is the rest), tokens and windows from ``counters`` (``None``
-    where a counter is unknown), then ``metadata``.
+    where a counter is unknown), then ``metadata``. ``read`` is the footers' count when the
+    launcher has taken it already (for the progress total), else it is counted here.
 
     The accounting invariant: read = computed + carried_forward + dead_lettered.
     """
     from bertbeam.incremental import count_computed
 
-    read = count_input_rows(input_pattern)
+    if read is None:
+        read = count_input_rows(input_pattern)
     written = count_rows(output_dir, "results")
     dead = count_rows(output_dir, "dead_letter")
     computed = count_computed(output_dir, run_id) if run_id else written

@@ -300,7 +300,8 @@ def _run(job: Job, options: PipelineOptions, prepared: Prepared) -> dict | None:
             run_id=prepared.stamp.run_id, meta=meta, pipeline_started=time.time(),
             process_started=runinfo.process_started(), report=job.control.report,
             tally_dir=live.directory if local else None,
-            previous_output=job.control.previous[0] if job.control.previous else None)
+            previous_output=job.control.previous[0] if job.control.previous else None,
+            read=total)
         p = beam.Pipeline(runner=resolve_runner(options), options=options)
         build(p, job, prepared, None if job.control.wait else finish)
         result = p.run()
