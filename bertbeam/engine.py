@@ -30,7 +30,7 @@ import numpy as np
 from apache_beam.utils import shared
 
 from bertbeam import metrics
-from bertbeam.config import ModelSpec, TokenizeSpec
+from bertbeam.config import ModelSpec, RunSpec, TokenizeSpec
 from bertbeam.deadletter import PREVIEW_CHARS, DeadLetter, Reason, Stage
 from bertbeam.records import Batch, Document, Window, WindowOutput
 from bertbeam.tasks.base import Task, TaskInputError
@@ -58,6 +58,19 @@ class EngineSpec:
     @property
     def key(self) -> str:
         return hashlib.sha256(pickle.dumps(self)).hexdigest()
+
+
+def engine_spec(task: Task, run: RunSpec | None) -> EngineSpec:
+    """The EngineSpec of a task and run; a run made for the task when none is given (fill-mask
+    then reads first windows only)."""
+    if not isinstance(task, Task):
+        raise TypeError(f"task must be a bertbeam Task such as EmbedTask(), got "
+                        f"{type(task).__name__}: {task!r}.")
+    if run is None:
+        run = RunSpec(tokenize=TokenizeSpec(long_docs=task.default_long_docs))
+    if not isinstance(run, RunSpec):
+        raise TypeError(f"run must be a RunSpec or None, got {type(run).__name__}.")
+    return EngineSpec(run.model, run.tokenize, task)
 
 
 def resolve_max_length(tokenizer: Any, config: Any, local_dir: str, spec: TokenizeSpec) -> int:

@@ -18,10 +18,9 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 from bertbeam.batching import cut_batches, device_batch_spec
 from bertbeam.config import RunSpec
 from bertbeam.deadletter import DeadLetter, DeadLetterError, Reason
-from bertbeam.engine import Engine
+from bertbeam.engine import Engine, engine_spec
 from bertbeam.records import Document, WindowOutput
 from bertbeam.tasks.base import Task
-from bertbeam.tokenization import engine_spec
 from bertbeam.validation import check_document
 
 Example = str | tuple[str, str]

@@ -10,11 +10,10 @@ import apache_beam as beam
 from apache_beam.transforms.window import GlobalWindows
 
 from bertbeam.config import RunSpec
-from bertbeam.engine import Engine, EngineSpec
+from bertbeam.engine import Engine, EngineSpec, engine_spec
 from bertbeam.memory import HeapTrimmer
 from bertbeam.records import Batch, WindowOutput
 from bertbeam.tasks.base import Task
-from bertbeam.tokenization import engine_spec
 
 
 class _RunModelFn(beam.DoFn):

@@ -13,10 +13,9 @@ from apache_beam.utils.windowed_value import WindowedValue
 from bertbeam import metrics
 from bertbeam.config import RunSpec
 from bertbeam.deadletter import DEAD_LETTER, DeadLetter
-from bertbeam.engine import Engine, EngineSpec
+from bertbeam.engine import Engine, EngineSpec, engine_spec
 from bertbeam.records import WindowOutput, beam_row_type, to_beam_row
 from bertbeam.tasks.base import Task
-from bertbeam.tokenization import engine_spec
 
 
 def _in_window_order(outputs: list[WindowOutput]) -> list[WindowOutput]:

@@ -10,7 +10,7 @@ import apache_beam as beam
 from bertbeam.buffering import BufferedDoFn
 from bertbeam.config import RunSpec
 from bertbeam.deadletter import DEAD_LETTER, emit
-from bertbeam.engine import Engine, EngineSpec
+from bertbeam.engine import Engine, EngineSpec, engine_spec
 from bertbeam.records import Document, Window
 from bertbeam.tasks.base import Task
 
@@ -50,18 +50,3 @@ class Tokenize(beam.PTransform):
     def expand(self, docs: beam.PCollection[Document]) -> beam.pvalue.DoOutputsTuple:
         return docs | "Tokenize" >> beam.ParDo(_TokenizeFn(self._spec)).with_output_types(
             Window).with_outputs(DEAD_LETTER, main="windows")
-
-
-def engine_spec(task: Task, run: RunSpec | None) -> EngineSpec:
-    """The EngineSpec of a task and run; a run made for the task when none is given (fill-mask
-    then reads first windows only)."""
-    if not isinstance(task, Task):
-        raise TypeError(f"task must be a bertbeam Task such as EmbedTask(), got "
-                        f"{type(task).__name__}: {task!r}.")
-    if run is None:
-        from bertbeam.config import TokenizeSpec
-
-        run = RunSpec(tokenize=TokenizeSpec(long_docs=task.default_long_docs))
-    if not isinstance(run, RunSpec):
-        raise TypeError(f"run must be a RunSpec or None, got {type(run).__name__}.")
-    return EngineSpec(run.model, run.tokenize, task)

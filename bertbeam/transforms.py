@@ -11,12 +11,13 @@ from apache_beam.transforms.window import GlobalWindows
 from bertbeam.batching import BatchByTokens
 from bertbeam.config import RunSpec
 from bertbeam.deadletter import DEAD_LETTER, DeadLetter
+from bertbeam.engine import engine_spec
 from bertbeam.inference import RunModel
 from bertbeam.postprocess import MergeWindows, Postprocess
 from bertbeam.records import Document
 from bertbeam.tasks.base import Task
 from bertbeam.tasks.embed import EmbedTask
-from bertbeam.tokenization import Tokenize, engine_spec
+from bertbeam.tokenization import Tokenize
 from bertbeam.validation import ValidateDocuments
 
 
