@@ -29,6 +29,8 @@ RESULTS_FORMAT = 1
 so that rows of an older bertbeam are recomputed rather than carried forward."""
 
 TEXT_FINGERPRINT_CHARS = 32
+STAMP_COLUMNS = ("text_fingerprint", "model_fingerprint", "job_fingerprint", "run_id")
+"""The columns a job stamps on every result row it computes (after the task's columns)."""
 _HUB_SNAPSHOT = re.compile(r"/snapshots/([0-9a-f]{40})/?$")
 _PARTIAL_HASH_BYTES = 1 << 20
 

@@ -32,15 +32,14 @@ import pyarrow.parquet as pq
 from bertbeam import metrics
 from bertbeam.deadletter import DEAD_LETTER, DeadLetter
 from bertbeam.filesystems import expand_glob, url_to_fs
-from bertbeam.fingerprint import TEXT_FINGERPRINT_CHARS, text_fingerprint
+from bertbeam.fingerprint import STAMP_COLUMNS, TEXT_FINGERPRINT_CHARS, text_fingerprint
 from bertbeam.reading import InputError
 from bertbeam.records import Document, as_dict
 
 _LOG = logging.getLogger("bertbeam")
 
-TEXT_FP, MODEL_FP, JOB_FP, RUN_ID = "text_fingerprint", "model_fingerprint", "job_fingerprint", "run_id"
-STAMP_FIELDS = [pa.field(name, pa.string(), nullable=False)
-                for name in (TEXT_FP, MODEL_FP, JOB_FP, RUN_ID)]
+TEXT_FP, MODEL_FP, JOB_FP, RUN_ID = STAMP_COLUMNS
+STAMP_FIELDS = [pa.field(name, pa.string(), nullable=False) for name in STAMP_COLUMNS]
 """The columns every job result row ends with."""
 
 CARRIED = "carried"

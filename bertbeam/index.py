@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bertbeam.filesystems import url_to_fs
-from bertbeam.fingerprint import model_fingerprint
+from bertbeam.fingerprint import STAMP_COLUMNS, model_fingerprint
 
 _LOG = logging.getLogger(__name__)
 
@@ -41,11 +41,9 @@ FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 VECTORS_FILE = "vectors.faiss"
 ROWS_FILE = "rows.parquet"
-TASK_COLUMNS = ("embedding", "n_tokens", "n_chunks", "truncated", "model",
-                "text_fingerprint", "model_fingerprint", "job_fingerprint", "run_id")
-"""The embed job's own columns (and its run stamp): everything else in a row was carried."""
-"""Columns of the embed results that describe the embedding run, not the document; the
-index keeps ``id`` and every other (carried) column."""
+TASK_COLUMNS = ("embedding", "n_tokens", "n_chunks", "truncated", "model", *STAMP_COLUMNS)
+"""Columns of the embed results that describe the embedding run, not the document (the embed
+task's own and the run's stamp); the index keeps ``id`` and every other (carried) column."""
 _ROWS_PER_GROUP = 1024
 _CACHED_GROUPS = 64
 
