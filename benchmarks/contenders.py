@@ -126,7 +126,8 @@ def _bertbeam(job: Job, extra: list[str]) -> Outcome:
 
 class _BatchClock:
     """When bertbeam's engine starts its first model batch and finishes its last: wraps
-    ``Engine.launch`` (a batch starts) and ``Engine.fetch`` (its outputs are on the host)."""
+    ``Engine.submit`` (a plan's batches start) and ``Engine.collect`` (its outputs are on the
+    host)."""
 
     def __init__(self) -> None:
         self.first: float | None = None
@@ -138,23 +139,23 @@ class _BatchClock:
         from bertbeam.engine import Engine
 
         clock = cls()
-        launch, fetch = Engine.launch, Engine.fetch
+        submit, collect = Engine.submit, Engine.collect
 
-        def timed_launch(engine: Engine, batch: Any) -> Any:
+        def timed_submit(engine: Engine, plan: Any) -> Any:
             if clock.first is None:
                 clock.first = time.perf_counter()
-            return launch(engine, batch)
+            return submit(engine, plan)
 
-        def timed_fetch(engine: Engine, launched: Any) -> Any:
-            outputs = fetch(engine, launched)
+        def timed_collect(engine: Engine, plan: Any, launched: Any) -> Any:
+            outputs = collect(engine, plan, launched)
             clock.last = time.perf_counter()
             return outputs
 
-        Engine.launch, Engine.fetch = timed_launch, timed_fetch
+        Engine.submit, Engine.collect = timed_submit, timed_collect
         try:
             yield clock
         finally:
-            Engine.launch, Engine.fetch = launch, fetch
+            Engine.submit, Engine.collect = submit, collect
 
 
 class _TokenCounter:

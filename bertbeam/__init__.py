@@ -18,9 +18,19 @@ from bertbeam.engine import Engine, EngineSpec
 from bertbeam.gcs import configure_emulator as _configure_emulator
 from bertbeam.inference import RunModel
 from bertbeam.models import ModelLoadError
-from bertbeam.postprocess import MergeWindows, Postprocess
+from bertbeam.postprocess import Postprocess
 from bertbeam.reading import Columns, InputError, ReadDocuments
-from bertbeam.records import Batch, Document, Window, WindowOutput
+from bertbeam.records import (
+    BatchPlan,
+    ChunkOutputs,
+    Document,
+    DocumentChunk,
+    OutputChunk,
+    Results,
+    Window,
+    WindowChunk,
+    WindowOutput,
+)
 from bertbeam.tasks import TASKS, make_task
 from bertbeam.tasks.base import Task, TaskInputError
 from bertbeam.tasks.classify import ClassifyTask
@@ -29,8 +39,8 @@ from bertbeam.tasks.entities import EntitiesTask
 from bertbeam.tasks.fill_mask import FillMaskTask
 from bertbeam.tasks.qa import QATask
 from bertbeam.tasks.zero_shot import ZeroShotTask
-from bertbeam.tokenization import Tokenize
-from bertbeam.transforms import EmbedDocuments, InferDocuments, LabelDocuments
+from bertbeam.tokenization import ChunkDocuments, Tokenize
+from bertbeam.transforms import EmbedDocuments, InferChunks, InferDocuments, LabelDocuments
 from bertbeam.validation import ValidateDocuments
 from bertbeam.writing import WriteResults
 
@@ -55,31 +65,36 @@ __all__ = [
     "EMBEDDED_MODEL",
     "REASONS",
     "TASKS",
-    "Batch",
     "BatchByTokens",
+    "BatchPlan",
     "BatchSpec",
     "BertModelHandler",
+    "ChunkDocuments",
+    "ChunkOutputs",
     "ClassifyTask",
     "Columns",
     "DeadLetter",
     "DeadLetterError",
     "Document",
+    "DocumentChunk",
     "EmbedDocuments",
     "EmbedTask",
     "Engine",
     "EngineSpec",
     "EntitiesTask",
     "FillMaskTask",
+    "InferChunks",
     "InferDocuments",
     "InputError",
     "LabelDocuments",
-    "MergeWindows",
     "ModelLoadError",
     "ModelSpec",
+    "OutputChunk",
     "Postprocess",
     "QATask",
     "ReadDocuments",
     "Reason",
+    "Results",
     "RunModel",
     "RunSpec",
     "Stage",
@@ -89,6 +104,7 @@ __all__ = [
     "TokenizeSpec",
     "ValidateDocuments",
     "Window",
+    "WindowChunk",
     "WindowOutput",
     "WriteResults",
     "ZeroShotTask",

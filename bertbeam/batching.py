@@ -3,101 +3,60 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import replace
 
 import apache_beam as beam
-import numpy as np
 
 from bertbeam import metrics
 from bertbeam.buffering import BufferedDoFn
 from bertbeam.config import BatchSpec
-from bertbeam.engine import GPU_PAD_MULTIPLE, Engine, EngineSpec
-from bertbeam.records import Batch, Window
-
-
-def padded_length(length: int, multiple: int) -> int:
-    """``length`` rounded up to a multiple of ``multiple`` (tensor cores and SIMD like it)."""
-    return -(-length // multiple) * multiple
-
-
-def cut_batches(windows: list[Window], spec: BatchSpec) -> list[Batch]:
-    """Sorts ``windows`` longest first and cuts them into batches of at most
-    ``spec.token_budget`` padded tokens and ``spec.max_batch_size`` windows.
-
-    Where to cut is solved exactly (a dynamic programme over the sorted lengths) for the
-    least padded tokens plus ``spec.batch_overhead_tokens`` per batch: cutting only by count
-    would put a 40-token and a 10-token window in one batch whenever both fit. A window
-    longer than the whole budget still gets a batch of its own.
-    """
-    ordered = sorted(windows, key=lambda w: w.length, reverse=True)
-    n = len(ordered)
-    if n == 0:
-        return []
-    # Unresolved ``auto`` (a call outside a worker) keeps the GPU-safe rounding.
-    multiple = GPU_PAD_MULTIPLE if spec.pad_multiple == "auto" else spec.pad_multiple
-    padded = np.array([padded_length(w.length, multiple) for w in ordered], dtype=np.int64)
-    # best[i]: least cost of batching ordered[i:]; cut[i]: end of the first batch in that plan.
-    best = np.zeros(n + 1, dtype=np.int64)
-    cut = np.zeros(n, dtype=np.int64)
-    for i in range(n - 1, -1, -1):
-        # Sorted descending, so a batch starting at i is padded to padded[i].
-        size = max(1, min(spec.max_batch_size, spec.token_budget // int(padded[i]), n - i))
-        sizes = np.arange(1, size + 1)
-        costs = sizes * padded[i] + spec.batch_overhead_tokens + best[i + 1:i + size + 1]
-        k = int(np.argmin(costs))
-        best[i], cut[i] = costs[k], i + k + 1
-    batches, i = [], 0
-    while i < n:
-        batches.append(Batch(ordered[i:cut[i]], int(padded[i])))
-        i = int(cut[i])
-    return batches
-
-
-def device_batch_spec(spec: BatchSpec, engine: Engine | None) -> BatchSpec:
-    """``spec`` with ``pad_multiple`` resolved for the engine's device (kept without one)."""
-    if engine is None:
-        return spec
-    return replace(spec, pad_multiple=engine.pad_multiple(spec.pad_multiple))
+from bertbeam.engine import Engine, EngineSpec
+from bertbeam.records import BatchPlan, WindowChunk
 
 
 class _BatchByTokensFn(BufferedDoFn):
-    """Holds ``spec.buffer_size`` windows, then cuts them into length-sorted batches."""
+    """Holds chunks of windows until ``spec.buffer_size`` windows are in, then plans
+    length-sorted batches over all of them."""
 
-    def __init__(self, spec: BatchSpec, engine: EngineSpec | None):
+    def __init__(self, spec: BatchSpec, engine: EngineSpec):
         super().__init__(spec.buffer_size)
         self._spec = spec
         self._engine_spec = engine
 
     def setup(self) -> None:
         # The padding depends on the device, which the engine decides on this worker.
-        self._engine = Engine.acquire(self._engine_spec) if self._engine_spec else None
+        self._engine = Engine.acquire(self._engine_spec)
 
-    def flush(self, windows: list[Window]) -> Iterator[Batch]:
-        for batch in cut_batches(windows, device_batch_spec(self._spec, self._engine)):
-            metrics.inc(metrics.BATCHES)
-            metrics.inc(metrics.REAL_TOKENS, batch.real_tokens)
-            metrics.inc(metrics.PADDED_TOKENS, batch.padded_tokens)
-            yield batch
+    def weight(self, chunk: WindowChunk) -> int:
+        return len(chunk)
+
+    def flush(self, chunks: list[WindowChunk]) -> Iterator[BatchPlan]:
+        plan = self._engine.plan(WindowChunk.concat(chunks), self._spec)
+        lengths = plan.windows.lengths
+        metrics.inc(metrics.BATCHES, len(plan.batches))
+        metrics.inc(metrics.REAL_TOKENS, int(lengths.sum()))
+        metrics.inc(metrics.PADDED_TOKENS, sum(len(rows) * padded for rows, padded
+                                                in zip(plan.batches, plan.padded, strict=True)))
+        yield plan
 
 
 class BatchByTokens(beam.PTransform):
-    """Window -> Batch: holds up to ``buffer_size`` windows, sorts them by length and cuts
-    batches whose padded size (windows x longest, rounded up to ``pad_multiple``) stays
-    within ``token_budget``.
+    """WindowChunk -> BatchPlan: holds chunks until ``buffer_size`` windows are in, sorts the
+    windows by length and cuts batches whose padded size (windows x longest, rounded up to
+    ``pad_multiple``) stays within ``token_budget``.
 
-    With ``engine`` (what ``InferDocuments`` passes), ``pad_multiple='auto'`` follows the
-    device the engine runs on; without, ``auto`` pads to multiples of 8.
+    ``pad_multiple='auto'`` follows the device the engine runs on (8 on a GPU, 1 on a CPU).
+    A document's windows stay in one plan, so its outputs meet again in Postprocess.
 
     Example::
 
-        batches = windows | BatchByTokens(BatchSpec(token_budget=16384))
+        plans = windows | BatchByTokens(BatchSpec(token_budget=16384), engine=spec)
     """
 
-    def __init__(self, spec: BatchSpec | None = None, *, engine: EngineSpec | None = None):
+    def __init__(self, spec: BatchSpec | None = None, *, engine: EngineSpec):
         super().__init__()
         self._spec = spec or BatchSpec()
         self._engine = engine
 
-    def expand(self, windows: beam.PCollection[Window]) -> beam.PCollection[Batch]:
+    def expand(self, windows: beam.PCollection[WindowChunk]) -> beam.PCollection[BatchPlan]:
         return windows | "BatchByTokens" >> beam.ParDo(
-            _BatchByTokensFn(self._spec, self._engine)).with_output_types(Batch)
+            _BatchByTokensFn(self._spec, self._engine)).with_output_types(BatchPlan)

@@ -11,8 +11,9 @@ from apache_beam.transforms.window import GlobalWindows
 
 
 class BufferedDoFn(beam.DoFn):
-    """Holds up to ``capacity`` elements and passes them to ``flush`` when full and at the end
-    of each bundle. ``flush`` may yield main outputs and ``TaggedOutput``s.
+    """Holds elements until their :meth:`weight` reaches ``capacity`` and passes them to
+    ``flush`` then and at the end of each bundle. ``flush`` may yield main outputs and
+    ``TaggedOutput``s.
 
     Outputs of the end-of-bundle flush go to the global window: these stages serve batch
     pipelines, whose elements all live there.
@@ -21,16 +22,24 @@ class BufferedDoFn(beam.DoFn):
     def __init__(self, capacity: int):
         self._capacity = capacity
         self._buffer: list[Any] = []
+        self._held = 0
 
     def flush(self, items: list[Any]) -> Iterator[Any]:
         raise NotImplementedError
 
+    def weight(self, element: Any) -> int:
+        """How much of the capacity ``element`` takes: 1 unless a subclass says otherwise
+        (a chunk of many documents, say)."""
+        return 1
+
     def start_bundle(self) -> None:
         self._buffer = []
+        self._held = 0
 
     def process(self, element: Any) -> Iterator[Any]:
         self._buffer.append(element)
-        if len(self._buffer) >= self._capacity:
+        self._held += self.weight(element)
+        if self._held >= self._capacity:
             yield from self._drain()
 
     def finish_bundle(self) -> Iterator[Any]:
@@ -41,6 +50,6 @@ class BufferedDoFn(beam.DoFn):
                 yield GlobalWindows.windowed_value(out)
 
     def _drain(self) -> Iterator[Any]:
-        items, self._buffer = self._buffer, []
+        items, self._buffer, self._held = self._buffer, [], 0
         if items:
             yield from self.flush(items)

@@ -3,12 +3,17 @@
 An :class:`Engine` is built once per process for an :class:`EngineSpec` (model, tokenize
 options, task). It holds the model and its tokenizer (one load, shared by every engine of the
 process that uses the same checkpoint and head), and resolves the window length, stride, pad
-id, device, dtype and padding once. Its three steps are the whole flow:
+id, device, dtype and padding once. Its steps are the whole flow, each over a chunk of many
+documents in columnar form (:mod:`bertbeam.records`):
 
-* :meth:`Engine.encode`: Documents -> Windows, in one vectorized tokenizer call;
-* :meth:`Engine.run`: a Batch -> one WindowOutput per window, with out-of-memory splitting and
-  bisection of a failing batch down to the windows that fail;
-* :meth:`Engine.postprocess`: one document's WindowOutputs -> its result columns.
+* :meth:`Engine.encode`: a DocumentChunk -> a WindowChunk (packed token arrays), in one
+  vectorized tokenizer call;
+* :meth:`Engine.plan`: a WindowChunk -> a BatchPlan (length-sorted, token-budgeted batches);
+* :meth:`Engine.submit` / :meth:`Engine.collect` (or :meth:`Engine.run`): a BatchPlan -> an
+  OutputChunk, with out-of-memory splitting and bisection of a failing batch down to the
+  windows that fail; ``submit`` returns at once, so the next chunk is tokenized while the
+  model runs;
+* :meth:`Engine.postprocess`: an OutputChunk -> Results (result columns and dead letters).
 
 The Beam stages (``Tokenize``, ``BatchByTokens``, ``RunModel``, ``Postprocess``) and
 ``BertModelHandler`` are thin adapters over these steps, so a pipeline and a RunInference
@@ -21,7 +26,6 @@ import hashlib
 import logging
 import pickle
 import threading
-from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -30,9 +34,18 @@ import numpy as np
 from apache_beam.utils import shared
 
 from bertbeam import metrics
-from bertbeam.config import ModelSpec, RunSpec, TokenizeSpec
-from bertbeam.deadletter import PREVIEW_CHARS, DeadLetter, Reason, Stage
-from bertbeam.records import Batch, Document, Window, WindowOutput
+from bertbeam.config import BatchSpec, ModelSpec, RunSpec, TokenizeSpec
+from bertbeam.deadletter import DeadLetter, Reason, Stage
+from bertbeam.planning import plan_batches
+from bertbeam.records import (
+    BatchPlan,
+    ChunkOutputs,
+    Document,
+    DocumentChunk,
+    OutputChunk,
+    Results,
+    WindowChunk,
+)
 from bertbeam.tasks.base import Task, TaskInputError
 
 _LOG = logging.getLogger(__name__)
@@ -132,8 +145,8 @@ class Engine:
     Example::
 
         engine = Engine.acquire(EngineSpec(ModelSpec(), TokenizeSpec(), EmbedTask()))
-        windows = [w for w in engine.encode(docs) if isinstance(w, Window)]
-        outputs = engine.run(Batch(windows, max(w.length for w in windows)))
+        results = engine.infer(DocumentChunk.of(docs), BatchSpec())
+        table = results.record_batch(schema)  # and results.dead: the dead letters
     """
 
     def __init__(self, spec: EngineSpec, loaded: Any):
@@ -180,35 +193,33 @@ class Engine:
 
     # -- encode ------------------------------------------------------------------------------
 
-    def encode(self, docs: list[Document]) -> list[Window | DeadLetter]:
-        """The windows of ``docs`` (in document order), tokenized in one call; a document the
-        tokenizer fails on alone becomes a DeadLetter, its neighbours are unaffected."""
+    def encode(self, docs: DocumentChunk) -> tuple[WindowChunk | None, list[DeadLetter]]:
+        """The windows of ``docs`` (packed, in document order), tokenized in one call, and
+        the dead letters of documents without windows. A document the tokenizer fails on
+        alone becomes a DeadLetter; its neighbours are unaffected."""
         try:
-            return list(self._encode(docs))
+            return self._encode(docs)
         except BaseException as exc:  # noqa: BLE001 - tokenizers raises PanicException
             if isinstance(exc, KeyboardInterrupt | SystemExit):
                 raise
-        out: list[Window | DeadLetter] = []
-        for doc in docs:
+        parts, dead = [], []
+        for i in range(len(docs)):
             try:
-                out.extend(self._encode([doc]))
+                windows, empty = self._encode(docs.take([i]))
             except BaseException as exc:  # noqa: BLE001
                 if isinstance(exc, KeyboardInterrupt | SystemExit):
                     raise
-                # "too short to respect the provided max_length": the question of a
-                # (question, context) pair leaves no room for the context; "`stride` must be
-                # strictly less than `max_len`" (a PanicException): no room for the stride.
-                text = str(exc)
-                too_long = any(m in text for m in ("longer than", "too short to respect",
-                                                   "must be strictly less than"))
-                out.append(DeadLetter.of(doc.id, Reason.TOO_LONG if too_long else Reason.TOKENIZE_ERROR,
-                                         f"{type(exc).__name__}: {text}", value=doc.text))
-        return out
+                dead.append(_tokenizer_dead_letter(docs.document(i), exc))
+                continue
+            dead.extend(empty)
+            if windows is not None:
+                parts.append(windows)
+        return (WindowChunk.concat(parts) if parts else None), dead
 
-    def _encode(self, docs: list[Document]) -> Iterator[Window | DeadLetter]:
+    def _encode(self, docs: DocumentChunk) -> tuple[WindowChunk | None, list[DeadLetter]]:
         task = self.task
-        pairs = [d.text_pair for d in docs] if task.pair_input else None
-        texts = task.prepare_texts(self, [d.text for d in docs])  # e.g. an embedding prompt
+        pairs = docs.text_pairs if task.pair_input else None
+        texts = task.prepare_texts(self, docs.texts)  # e.g. an embedding prompt
         with self.loaded.tokenizer_lock:
             enc = self.tokenizer(
                 texts,
@@ -219,60 +230,61 @@ class Engine:
                 return_overflowing_tokens=True,
                 return_offsets_mapping=task.needs_offsets,
                 return_token_type_ids=self._type_ids and pairs is not None,
-                return_attention_mask=False,
-                padding=False,
+                return_attention_mask=True,
+                padding=True,
+                return_tensors="np",
             )
-        mapping = np.asarray(enc["overflow_to_sample_mapping"])
-        counts = np.bincount(mapping, minlength=len(docs))
-        starts = np.searchsorted(mapping, np.arange(len(docs)))
-        previews = [d.text[:PREVIEW_CHARS] for d in docs]
-        windows_out = chunked = truncated = 0
-        empty = -1  # the document (index in docs) whose windows are skipped
-        for i, sample in enumerate(mapping):
-            doc, total = docs[sample], int(counts[sample])
-            index = i - int(starts[sample])
-            if (not self.chunk and index > 0) or sample == empty:
-                continue
-            if index == 0 and self._tokenizes_to_nothing(enc, i, pairs is not None):
-                # Text the tokenizer drops entirely (combining marks, say): no answer, label
-                # or embedding can come from it.
-                empty = sample
-                yield DeadLetter.of(doc.id, Reason.EMPTY_TEXT, "the text tokenizes to no tokens",
-                                    value=doc.text_pair if pairs is not None else doc.text,
-                                    stage=Stage.TOKENIZE)
-                continue
-            n_windows = total if self.chunk else 1
-            first = index == 0
-            windows_out += 1
-            if first:
-                chunked += n_windows > 1
-                truncated += not self.chunk and total > 1
-            yield Window(
-                doc_id=doc.id,
-                index=index,
-                n_windows=n_windows,
-                input_ids=np.asarray(enc["input_ids"][i], dtype=np.int32),
-                type_ids=(np.asarray(enc["token_type_ids"][i], dtype=np.int8)
-                          if "token_type_ids" in enc else None),
-                offsets=(np.asarray(enc["offset_mapping"][i], dtype=np.int32).reshape(-1, 2)
-                         if task.needs_offsets else None),
-                sequence_ids=(np.array([-1 if s is None else s for s in enc.sequence_ids(i)],
-                                       dtype=np.int8) if task.needs_offsets else None),
-                truncated=not self.chunk and total > 1,
-                preview=previews[sample],
-                text=doc.text if (task.needs_text and first) else None,
-                text_pair=doc.text_pair if (task.needs_text and first) else None,
-                extra=doc.extra if first else None,
-            )
-        metrics.inc(metrics.WINDOWS, windows_out)
-        metrics.inc(metrics.CHUNKED_DOCS, chunked)
-        metrics.inc(metrics.TRUNCATED_DOCS, truncated)
+        mapping = np.asarray(enc["overflow_to_sample_mapping"], dtype=np.int64)
+        mask = np.asarray(enc["attention_mask"], dtype=bool)
+        n_docs, n = len(docs), len(mapping)
+        counts = np.bincount(mapping, minlength=n_docs)
+        index = np.arange(n) - np.searchsorted(mapping, np.arange(n_docs))[mapping]
+        lengths = mask.sum(axis=1)
+        sequence_ids = None
+        if task.needs_offsets or pairs is not None:
+            sequence_ids = np.full(mask.shape, -1, dtype=np.int8)
+            for i in range(n):
+                sequence_ids[i] = [-1 if s is None else s for s in enc.sequence_ids(i)]
+        # Text the tokenizer drops entirely (combining marks, say) has no window 0 with a
+        # token of it: no answer, label or embedding can come from it.
+        first = index == 0
+        if pairs is not None:
+            nothing = first & ~((sequence_ids == 0).any(axis=1) & (sequence_ids == 1).any(axis=1))
+        else:
+            nothing = first & (lengths <= self._specials)
+        empty = np.zeros(n_docs, dtype=bool)
+        empty[mapping[nothing]] = True
+        dead = [DeadLetter.of(docs.ids[d], Reason.EMPTY_TEXT, "the text tokenizes to no tokens",
+                              value=pairs[d] if pairs is not None else docs.texts[d],
+                              stage=Stage.TOKENIZE) for d in np.flatnonzero(empty)]
+        keep = ~empty[mapping] & (first if not self.chunk else True)
+        rows = np.flatnonzero(keep)
+        if len(rows) == 0:
+            return None, dead
+        kept = mask[rows]
 
-    def _tokenizes_to_nothing(self, enc: Any, i: int, pair: bool) -> bool:
-        """Whether window ``i`` holds no token of the text (or of the question or context)."""
-        if pair:
-            return not {0, 1} <= set(enc.sequence_ids(i))
-        return len(enc["input_ids"][i]) <= self._specials
+        def flat(key: str, dtype: Any) -> np.ndarray | None:
+            return np.asarray(enc[key])[rows][kept].astype(dtype) if key in enc else None
+
+        doc = mapping[rows]
+        total = counts[doc]
+        windows = WindowChunk(
+            docs=docs,
+            input_ids=flat("input_ids", np.int32),
+            starts=np.concatenate([[0], np.cumsum(lengths[rows])]).astype(np.int64),
+            doc=doc.astype(np.int32),
+            index=index[rows].astype(np.int32),
+            n_windows=(total if self.chunk else np.ones_like(total)).astype(np.int32),
+            truncated=(~np.full(len(rows), self.chunk)) & (total > 1),
+            type_ids=flat("token_type_ids", np.int8),
+            offsets=flat("offset_mapping", np.int32) if task.needs_offsets else None,
+            sequence_ids=sequence_ids[rows][kept] if task.needs_offsets else None,
+        )
+        firsts = windows.index == 0
+        metrics.inc(metrics.WINDOWS, len(rows))
+        metrics.inc(metrics.CHUNKED_DOCS, int((firsts & (windows.n_windows > 1)).sum()))
+        metrics.inc(metrics.TRUNCATED_DOCS, int((firsts & windows.truncated).sum()))
+        return windows, dead
 
     # -- batch -------------------------------------------------------------------------------
 
@@ -282,17 +294,38 @@ class Engine:
             return int(requested)
         return GPU_PAD_MULTIPLE if self.device.type == "cuda" else 1
 
+    def plan(self, windows: WindowChunk, spec: BatchSpec) -> BatchPlan:
+        """``windows`` cut into length-sorted batches within ``spec``'s token budget, padded
+        for this worker's device."""
+        multiple = self.pad_multiple(spec.pad_multiple)
+        cuts = plan_batches(windows.lengths, spec.token_budget, spec.max_batch_size,
+                            multiple, spec.batch_overhead_tokens)
+        return BatchPlan(windows, [rows for rows, _ in cuts], [padded for _, padded in cuts])
+
     # -- run ---------------------------------------------------------------------------------
 
-    def run(self, batch: Batch) -> list[WindowOutput]:
-        """One WindowOutput per window of ``batch``, in order (waits for the device)."""
-        return self.fetch(self.launch(batch))
+    def infer(self, docs: DocumentChunk, spec: BatchSpec) -> Results:
+        """encode -> plan -> run -> postprocess for one chunk, here and now (waits for the
+        device): what ``BertModelHandler`` and tests use; the Beam stages run the steps
+        apart, so that tokenizing the next chunk overlaps the model."""
+        windows, dead = self.encode(docs)
+        if windows is None:
+            return Results({"id": []}, dead)
+        results = self.postprocess(self.run(self.plan(windows, spec)))
+        results.dead[:0] = dead
+        return results
 
-    def submit(self, batch: Batch) -> Any:
-        """Starts ``batch``: on a CPU with several streams on a thread of the engine's pool,
-        else at once (a GPU runs it asynchronously); pass the result to :meth:`fetch`."""
+    def run(self, plan: BatchPlan) -> OutputChunk:
+        """The outputs of every window of ``plan`` (waits for them)."""
+        return self.collect(plan, self.submit(plan))
+
+    def submit(self, plan: BatchPlan) -> list[Any]:
+        """Starts every batch of ``plan`` and returns at once: on a CPU with several streams
+        on the threads of the engine's pool, on a GPU as queued kernels (inputs copied from
+        pinned memory, outputs copied back asynchronously). :meth:`collect` gathers them."""
         if self.streams <= 1:
-            return self.launch(batch)
+            return [self._launch_safely(plan.windows, rows, padded)
+                    for rows, padded in zip(plan.batches, plan.padded, strict=True)]
         with self._pool_lock:
             if self._pool is None:
                 import torch
@@ -301,76 +334,105 @@ class Engine:
                 self._pool = ThreadPoolExecutor(
                     self.streams, thread_name_prefix="bertbeam-model",
                     initializer=torch.set_num_threads, initargs=(torch.get_num_threads(),))
-        return self._pool.submit(self.launch, batch)
+        return [self._pool.submit(self._launch_safely, plan.windows, rows, padded)
+                for rows, padded in zip(plan.batches, plan.padded, strict=True)]
 
-    def launch(self, batch: Batch) -> list[tuple[list[Window], Any]]:
-        """Runs the model on ``batch``: on out-of-memory splits it in halves; on any other
-        error bisects it down to the windows that fail, which get a DeadLetter."""
-        return self._launch_safely(batch.windows, batch.padded_length)
+    def collect(self, plan: BatchPlan, launched: list[Any]) -> OutputChunk:
+        """The OutputChunk of a submitted plan, in window order (waits for its batches).
 
-    def fetch(self, launched: Any) -> list[WindowOutput]:
-        """The WindowOutputs of a launched batch (waits for its thread or device)."""
-        if isinstance(launched, Future):
-            launched = launched.result()
-        out: list[WindowOutput] = []
-        for windows, outputs in launched:
-            if isinstance(outputs, tuple):  # (reason, message) of failed windows
-                reason, message = outputs
-                out.extend(WindowOutput(w, {}, error=DeadLetter.of(
-                    w.doc_id, reason, message, value=w.preview)) for w in windows)
-            else:
-                out.extend(self._window_outputs(windows, outputs))
-        return out
+        A window the model failed on, or whose outputs hold NaN or infinite values, gets a
+        dead letter in ``errors``."""
+        windows = plan.windows
+        lengths, starts = windows.lengths, windows.starts
+        values: dict[str, np.ndarray] = {}
+        errors: dict[int, DeadLetter] = {}
+        token_level = self.task.token_level
+        for handle in launched:
+            if isinstance(handle, Future):
+                handle = handle.result()
+            for rows, outputs in handle:
+                if isinstance(outputs, tuple):  # (reason, message) of failed windows
+                    reason, message = outputs
+                    for j in rows:
+                        errors[int(j)] = self._dead_window(windows, int(j), reason, message)
+                    continue
+                if getattr(outputs, "ready", None) is not None:
+                    outputs.ready.synchronize()
+                finite = np.ones(len(rows), dtype=bool)
+                for key, tensor in outputs.items():
+                    a = tensor.cpu().numpy()
+                    if key in token_level:
+                        real = np.arange(a.shape[1])[None, :] < lengths[rows][:, None]
+                        dest = (starts[rows][:, None] + np.arange(a.shape[1])[None, :])[real]
+                        if key not in values:
+                            values[key] = np.empty((int(starts[-1]), *a.shape[2:]), np.float32)
+                        values[key][dest] = a[real]
+                        ok = np.isfinite(a).reshape(a.shape[0], a.shape[1], -1).all(axis=2) | ~real
+                    else:
+                        if key not in values:
+                            values[key] = np.empty((len(windows), *a.shape[1:]), np.float32)
+                        values[key][rows] = a
+                        ok = np.isfinite(a).reshape(a.shape[0], -1)
+                    finite &= ok.all(axis=1)
+                for j in rows[~finite]:
+                    errors[int(j)] = self._dead_window(windows, int(j), Reason.NAN_OUTPUT)
+        return OutputChunk(windows, values, errors)
 
-    def _launch_safely(self, windows: list[Window], padded: int) -> list[tuple[list[Window], Any]]:
-        tokens = len(windows) * padded
-        if self._max_tokens is not None and tokens > self._max_tokens and len(windows) > 1:
-            return self._split(windows, padded)
+    @staticmethod
+    def _dead_window(windows: WindowChunk, j: int, reason: Reason, message: str | None = None
+                     ) -> DeadLetter:
+        return DeadLetter.of(windows.docs.ids[int(windows.doc[j])], reason, message,
+                             value=windows.preview(j))
+
+    def _launch_safely(self, windows: WindowChunk, rows: np.ndarray, padded: int
+                       ) -> list[tuple[np.ndarray, Any]]:
+        """Runs the model on windows ``rows``: on out-of-memory splits them in halves; on any
+        other error bisects them down to the windows that fail, which get a DeadLetter."""
+        tokens = len(rows) * padded
+        if self._max_tokens is not None and tokens > self._max_tokens and len(rows) > 1:
+            return self._split(windows, rows, padded)
         try:
-            return [(windows, self._forward(windows, padded))]
+            return [(rows, self._forward(windows, rows, padded))]
         except Exception as exc:
-            if _is_oom(exc) and len(windows) > 1:
+            if _is_oom(exc) and len(rows) > 1:
                 import torch
 
                 torch.cuda.empty_cache()
                 self._max_tokens = max(tokens // 2, padded)
                 metrics.inc(metrics.OOM_SPLITS)
                 _LOG.warning("Out of memory on %d padded tokens; splitting the batch.", tokens)
-                return self._split(windows, padded)
-            if len(windows) > 1:
-                return self._split(windows, padded)
+                return self._split(windows, rows, padded)
+            if len(rows) > 1:
+                return self._split(windows, rows, padded)
             reason = Reason.OUT_OF_MEMORY if _is_oom(exc) else Reason.MODEL_ERROR
-            return [(windows, (reason, f"{type(exc).__name__}: {exc}"))]
+            return [(rows, (reason, f"{type(exc).__name__}: {exc}"))]
 
-    def _split(self, windows: list[Window], padded: int) -> list[tuple[list[Window], Any]]:
-        half = len(windows) // 2
-        return self._launch_safely(windows[:half], padded) + self._launch_safely(windows[half:], padded)
+    def _split(self, windows: WindowChunk, rows: np.ndarray, padded: int
+               ) -> list[tuple[np.ndarray, Any]]:
+        half = len(rows) // 2
+        return (self._launch_safely(windows, rows[:half], padded)
+                + self._launch_safely(windows, rows[half:], padded))
 
-    def collate(self, windows: list[Window], padded: int) -> dict[str, np.ndarray]:
-        """Pads windows into int64 arrays of shape [batch, padded]."""
-        n = len(windows)
-        input_ids = np.full((n, padded), self.pad_id, dtype=np.int64)
-        attention_mask = np.zeros((n, padded), dtype=np.int64)
-        with_types = windows[0].type_ids is not None
-        type_ids = np.zeros((n, padded), dtype=np.int64) if with_types else None
-        for i, w in enumerate(windows):
-            input_ids[i, : w.length] = w.input_ids
-            attention_mask[i, : w.length] = 1
-            if with_types:
-                type_ids[i, : w.length] = w.type_ids
-        out = {"input_ids": input_ids, "attention_mask": attention_mask}
-        if with_types:
-            out["token_type_ids"] = type_ids
+    def collate(self, windows: WindowChunk, rows: np.ndarray, padded: int) -> dict[str, np.ndarray]:
+        """Windows ``rows`` padded into int64 arrays of shape [len(rows), padded], gathered
+        from the packed arrays in one indexing step."""
+        positions = np.arange(padded)[None, :]
+        real = positions < windows.lengths[rows][:, None]
+        at = np.where(real, windows.starts[rows][:, None] + positions, 0)
+        input_ids = np.where(real, windows.input_ids[at], self.pad_id).astype(np.int64)
+        out = {"input_ids": input_ids, "attention_mask": real.astype(np.int64)}
+        if windows.type_ids is not None:
+            out["token_type_ids"] = np.where(real, windows.type_ids[at], 0).astype(np.int64)
         return out
 
-    def _forward(self, windows: list[Window], padded: int) -> dict[str, Any]:
-        """Pads ``windows``, moves them to the device and runs ``task.forward`` under
+    def _forward(self, windows: WindowChunk, rows: np.ndarray, padded: int) -> dict[str, Any]:
+        """Pads windows ``rows``, moves them to the device and runs ``task.forward`` under
         ``torch.inference_mode``; returns float32 batched tensors, possibly still in flight."""
         import torch
 
-        arrays = self.collate(windows, padded)
+        arrays = self.collate(windows, rows, padded)
         if self.task.window_index_input:
-            arrays["window_index"] = np.array([w.index for w in windows], dtype=np.int64)
+            arrays["window_index"] = windows.index[rows].astype(np.int64)
         cuda = self.device.type == "cuda"
         inputs = {
             k: (torch.from_numpy(v).pin_memory() if cuda else torch.from_numpy(v)).to(
@@ -382,7 +444,7 @@ class Engine:
             if not cuda:
                 return outputs
             # Copy back into pinned host memory without blocking: the copy overlaps with the
-            # tokenizing and batching of the next batch; _window_outputs waits for the event.
+            # tokenizing and batching of the next chunk; collect waits for the event.
             host = _InFlight({k: torch.empty(v.shape, dtype=v.dtype, pin_memory=True)
                               for k, v in outputs.items()})
             for k, v in outputs.items():
@@ -391,45 +453,79 @@ class Engine:
             host.ready.record()
             return host
 
-    def _window_outputs(self, windows: list[Window], outputs: dict[str, Any]) -> Iterator[WindowOutput]:
-        """Cuts batched outputs into one WindowOutput per window (``task.token_level`` keys to
-        the window's length); a window with NaN or infinite values gets a dead letter."""
-        if getattr(outputs, "ready", None) is not None:
-            outputs.ready.synchronize()
-        arrays = {k: v.cpu().numpy() for k, v in outputs.items()}
-        token_level = self.task.token_level
-        for i, w in enumerate(windows):
-            # np.array(..., copy) gives each output its own memory: a row never pins the batch.
-            values = {k: np.array(a[i, : w.length] if k in token_level else a[i], dtype=np.float32)
-                      for k, a in arrays.items()}
-            if not all(np.isfinite(v).all() for v in values.values()):
-                yield WindowOutput(w, {}, error=DeadLetter.of(w.doc_id, Reason.NAN_OUTPUT,
-                                                              value=w.preview))
-            else:
-                yield WindowOutput(w, values)
-
     # -- postprocess -------------------------------------------------------------------------
 
-    def postprocess(self, outputs: list[WindowOutput]) -> dict[str, Any] | DeadLetter:
-        """One document's result columns (with ``id``) from all its windows' outputs (in any
-        order), or the DeadLetter of a window that failed, of a missing window, or of the
-        task's own step."""
-        outputs = sorted(outputs, key=lambda o: o.window.index)
-        first = outputs[0].window
-        failed = next((o.error for o in outputs if o.error is not None), None)
-        if failed is not None:
-            return failed
-        if len(outputs) != first.n_windows:
-            return DeadLetter.of(first.doc_id, Reason.MODEL_ERROR,
-                                 f"{len(outputs)} of {first.n_windows} windows came back",
-                                 value=first.preview)
+    def postprocess(self, out: OutputChunk) -> Results:
+        """The result columns (``id``, the task's, the carried ones) of every document of
+        ``out`` whose windows all came back, and the DeadLetters of the others: of a window
+        that failed, of a missing window, or of the task's own step.
+
+        The task's ``postprocess_chunk`` handles all documents at once where it has one; a
+        task without, or a chunk it fails on, goes document by document, so that one bad
+        document fails alone."""
+        windows, task = out.windows, self.task
+        n = len(windows)
+        first = np.flatnonzero(np.r_[True, windows.doc[1:] != windows.doc[:-1]]) if n else (
+            np.zeros(0, np.int64))
+        count = np.diff(np.r_[first, n])
+        dead: list[DeadLetter] = []
+        good = count == windows.n_windows[first]
+        for g in np.flatnonzero(~good):
+            dead.append(self._dead_window(windows, int(first[g]), Reason.MODEL_ERROR,
+                                          f"{count[g]} of {windows.n_windows[first[g]]} windows came back"))
+        if out.errors:
+            group = np.searchsorted(first, np.fromiter(out.errors, np.int64), side="right") - 1
+            failed = np.zeros(len(first), dtype=bool)
+            failed[group] = True
+            for g in np.flatnonzero(failed & good):
+                a, b = int(first[g]), int(first[g] + count[g])
+                dead.append(next(out.errors[j] for j in range(a, b) if j in out.errors))
+            good &= ~failed
+        outputs = ChunkOutputs(out, first[good], count[good], task.token_level, task.needs_text)
+        columns = None
         try:
-            return {"id": first.doc_id, **self.task.postprocess(self, outputs), **(first.extra or {})}
-        except TaskInputError as exc:
-            return DeadLetter.of(first.doc_id, Reason.BAD_TASK_INPUT, str(exc), value=first.preview)
-        except Exception as exc:
-            return DeadLetter.of(first.doc_id, Reason.POSTPROCESS_ERROR,
-                                 f"{type(exc).__name__}: {exc}", value=first.preview)
+            columns = task.postprocess_chunk(self, outputs)
+        except Exception:  # noqa: BLE001 - the documents one by one find the bad one
+            _LOG.debug("postprocess_chunk failed; post-processing document by document",
+                       exc_info=True)
+        kept = np.arange(len(outputs))
+        if columns is None:
+            columns, kept, failures = self._postprocess_each(outputs)
+            dead.extend(failures)
+        docs = windows.docs
+        doc_rows = windows.doc[outputs.first[kept]]
+        result = {"id": [docs.ids[d] for d in doc_rows], **columns}
+        for name, values in (docs.extra or {}).items():
+            result.setdefault(name, [values[d] for d in doc_rows])
+        return Results(result, dead)
+
+    def _postprocess_each(self, outputs: ChunkOutputs
+                          ) -> tuple[dict[str, list], np.ndarray, list[DeadLetter]]:
+        rows, kept, dead = [], [], []
+        windows = outputs.out.windows
+        for g in range(len(outputs)):
+            j = int(outputs.first[g])
+            try:
+                rows.append(self.task.postprocess(self, outputs.outputs(g)))
+                kept.append(g)
+            except TaskInputError as exc:
+                dead.append(self._dead_window(windows, j, Reason.BAD_TASK_INPUT, str(exc)))
+            except Exception as exc:
+                dead.append(self._dead_window(windows, j, Reason.POSTPROCESS_ERROR,
+                                              f"{type(exc).__name__}: {exc}"))
+        names = list(rows[0]) if rows else []
+        return {k: [r[k] for r in rows] for k in names}, np.array(kept, dtype=np.int64), dead
+
+
+def _tokenizer_dead_letter(doc: Document, exc: BaseException) -> DeadLetter:
+    # "too short to respect the provided max_length": the question of a (question, context)
+    # pair leaves no room for the context; "`stride` must be strictly less than `max_len`"
+    # (a PanicException): no room for the stride.
+    text = str(exc)
+    too_long = any(m in text for m in ("longer than", "too short to respect",
+                                       "must be strictly less than"))
+    return DeadLetter.of(doc.id, Reason.TOO_LONG if too_long else Reason.TOKENIZE_ERROR,
+                         f"{type(exc).__name__}: {text}", value=doc.text)
 
 
 class _InFlight(dict):

@@ -9,17 +9,15 @@ the columns those commands write for the task (without ``id``).
 from __future__ import annotations
 
 import dataclasses
-from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from bertbeam.batching import cut_batches, device_batch_spec
 from bertbeam.config import RunSpec
 from bertbeam.deadletter import DeadLetter, DeadLetterError, Reason
 from bertbeam.engine import Engine, engine_spec
-from bertbeam.records import Document, WindowOutput
+from bertbeam.records import Document, DocumentChunk
 from bertbeam.tasks.base import Task
 from bertbeam.validation import check_document
 
@@ -118,30 +116,19 @@ class BertModelHandler(ModelHandler[Example, PredictionResult, Engine]):
         engine = model
         checked = [self._document(i, example) for i, example in enumerate(batch)]
         docs = [d for d in checked if isinstance(d, Document)]
-        failed = {d.id: d for d in checked if isinstance(d, DeadLetter)}
-        windows = []
-        for out in engine.encode(docs) if docs else ():
-            if isinstance(out, DeadLetter):
-                failed[out.id] = out
-            else:
-                windows.append(out)
-        per_doc: dict[str, list[WindowOutput]] = defaultdict(list)
-        for cut in cut_batches(windows, device_batch_spec(self._batch, engine)):
-            for out in engine.run(cut):
-                per_doc[out.window.doc_id].append(out)
-        results = []
+        rows: dict[str, Any] = {d.id: d for d in checked if isinstance(d, DeadLetter)}
+        if docs:
+            results = engine.infer(DocumentChunk.of(docs), self._batch)
+            rows.update((dead.id, dead) for dead in results.dead)
+            rows.update((row.pop("id"), row) for row in results.rows())
+        out = []
         for i, example in enumerate(batch):
-            key = str(i)
-            row = failed.get(key)
-            if row is None:
-                row = (engine.postprocess(per_doc[key]) if per_doc[key] else DeadLetter.of(
-                    key, Reason.MODEL_ERROR, "no window came back", value=example))
-            if isinstance(row, dict):
-                row = {k: v for k, v in row.items() if k != "id"}
-            elif isinstance(row, DeadLetter):
+            row = rows.get(str(i)) or DeadLetter.of(str(i), Reason.MODEL_ERROR,
+                                                   "no result came back", value=example)
+            if isinstance(row, DeadLetter):
                 row = row._replace(id=None)
-            results.append(PredictionResult(example, row, model_id=self._spec.model.uri))
-        return results
+            out.append(PredictionResult(example, row, model_id=self._spec.model.uri))
+        return out
 
     def _document(self, index: int, example: Any) -> Document | DeadLetter:
         pair = self.task.pair_input

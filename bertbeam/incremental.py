@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import apache_beam as beam
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -34,7 +33,7 @@ from bertbeam.deadletter import DEAD_LETTER, DeadLetter
 from bertbeam.filesystems import expand_glob, url_to_fs
 from bertbeam.fingerprint import STAMP_COLUMNS, TEXT_FINGERPRINT_CHARS, text_fingerprint
 from bertbeam.reading import InputError
-from bertbeam.records import Document, as_dict
+from bertbeam.records import Document, table_rows
 
 _LOG = logging.getLogger("bertbeam")
 
@@ -83,17 +82,20 @@ class KeyByText(beam.PTransform):
         return docs | "KeyByText" >> beam.Map(_keyed)
 
 
-class _StampFn(beam.DoFn):
-    def __init__(self, stamp: Stamp):
-        self._stamp = stamp
-
-    def process(self, result: Any) -> Iterator[dict]:
-        row = as_dict(result)
-        row["id"], row[TEXT_FP] = _unkey(row["id"])
-        stamp = self._stamp
-        row.update({MODEL_FP: stamp.model_fingerprint, JOB_FP: stamp.job_fingerprint,
-                    RUN_ID: stamp.run_id})
-        yield row
+def stamp_batch(batch: pa.RecordBatch, stamp: Stamp) -> pa.RecordBatch:
+    """A record batch of results of :class:`KeyByText` documents with the plain ids back and
+    the stamp columns appended (column operations: no row is visited in Python)."""
+    keys = batch.column(batch.schema.get_field_index("id"))
+    fp_chars = TEXT_FINGERPRINT_CHARS
+    ids = pc.utf8_slice_codeunits(keys, 0, -(fp_chars + len(_KEY_SEPARATOR)))
+    fingerprints = pc.utf8_slice_codeunits(keys, -fp_chars)
+    n = batch.num_rows
+    columns = [ids if name == "id" else column
+               for name, column in zip(batch.schema.names, batch.columns, strict=True)]
+    constant = [pa.array([value] * n, pa.string()) for value in
+                (stamp.model_fingerprint, stamp.job_fingerprint, stamp.run_id)]
+    return pa.RecordBatch.from_arrays([*columns, fingerprints, *constant],
+                                      schema=stamp.schema(batch.schema))
 
 
 def _unkey_dead_letter(dead: DeadLetter) -> DeadLetter:
@@ -101,8 +103,8 @@ def _unkey_dead_letter(dead: DeadLetter) -> DeadLetter:
 
 
 class StampResults(beam.PTransform):
-    """``InferDocuments`` output of :class:`KeyByText` documents -> ``{"results": row dict with
-    the stamp columns, "dead_letter": DeadLetter}`` with the plain ids back."""
+    """``InferChunks`` output of :class:`KeyByText` documents -> ``{"results": record batch
+    with the stamp columns, "dead_letter": DeadLetter}`` with the plain ids back."""
 
     def __init__(self, stamp: Stamp):
         super().__init__()
@@ -110,7 +112,8 @@ class StampResults(beam.PTransform):
 
     def expand(self, inferred: dict[str, beam.PCollection]) -> dict[str, beam.PCollection]:
         return {
-            "results": inferred["results"] | "StampRows" >> beam.ParDo(_StampFn(self._stamp)),
+            "results": inferred["results"] | "StampRows" >> beam.Map(
+                stamp_batch, self._stamp).with_output_types(pa.RecordBatch),
             DEAD_LETTER: inferred[DEAD_LETTER] | "UnkeyDeadLetters" >> beam.Map(
                 _unkey_dead_letter).with_output_types(DeadLetter),
         }
@@ -199,19 +202,6 @@ class _ReadPreviousFn(beam.DoFn):
         table = table.filter(pc.equal(table.column(JOB_FP), self._job_fp))
         for row in table_rows(table):
             yield row["id"], (index, row)
-
-
-def table_rows(table: pa.Table) -> list[dict]:
-    """Rows of ``table`` as dicts; fixed-size vectors (embeddings) as float32 numpy rows in
-    one conversion, not lists of Python floats."""
-    columns = {}
-    for name, column in zip(table.column_names, table.columns, strict=True):
-        if pa.types.is_fixed_size_list(column.type):
-            flat = column.combine_chunks().flatten().to_numpy(zero_copy_only=False)
-            columns[name] = list(flat.reshape(len(column), column.type.list_size).astype(np.float32))
-        else:
-            columns[name] = column.to_pylist()
-    return [dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)]
 
 
 class _ChooseFn(beam.DoFn):

@@ -1,4 +1,4 @@
-"""Tokenize: Documents to model Windows, in large vectorized tokenizer calls."""
+"""ChunkDocuments and Tokenize: Documents to chunks, chunks to packed model windows."""
 
 from __future__ import annotations
 
@@ -11,35 +11,60 @@ from bertbeam.buffering import BufferedDoFn
 from bertbeam.config import RunSpec
 from bertbeam.deadletter import DEAD_LETTER, emit
 from bertbeam.engine import Engine, EngineSpec, engine_spec
-from bertbeam.records import Document, Window
+from bertbeam.records import Document, DocumentChunk, WindowChunk
 from bertbeam.tasks.base import Task
 
 
-class _TokenizeFn(BufferedDoFn):
-    """Tokenizes documents ``chunk_size`` at a time, in one tokenizer call of the engine."""
+class _ChunkDocumentsFn(BufferedDoFn):
+    def flush(self, docs: list[Document]) -> Iterator[DocumentChunk]:
+        yield DocumentChunk.of(docs)
+
+
+class ChunkDocuments(beam.PTransform):
+    """Document -> DocumentChunk of up to ``size`` documents (those of one bundle), the
+    columnar element every later stage works on.
+
+    Example::
+
+        chunks = docs | ChunkDocuments(256)
+    """
+
+    def __init__(self, size: int = 256):
+        super().__init__()
+        self._size = size
+
+    def expand(self, docs: beam.PCollection[Document]) -> beam.PCollection[DocumentChunk]:
+        return docs | "ChunkDocuments" >> beam.ParDo(
+            _ChunkDocumentsFn(self._size)).with_output_types(DocumentChunk)
+
+
+class _TokenizeFn(beam.DoFn):
+    """Tokenizes a chunk of documents in one tokenizer call of the engine."""
 
     def __init__(self, spec: EngineSpec):
-        super().__init__(spec.tokenize.chunk_size)
         self._spec = spec
 
     def setup(self) -> None:
         self._engine = Engine.acquire(self._spec)
 
-    def flush(self, docs: list[Document]) -> Iterator[Any]:
-        for out in self._engine.encode(docs):
-            yield emit(out)
+    def process(self, docs: DocumentChunk) -> Iterator[Any]:
+        windows, dead = self._engine.encode(docs)
+        for letter in dead:
+            yield emit(letter)
+        if windows is not None:
+            yield windows
 
 
 class Tokenize(beam.PTransform):
-    """Document -> Window (``windows``) and DeadLetter (``dead_letter``).
+    """DocumentChunk -> WindowChunk (``windows``) and DeadLetter (``dead_letter``).
 
     A document longer than the window becomes several overlapping windows
-    (``long_docs='chunk'``) or its first window (``'truncate'``). Windows carry what the task
-    needs later (offsets, text) and nothing more.
+    (``long_docs='chunk'``) or its first window (``'truncate'``). The windows of a chunk are
+    packed: token ids (and offsets, for the tasks that need them) end to end in flat arrays.
 
     Example::
 
-        tokenized = docs | Tokenize(EmbedTask(), run=RunSpec())
+        tokenized = chunks | Tokenize(EmbedTask(), run=RunSpec())
         windows, bad = tokenized["windows"], tokenized["dead_letter"]
     """
 
@@ -47,6 +72,6 @@ class Tokenize(beam.PTransform):
         super().__init__()
         self._spec = engine_spec(task, run)
 
-    def expand(self, docs: beam.PCollection[Document]) -> beam.pvalue.DoOutputsTuple:
+    def expand(self, docs: beam.PCollection[DocumentChunk]) -> beam.pvalue.DoOutputsTuple:
         return docs | "Tokenize" >> beam.ParDo(_TokenizeFn(self._spec)).with_output_types(
-            Window).with_outputs(DEAD_LETTER, main="windows")
+            WindowChunk).with_outputs(DEAD_LETTER, main="windows")

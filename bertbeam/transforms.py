@@ -1,7 +1,9 @@
-"""Composite transforms: the whole Document -> result flow for a task."""
+"""Composite transforms: the whole flow for a task, over chunks (InferChunks) or documents
+(InferDocuments)."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import apache_beam as beam
@@ -13,12 +15,14 @@ from bertbeam.config import RunSpec
 from bertbeam.deadletter import DEAD_LETTER, DeadLetter
 from bertbeam.engine import engine_spec
 from bertbeam.inference import RunModel
-from bertbeam.postprocess import MergeWindows, Postprocess
-from bertbeam.records import Document
+from bertbeam.postprocess import Postprocess
+from bertbeam.records import Document, DocumentChunk, beam_row_type, table_rows, to_beam_row
 from bertbeam.tasks.base import Task
 from bertbeam.tasks.embed import EmbedTask
-from bertbeam.tokenization import Tokenize
+from bertbeam.tokenization import ChunkDocuments, Tokenize
 from bertbeam.validation import ValidateDocuments
+
+_LOG = logging.getLogger(__name__)
 
 
 def check_global_windows(pcoll: beam.PCollection, transform: str) -> None:
@@ -32,13 +36,72 @@ def check_global_windows(pcoll: beam.PCollection, transform: str) -> None:
             "beam.WindowInto(beam.window.GlobalWindows()) first.")
 
 
+class InferChunks(beam.PTransform):
+    """DocumentChunk -> ``{"results": pa.RecordBatch, "dead_letter": DeadLetter}``: the
+    columnar core every task pipeline runs (the ``bertbeam`` commands use it directly).
+
+    Runs Tokenize | BatchByTokens | RunModel | Postprocess; result batches have the columns
+    of :meth:`schema` (the task's, then the carried ones).
+
+    Args:
+        task, run, carry: as for :class:`InferDocuments`.
+        config: the checkpoint's transformers config, when the caller has it (saves reading
+            it again on the launcher).
+
+    Example::
+
+        out = chunks | InferChunks(EmbedTask(), run=RunSpec())
+        out["results"]  # pa.RecordBatch of id, embedding, n_tokens, ...
+    """
+
+    def __init__(self, task: Task, *, run: RunSpec | None = None,
+                 carry: list[pa.Field] | tuple[pa.Field, ...] = (), config: Any = None):
+        super().__init__()
+        self._carry = tuple(carry)
+        self._spec = engine_spec(task, run)
+        self._run = RunSpec(model=self._spec.model, tokenize=self._spec.tokenize,
+                            batch=(run or RunSpec()).batch)
+        self._config = config
+
+    @property
+    def task(self) -> Task:
+        return self._spec.task
+
+    @property
+    def run(self) -> RunSpec:
+        return self._run
+
+    def schema(self) -> pa.Schema:
+        """The Arrow schema of the results (reads the checkpoint's config on the launcher
+        unless it was given)."""
+        if self._config is None:
+            from bertbeam.models import load_config
+
+            self._config = load_config(self._spec.model)
+        return with_carried(self.task.schema(self._config), self._carry)
+
+    def expand(self, chunks: beam.PCollection[DocumentChunk]) -> dict[str, beam.PCollection]:
+        check_global_windows(chunks, type(self).__name__)
+        task, run = self.task, self._run
+        tokenized = chunks | "Tokenize" >> Tokenize(task, run=run)
+        finished = (
+            tokenized["windows"]
+            | "BatchByTokens" >> BatchByTokens(run.batch, engine=self._spec)
+            | "RunModel" >> RunModel(task, run=run)
+            | "Postprocess" >> Postprocess(task, run=run, schema=self.schema())
+        )
+        return {"results": finished["results"],
+                DEAD_LETTER: (tokenized[DEAD_LETTER], finished[DEAD_LETTER])
+                | "DeadLetter" >> beam.Flatten().with_output_types(DeadLetter)}
+
+
 class InferDocuments(beam.PTransform):
     """Document -> ``{"results": beam.Row, "dead_letter": DeadLetter}`` for any task.
 
-    Runs ValidateDocuments | Tokenize | BatchByTokens | RunModel | MergeWindows | Postprocess
-    with the task's model head and post-processing. Result rows carry the task's Beam schema
-    (the columns of ``task.schema(config)``), so ``beam.Select``, SqlTransform and BigQuery
-    take them as they are.
+    Runs ValidateDocuments | ChunkDocuments | :class:`InferChunks` | one row per document:
+    documents travel in chunks between the stages, and become rows again at the end. Result
+    rows carry the task's Beam schema (the columns of ``task.schema(config)``), so
+    ``beam.Select``, SqlTransform and BigQuery take them as they are.
 
     Args:
         task: the task, e.g. ``EmbedTask()`` or ``ClassifyTask(top_k=3)``.
@@ -60,42 +123,49 @@ class InferDocuments(beam.PTransform):
     def __init__(self, task: Task, *, run: RunSpec | None = None, validate: bool = True,
                  carry: list[pa.Field] | tuple[pa.Field, ...] = ()):
         super().__init__()
-        self._carry = tuple(carry)
-        self._spec = engine_spec(task, run)
-        self._run = RunSpec(model=self._spec.model, tokenize=self._spec.tokenize,
-                            batch=(run or RunSpec()).batch)
+        self._core = InferChunks(task, run=run, carry=carry)
         self._validate = validate
 
     @property
     def task(self) -> Task:
-        return self._spec.task
+        return self._core.task
 
-    def schema(self) -> Any:
+    @property
+    def run(self) -> RunSpec:
+        """The run options, with the window policy resolved for the task."""
+        return self._core.run
+
+    def schema(self) -> pa.Schema:
         """The Arrow schema of the result rows (reads the checkpoint's config on the launcher)."""
-        from bertbeam.models import load_config
-
-        return with_carried(self.task.schema(load_config(self._spec.model)), self._carry)
+        return self._core.schema()
 
     def expand(self, docs: beam.PCollection[Document]) -> dict[str, beam.PCollection]:
         check_global_windows(docs, type(self).__name__)
-        task, run = self.task, self._run
         dead = []
         if self._validate:
-            checked = docs | "ValidateDocuments" >> ValidateDocuments(pairs=task.pair_input)
+            checked = docs | "ValidateDocuments" >> ValidateDocuments(pairs=self.task.pair_input)
             docs = checked["documents"]
             dead.append(checked[DEAD_LETTER])
-        tokenized = docs | "Tokenize" >> Tokenize(task, run=run)
-        finished = (
-            tokenized["windows"]
-            | "BatchByTokens" >> BatchByTokens(run.batch, engine=self._spec)
-            | "RunModel" >> RunModel(task, run=run)
-            | "MergeWindows" >> MergeWindows()
-            | "Postprocess" >> Postprocess(task, run=run, schema=self.schema())
-        )
-        dead += [tokenized[DEAD_LETTER], finished[DEAD_LETTER]]
-        return {"results": finished["results"],
-                DEAD_LETTER: tuple(dead) | "DeadLetter" >> beam.Flatten().with_output_types(
-                    DeadLetter)}
+        inferred = (docs | "ChunkDocuments" >> ChunkDocuments(self._core.run.tokenize.chunk_size)
+                    | "InferChunks" >> self._core)
+        schema = self.schema()
+        to_rows = beam.FlatMap(_beam_rows, schema)
+        try:
+            to_rows = to_rows.with_output_types(beam_row_type(schema))
+        except TypeError as exc:
+            # A carried column of a type Beam schemas lack (a date, a map): rows still flow,
+            # as beam.Rows without a declared schema.
+            _LOG.info("Results are not schema-aware: %s", exc)
+        rows = inferred["results"] | "ToRows" >> to_rows
+        if not dead:
+            return {"results": rows, DEAD_LETTER: inferred[DEAD_LETTER]}
+        return {"results": rows,
+                DEAD_LETTER: (*dead, inferred[DEAD_LETTER])
+                | "DeadLetter" >> beam.Flatten().with_output_types(DeadLetter)}
+
+
+def _beam_rows(batch: pa.RecordBatch, schema: pa.Schema) -> list[beam.Row]:
+    return [to_beam_row(row, schema) for row in table_rows(batch)]
 
 
 def with_carried(schema: pa.Schema, carry: tuple[pa.Field, ...]) -> pa.Schema:

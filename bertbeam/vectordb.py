@@ -29,6 +29,7 @@ import numpy as np
 import pyarrow as pa
 
 from bertbeam.index import TASK_COLUMNS
+from bertbeam.records import iter_rows
 
 ID_COLUMN = "id"
 TEXT_COLUMN = "text"
@@ -233,6 +234,7 @@ def write_to_sink(results: beam.PCollection, sink: MilvusSink | None, schema: pa
     sink.prepare(schema)
     text = TEXT_COLUMN if TEXT_COLUMN in schema.names else None
     _ = (results
+         | "ResultRows" >> beam.FlatMap(iter_rows)
          | "MakeChunks" >> MakeChunks(text_column=text, metadata=tuple(metadata_columns(schema)))
          | "WriteToVectorDatabase" >> VectorDatabaseWriteTransform(sink.writer_config(schema)))
 

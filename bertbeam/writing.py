@@ -104,7 +104,8 @@ def committed_files(output_dir: str, prefix: str) -> list[str]:
 
 
 class _WriteShardFn(BufferedDoFn):
-    """Writes rows ``rows_per_file`` at a time to a new temporary Parquet file; yields its URL."""
+    """Writes about ``rows_per_file`` rows at a time to a new temporary Parquet file; yields
+    its URL. Elements are record batches (of ``schema``) or single rows."""
 
     def __init__(self, temp_dir: str, prefix: str, schema: pa.Schema, rows_per_file: int):
         super().__init__(rows_per_file)
@@ -112,11 +113,20 @@ class _WriteShardFn(BufferedDoFn):
         self._prefix = prefix
         self._schema = schema
 
-    def flush(self, rows: list[dict]) -> Iterator[str]:
-        yield self._write(rows)
+    def weight(self, element: Any) -> int:
+        return element.num_rows if isinstance(element, pa.RecordBatch) else 1
 
-    def _write(self, rows: list[dict]) -> str:
-        table = rows_to_table(rows, self._schema)
+    def flush(self, elements: list[Any]) -> Iterator[str]:
+        batches = [e for e in elements if isinstance(e, pa.RecordBatch)]
+        rows = [e for e in elements if not isinstance(e, pa.RecordBatch)]
+        table = pa.Table.from_batches(
+            [b.cast(self._schema) if b.schema != self._schema else b for b in batches],
+            schema=self._schema)
+        if rows:
+            table = pa.concat_tables([table, rows_to_table(rows, self._schema)])
+        yield self._write(table)
+
+    def _write(self, table: pa.Table) -> str:
         fs, root = url_to_fs(self._temp_dir)
         fs.makedirs(root, exist_ok=True)
         path = f"{root.rstrip('/')}/{self._prefix}-{uuid.uuid4().hex}.parquet"
@@ -182,7 +192,7 @@ class _FinalizeFn(beam.DoFn):
 
 
 class WriteResults(beam.PTransform):
-    """row dict -> final file URL: writes rows with an explicit Arrow schema to
+    """record batch or row -> final file URL: writes results with an explicit Arrow schema to
     ``DIR/<prefix>-NNNNN-of-NNNNN.parquet``, atomically per file, replacing the files an
     earlier bertbeam run listed in ``DIR/_MANIFEST-<prefix>.json`` (and no other file).
 

@@ -1,18 +1,12 @@
-"""BatchByTokens: sorted, budget-bounded batches padded to their own longest window."""
+"""plan_batches: sorted, budget-bounded batches padded to their own longest window."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from bertbeam.batching import cut_batches, padded_length
 from bertbeam.config import BatchSpec
-from bertbeam.records import Window
-
-
-def _window(i: int, length: int) -> Window:
-    return Window(doc_id=str(i), index=0, n_windows=1, input_ids=np.ones(length, np.int32),
-                  type_ids=None, offsets=None, sequence_ids=None)
+from bertbeam.planning import padded_length, plan_batches
 
 
 def test_padded_length_rounds_up_to_the_multiple():
@@ -24,24 +18,22 @@ def test_padded_length_rounds_up_to_the_multiple():
 def test_batches_respect_the_budget_and_keep_every_window(budget):
     rng = np.random.default_rng(0)
     lengths = np.minimum(rng.pareto(1.5, 500) * 20 + 3, 300).astype(int)
-    windows = [_window(i, int(n)) for i, n in enumerate(lengths)]
-    batches = cut_batches(windows, BatchSpec(token_budget=budget, max_batch_size=64))
-    seen = [w.doc_id for b in batches for w in b.windows]
-    assert sorted(seen) == sorted(w.doc_id for w in windows)
-    for b in batches:
-        longest = max(w.length for w in b.windows)
-        assert b.padded_length == padded_length(longest, 8)
-        assert len(b.windows) <= 64
-        assert b.padded_tokens <= budget or len(b.windows) == 1
+    batches = plan_batches(lengths, budget, 64, 8)
+    seen = np.concatenate([rows for rows, _ in batches])
+    assert sorted(seen.tolist()) == list(range(len(lengths)))
+    for rows, padded in batches:
+        assert padded == padded_length(int(lengths[rows].max()), 8)
+        assert list(lengths[rows]) == sorted(lengths[rows], reverse=True)
+        assert len(rows) <= 64
+        assert len(rows) * padded <= budget or len(rows) == 1
 
 
 def test_sorting_makes_padding_small_on_heavy_tailed_lengths():
     rng = np.random.default_rng(1)
     lengths = (rng.pareto(1.2, 2000) * 16 + 8).astype(int).clip(8, 256)
-    windows = [_window(i, int(n)) for i, n in enumerate(lengths)]
-    batches = cut_batches(windows, BatchSpec(token_budget=8192, pad_multiple=1))
-    real = sum(b.real_tokens for b in batches)
-    padded = sum(b.padded_tokens for b in batches)
+    batches = plan_batches(lengths, 8192, 256, 1)
+    real = sum(int(lengths[rows].sum()) for rows, _ in batches)
+    padded = sum(len(rows) * padded for rows, padded in batches)
     assert real / padded > 0.95
     # Arrival order in fixed batches of 32 pads far more: the reason the buffer sorts.
     arrival = sum(32 * lengths[i:i + 32].max() for i in range(0, len(lengths), 32))
@@ -49,8 +41,31 @@ def test_sorting_makes_padding_small_on_heavy_tailed_lengths():
 
 
 def test_a_window_longer_than_the_budget_gets_a_batch_of_its_own():
-    batches = cut_batches([_window(0, 300), _window(1, 5)], BatchSpec(token_budget=64))
-    assert [len(b.windows) for b in batches] == [1, 1]
+    batches = plan_batches(np.array([300, 5]), 64, 256, 8)
+    assert [rows.tolist() for rows, _ in batches] == [[0], [1]]
+
+
+def test_the_plan_is_the_cheapest_cut_of_the_sorted_lengths():
+    """Exhaustive check on small inputs: no other cut of the sorted lengths into contiguous
+    batches costs fewer padded tokens plus per-batch overhead."""
+    import itertools
+
+    rng = np.random.default_rng(3)
+    for _ in range(30):
+        lengths = rng.integers(1, 60, size=7)
+        budget, overhead = 200, 16
+        plan = plan_batches(lengths, budget, 4, 1, overhead)
+        cost = sum(len(rows) * padded + overhead for rows, padded in plan)
+        ordered = sorted(lengths.tolist(), reverse=True)
+        best = None
+        for mask in itertools.product([0, 1], repeat=len(ordered) - 1):
+            cuts = [0] + [i + 1 for i, m in enumerate(mask) if m] + [len(ordered)]
+            parts = [ordered[a:b] for a, b in itertools.pairwise(cuts)]
+            if any(len(x) > 4 or (len(x) > 1 and len(x) * x[0] > budget) for x in parts):
+                continue
+            total = sum(len(x) * x[0] + overhead for x in parts)
+            best = total if best is None else min(best, total)
+        assert cost == best
 
 
 @pytest.mark.parametrize("kwargs", [{"token_budget": 0}, {"buffer_size": -1}, {"pad_multiple": 1.5}])

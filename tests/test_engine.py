@@ -14,6 +14,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from bertbeam import (
     BatchSpec,
     Document,
+    DocumentChunk,
     EmbedTask,
     Engine,
     EngineSpec,
@@ -22,9 +23,7 @@ from bertbeam import (
     ModelSpec,
     RunSpec,
     TokenizeSpec,
-    Window,
 )
-from bertbeam.deadletter import DeadLetter
 from bertbeam.runners import resolve_runner
 from tests.conftest import SAMPLE_TEXTS, read_output, run_cli, write_corpus
 from tests.test_transforms import _FailsOnMarker, _NaNOnMarker
@@ -90,10 +89,11 @@ def test_encode_dead_letters_only_the_document_the_tokenizer_fails_on(tiny_model
         return real(self, texts, *args, **kwargs)
 
     monkeypatch.setattr(type(engine.tokenizer), "__call__", fragile)
-    docs = [Document("a", "fine"), Document("b", "boom " * 3), Document("c", "also fine")]
-    out = engine.encode(docs)
-    assert [o.doc_id for o in out if isinstance(o, Window)] == ["a", "c"]
-    (dead,) = [o for o in out if isinstance(o, DeadLetter)]
+    docs = DocumentChunk(["a", "b", "c"], ["fine", "boom " * 3, "also fine"])
+    windows, dead_letters = engine.encode(docs)
+    assert [windows.docs.ids[d] for d in windows.doc] == ["a", "c"]
+    assert windows.window(1).input_ids.tolist() == engine.tokenizer("also fine")["input_ids"]
+    (dead,) = dead_letters
     assert (dead.id, dead.stage, dead.reason, dead.preview) == (
         "b", "tokenize", "tokenize_error", "boom boom boom ")
     assert "tokenizer panicked" in dead.message
@@ -115,6 +115,13 @@ class _FailsInPostprocess(EmbedTask):
         if "bad" in outputs[0].window.preview:
             raise ZeroDivisionError("broken post-processing")
         return super().postprocess(engine, outputs)
+
+    def postprocess_chunk(self, engine: Any, outputs: Any) -> dict[str, Any]:
+        # The columnar step fails for the whole chunk: the engine goes document by document.
+        windows = outputs.out.windows
+        if any("bad" in windows.preview(j) for j in outputs.first):
+            raise ZeroDivisionError("broken post-processing")
+        return super().postprocess_chunk(engine, outputs)
 
 
 def test_every_stage_dead_letters_with_its_stage_and_a_preview(tiny_model):

@@ -102,7 +102,7 @@ def test_chunking_is_refused_at_construction_and_truncate_is_the_default(tiny_mo
     model = tiny_model("bert", "fill-mask")
     with pytest.raises(ValueError, match="long_docs='truncate'"):
         LabelDocuments(FillMaskTask(), run=run_spec(model, max_length=16, long_docs="chunk", stride=4))
-    assert LabelDocuments("fill-mask")._spec.tokenize.long_docs == "truncate"
+    assert LabelDocuments("fill-mask").run.tokenize.long_docs == "truncate"
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)

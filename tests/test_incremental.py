@@ -75,7 +75,7 @@ def _spy_on_the_model(monkeypatch) -> list[str]:
     original = engine.Engine.encode
 
     def encode(self, docs):
-        seen.extend(_unkey(d.id)[0] for d in docs)
+        seen.extend(_unkey(doc_id)[0] for doc_id in docs.ids)
         return original(self, docs)
 
     monkeypatch.setattr(engine.Engine, "encode", encode)

@@ -3,7 +3,6 @@ model step's isolation of bad rows."""
 
 from __future__ import annotations
 
-import pickle
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -17,19 +16,20 @@ from apache_beam.testing.util import assert_that, equal_to
 from bertbeam import (
     BatchByTokens,
     BatchSpec,
+    ChunkDocuments,
     Document,
     EmbedTask,
     EngineSpec,
     InferDocuments,
     LabelDocuments,
     ModelSpec,
+    Postprocess,
     RunModel,
     RunSpec,
     Tokenize,
     TokenizeSpec,
 )
-from bertbeam.postprocess import MergeWindows, _MergeWindowsFn, _PostprocessFn
-from bertbeam.records import Window, WindowOutput
+from bertbeam.records import DocumentChunk, OutputChunk, WindowChunk
 from bertbeam.runners import resolve_runner
 from tests.conftest import SAMPLE_TEXTS
 
@@ -53,23 +53,31 @@ def test_label_documents_composes_with_the_users_own_io(tiny_model):
         assert_that(out["dead_letter"], equal_to([]), label="NoDeadLetter")
 
 
-def test_stage_transforms_compose_and_outputs_are_compact(tiny_model):
-    """Tokenize | BatchByTokens | RunModel by hand: one WindowOutput per window, whose arrays
-    own their memory (never views of the batch) and pickle to one window's size."""
+def test_stage_transforms_compose_over_chunks(tiny_model):
+    """ChunkDocuments | Tokenize | BatchByTokens | RunModel | Postprocess by hand: chunks of
+    packed windows, one output row per window, one record batch of results per plan with
+    every document, in the order of the schema."""
     run = RunSpec(model=ModelSpec(uri=tiny_model("bert", "base")))
+    spec = EngineSpec(run.model, run.tokenize, EmbedTask())
+    schema = InferDocuments(EmbedTask(), run=run).schema()
 
-    def check(output):
-        arrays = output.values.values()
-        compact = all(a.base is None and a.flags.owndata for a in arrays)
-        return output.window.doc_id, compact, len(pickle.dumps(output)) < 2_000
+    def check_outputs(out: OutputChunk):
+        n = len(out.windows)
+        packed = out.windows.input_ids.ndim == 1 and len(out.windows.input_ids) == out.windows.starts[-1]
+        return n, packed, out.values["embedding"].shape, sorted(out.errors)
 
     with _pipeline() as p:
-        windows = (p | beam.Create(_docs(SAMPLE_TEXTS))
+        windows = (p | beam.Create(_docs(SAMPLE_TEXTS)) | ChunkDocuments(4)
                    | Tokenize(EmbedTask(), run=run))["windows"]
-        outputs = (windows | BatchByTokens(BatchSpec(token_budget=100_000))
+        outputs = (windows | BatchByTokens(BatchSpec(token_budget=100_000, buffer_size=1000),
+                                           engine=spec)
                    | RunModel(EmbedTask(), run=run))
-        assert_that(outputs | beam.Map(check),
-                    equal_to([(f"t{i}", True, True) for i in range(len(SAMPLE_TEXTS))]))
+        n = len(SAMPLE_TEXTS)
+        assert_that(outputs | beam.Map(check_outputs),
+                    equal_to([(n, True, (n, 32), [])]), label="Outputs")
+        results = (outputs | Postprocess(EmbedTask(), run=run, schema=schema))["results"]
+        assert_that(results | beam.Map(lambda b: (b.schema == schema, sorted(b.column("id").to_pylist()))),
+                    equal_to([(True, sorted(f"t{i}" for i in range(n)))]), label="Results")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -117,36 +125,31 @@ def test_a_failing_batch_is_bisected_down_to_the_bad_rows(tiny_model):
                         equal_to([(b, reason) for b in sorted(bad)]), label="Bad")
 
 
-def _output(doc_id: str, index: int, n_windows: int) -> WindowOutput:
-    window = Window(doc_id=doc_id, index=index, n_windows=n_windows,
-                    input_ids=np.arange(3, dtype=np.int32), type_ids=None, offsets=None,
-                    sequence_ids=None)
-    return WindowOutput(window, {"x": np.float32([index])})
+def test_a_document_missing_windows_is_dead_lettered(tiny_model):
+    """A document whose windows did not all come back (not produced by bertbeam's own stages,
+    which keep a document's windows in one plan) is reported, never half-merged."""
+    from bertbeam.engine import Engine
 
-
-def test_merge_windows_gathers_each_document_in_window_order():
-    arriving = [_output("a", 2, 3), _output("b", 0, 1), _output("c", 1, 2), _output("a", 0, 3),
-                _output("c", 0, 2), _output("a", 1, 3)]
-    with _pipeline() as p:
-        merged = (p | beam.Create(arriving) | MergeWindows()
-                  | beam.Map(lambda outs: (outs[0].window.doc_id, [o.window.index for o in outs])))
-        assert_that(merged, equal_to([("a", [0, 1, 2]), ("b", [0]), ("c", [0, 1])]))
-
-
-def test_a_document_cut_short_comes_out_of_merge_windows_and_is_dead_lettered(tiny_model):
-    """Windows missing at the end of a bundle (not produced by bertbeam's own stages, which
-    keep a document in one bundle) still reach Postprocess, which reports them."""
-    fn = _MergeWindowsFn()
-    fn.start_bundle()
-    assert list(fn.process(_output("a", 1, 2))) == []
-    left = [v.value for v in fn.finish_bundle()]
-    assert [[o.window.index for o in outs] for outs in left] == [[1]]
-    spec = EngineSpec(ModelSpec(uri=tiny_model("bert", "base")), TokenizeSpec(), EmbedTask())
-    post = _PostprocessFn(spec, schema=None)
-    post.setup()
-    (dead,) = list(post.process(left[0]))
-    assert dead.tag == "dead_letter" and dead.value.reason == "model_error"
-    assert "1 of 2 windows" in dead.value.message
+    spec = EngineSpec(ModelSpec(uri=tiny_model("bert", "base")), TokenizeSpec(max_length=16),
+                      EmbedTask())
+    engine = Engine.acquire(spec)
+    long_text = " ".join(["word"] * 60)
+    windows, _ = engine.encode(DocumentChunk(["long", "short"], [long_text, "short text"]))
+    assert list(windows.n_windows[:2]) == [windows.n_windows[0]] * 2 and windows.n_windows[0] > 2
+    out = engine.run(engine.plan(windows, BatchSpec()))
+    keep = np.r_[0, np.flatnonzero(windows.doc == 1)]  # window 0 of "long", all of "short"
+    lengths = windows.lengths[keep]
+    partial = OutputChunk(
+        WindowChunk(windows.docs, np.concatenate([windows.input_ids[windows.starts[j]:windows.starts[j + 1]]
+                                                  for j in keep]),
+                    np.r_[0, np.cumsum(lengths)], windows.doc[keep], windows.index[keep],
+                    windows.n_windows[keep], windows.truncated[keep]),
+        {k: v[keep] for k, v in out.values.items()}, {})
+    results = engine.postprocess(partial)
+    assert results.columns["id"] == ["short"]
+    (dead,) = results.dead
+    assert dead.id == "long" and dead.reason == "model_error"
+    assert f"1 of {windows.n_windows[0]} windows" in dead.message
 
 
 def test_inference_path_has_no_shuffle():
@@ -159,4 +162,4 @@ def test_inference_path_has_no_shuffle():
     urns = {t.unique_name: t.spec.urn for t in transforms if t.unique_name.startswith("Infer/")}
     shuffles = [n for n, u in urns.items() if u in (common_urns.primitives.GROUP_BY_KEY.urn,
                                                     common_urns.primitives.FLATTEN.urn)]
-    assert shuffles == ["Infer/DeadLetter"]
+    assert shuffles == ["Infer/InferChunks/DeadLetter"]

@@ -25,7 +25,8 @@ from bertbeam.reading import Columns, InputError, ReadDocuments, carried_fields,
 from bertbeam.runlock import RunLock
 from bertbeam.runners import is_local, resolve_runner, torch_threads
 from bertbeam.tasks.base import Task
-from bertbeam.transforms import InferDocuments, with_carried
+from bertbeam.tokenization import ChunkDocuments
+from bertbeam.transforms import InferChunks, with_carried
 from bertbeam.vectordb import write_to_sink
 from bertbeam.writing import WriteResults
 
@@ -238,9 +239,12 @@ def build(p: beam.Pipeline, job: Job, prepared: Prepared,
         joined = docs | "JoinPrevious" >> JoinPrevious(prepared.previous_files,
                                                        prepared.stamp.job_fingerprint)
         docs, carried = joined["documents"], (joined[CARRIED],)
-    # ReadDocuments has checked ids and texts already (with the same reasons).
-    infer = InferDocuments(job.task, run=job.run, validate=False, carry=prepared.carry)
-    inferred = docs | "KeyByText" >> KeyByText() | "Infer" >> infer
+    # ReadDocuments has checked ids and texts already (with the same reasons); from here on
+    # documents travel in chunks, and results are record batches up to the Parquet files.
+    infer = InferChunks(job.task, run=job.run, carry=prepared.carry, config=prepared.config)
+    inferred = (docs | "KeyByText" >> KeyByText()
+                | "ChunkDocuments" >> ChunkDocuments(job.run.tokenize.chunk_size)
+                | "Infer" >> infer)
     stamped = inferred | "StampResults" >> StampResults(prepared.stamp)
     results = stamped["results"]
     if carried:

@@ -4,7 +4,8 @@ A task is a small frozen dataclass built on the launcher from plain options. It 
 its options (fields made with :func:`option` carry the help text the ``label`` command
 shows), its window policy and its output schema. On the worker it reduces a batch's model
 output on the device (``forward``), and turns the outputs of one document's windows into
-that document's result columns (``postprocess``); both receive the worker's engine
+that document's result columns (``postprocess``, or ``postprocess_chunk`` for many documents
+at once, where the task has a columnar form); all receive the worker's engine
 (``bertbeam.engine.Engine``: model, tokenizer, config, resolved lengths).
 """
 
@@ -18,7 +19,7 @@ from typing import Any, ClassVar, Literal, get_args, get_origin
 import numpy as np
 import pyarrow as pa
 
-from bertbeam.records import WindowOutput
+from bertbeam.records import ChunkOutputs, WindowOutput
 
 
 class Task:
@@ -68,6 +69,15 @@ class Task:
     def postprocess(self, engine: Any, outputs: list[WindowOutput]) -> dict[str, Any]:
         """One document's result columns (without ``id``) from its windows' outputs, in order."""
         raise NotImplementedError
+
+    def postprocess_chunk(self, engine: Any, outputs: ChunkOutputs) -> dict[str, Any] | None:
+        """The result columns (without ``id``; one value per document, as lists or numpy
+        arrays) of every document of ``outputs`` at once, or ``None`` where the task has no
+        columnar form: the engine then calls :meth:`postprocess` document by document.
+
+        It must give exactly what :meth:`postprocess` gives; on any error the engine falls
+        back to :meth:`postprocess`, so that one bad document fails alone."""
+        return None
 
 
 class TaskInputError(ValueError):

@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 
 from bertbeam.config import _check_choice, _check_positive
-from bertbeam.records import WindowOutput
+from bertbeam.records import ChunkOutputs, WindowOutput
 from bertbeam.sentence_transformers import (
     DenseLayer,
     PoolingMode,
@@ -146,27 +146,44 @@ class EmbedTask(Task):
         return {"embedding": pooled}
 
     def postprocess(self, engine: Any, outputs: list[WindowOutput]) -> dict[str, Any]:
+        vectors = np.stack([o.values["embedding"] for o in outputs])
+        lengths = np.array([o.window.length for o in outputs])
+        vector, n_tokens = self._combine(engine, vectors, lengths, np.zeros(1, np.int64))
+        return {"embedding": vector[0], "n_tokens": int(n_tokens[0]), **chunk_columns(outputs),
+                "model": engine.uri}
+
+    def postprocess_chunk(self, engine: Any, outputs: ChunkOutputs) -> dict[str, Any]:
+        rows = outputs.window_rows
+        windows = outputs.out.windows
+        vectors, n_tokens = self._combine(engine, outputs.out.values["embedding"][rows],
+                                          windows.lengths[rows], outputs.segments)
+        return {"embedding": vectors, "n_tokens": n_tokens.astype(np.int32),
+                "n_chunks": outputs.count.astype(np.int32),
+                "truncated": windows.truncated[outputs.first],
+                "model": [engine.uri] * len(outputs)}
+
+    def _combine(self, engine: Any, vectors: np.ndarray, lengths: np.ndarray,
+                 segments: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One vector per document from its windows' (rows ``segments[g]`` up to the next
+        segment), and its token count."""
         normalize = self.head(engine.local_dir, engine.config).normalize
-        vectors = np.stack([o.values["embedding"] for o in outputs]).astype(np.float32)
-        lengths = np.array([o.window.length for o in outputs], dtype=np.float64)
+        vectors = vectors.astype(np.float32, copy=True)
+        lengths = lengths.astype(np.float64)
         if normalize:
             # Each window's own embedding is what a single-window document would get.
             vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-        if len(outputs) == 1 or self.chunk_pooling == "first":
-            vector = vectors[0]
+        n_tokens = np.add.reduceat(lengths, segments) if len(segments) else lengths[:0]
+        if len(vectors) == len(segments) or self.chunk_pooling == "first":
+            combined = vectors[segments]
         elif self.chunk_pooling == "max":
-            vector = vectors.max(axis=0)
+            combined = np.maximum.reduceat(vectors, segments, axis=0)
         else:
-            vector = (vectors * (lengths / lengths.sum())[:, None]).sum(axis=0).astype(np.float32)
+            weights = lengths / np.repeat(n_tokens, np.diff(np.r_[segments, len(lengths)]))
+            combined = np.add.reduceat(vectors * weights[:, None], segments, axis=0).astype(np.float32)
         if normalize:
-            vector = vector / max(float(np.linalg.norm(vector)), 1e-12)
-        return {
-            # encode truncates after Normalize: the result is a prefix of the unit vector.
-            "embedding": vector[: self.truncate_dim].astype(np.float32, copy=False),
-            "n_tokens": int(lengths.sum()),
-            **chunk_columns(outputs),
-            "model": engine.uri,
-        }
+            combined /= np.maximum(np.linalg.norm(combined, axis=1, keepdims=True), 1e-12)
+        # encode truncates after Normalize: the result is a prefix of the unit vector.
+        return np.ascontiguousarray(combined[:, : self.truncate_dim], dtype=np.float32), n_tokens
 
 
 # Keyed by the tokenizer object: a process holds one or two, so the cache keeps them alive

@@ -2,7 +2,7 @@
 
 ``Trainer`` runs the loop (AdamW, linear warm-up and decay, gradient clipping, evaluation
 each epoch, early stopping, the best checkpoint, seeding, bf16 autocast on CUDA); bertbeam
-supplies the batches: rows cut by ``cut_batches`` into batches of at most ``token_budget``
+supplies the batches: rows cut by ``planning.plan_batches`` into batches of at most ``token_budget``
 padded tokens, once, then shuffled as whole batches each epoch (as fairseq does), so an
 epoch always has the same number of steps. Why Trainer: ``docs/design-notes.md``.
 """
@@ -97,16 +97,13 @@ def _batch_sampler(features: list[dict[str, Any]], cfg: TrainConfig, pad_multipl
                    *, shuffle: bool) -> Any:
     import torch
 
-    from bertbeam.batching import cut_batches
     from bertbeam.config import BatchSpec
-    from bertbeam.records import Window
+    from bertbeam.planning import plan_batches
 
-    spec = BatchSpec(token_budget=cfg.token_budget, max_batch_size=cfg.max_batch_size,
-                     pad_multiple=pad_multiple)
-    # cut_batches sorts and cuts Windows by length; a row's position travels as its doc_id.
-    windows = [Window(str(i), 0, 1, np.empty(len(f["input_ids"]), np.int32), None, None, None)
-               for i, f in enumerate(features)]
-    batches = [[int(w.doc_id) for w in b.windows] for b in cut_batches(windows, spec)]
+    spec = BatchSpec()  # the pipeline's cost of one more batch
+    lengths = np.array([len(f["input_ids"]) for f in features], dtype=np.int64)
+    batches = [rows.tolist() for rows, _ in plan_batches(
+        lengths, cfg.token_budget, cfg.max_batch_size, pad_multiple, spec.batch_overhead_tokens)]
 
     class _TokenBudgetBatches(torch.utils.data.Sampler):
         """The same batches every epoch, in an order shuffled per epoch (seed + epoch)."""
