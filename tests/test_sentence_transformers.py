@@ -125,8 +125,8 @@ VARIANTS = {
 
 
 def test_embeddings_equal_encode_for_every_module_stack(tmp_path, st_checkpoint):
-    """Every variant, in one pipeline through InferDocuments (Tokenize | BatchByTokens |
-    RunModel | MergeWindows | Postprocess), equals ``encode`` row by row: pooling modes, Dense
+    """Every variant, in one pipeline through InferDocuments (ChunkDocuments | Tokenize |
+    BatchByTokens | RunModel | Postprocess), equals ``encode`` row by row: pooling modes, Dense
     layers with their activations, Normalize, prompts in or out of pooling, truncate_dim."""
     texts = SAMPLE_TEXTS
     variants = {name: (EmbedTask(**options), run_spec(st_checkpoint(checkpoint), budget=96))
