@@ -33,7 +33,7 @@ from bertbeam.deadletter import DEAD_LETTER, DeadLetter
 from bertbeam.filesystems import expand_glob, url_to_fs
 from bertbeam.fingerprint import STAMP_COLUMNS, TEXT_FINGERPRINT_CHARS, text_fingerprint
 from bertbeam.reading import InputError
-from bertbeam.records import Document, table_rows
+from bertbeam.records import Document, DocumentChunk, table_rows
 
 _LOG = logging.getLogger("bertbeam")
 
@@ -74,12 +74,26 @@ def _unkey(key: str) -> tuple[str, str]:
     return key[: cut - len(_KEY_SEPARATOR)], key[cut:]
 
 
+def _keyed_chunk(chunk: DocumentChunk) -> DocumentChunk:
+    pairs = chunk.text_pairs or [None] * len(chunk)
+    extra = chunk.extra or {}
+    keys = [f"{doc_id}{_KEY_SEPARATOR}"
+            f"{text_fingerprint(text, pair, {c: v[i] for c, v in extra.items()} or None)}"
+            for i, (doc_id, text, pair) in enumerate(zip(chunk.ids, chunk.texts, pairs, strict=True))]
+    return DocumentChunk(keys, chunk.texts, chunk.text_pairs, chunk.extra)
+
+
+def _key_element(element: Document | DocumentChunk) -> Document | DocumentChunk:
+    return _keyed_chunk(element) if isinstance(element, DocumentChunk) else _keyed(element)
+
+
 class KeyByText(beam.PTransform):
-    """Document -> Document whose id also carries its text fingerprint, for
-    :class:`StampResults` to take back after the model (an element-wise step: no shuffle)."""
+    """Document (or DocumentChunk) -> the same whose ids also carry their text fingerprint,
+    for :class:`StampResults` to take back after the model (an element-wise step: no
+    shuffle)."""
 
     def expand(self, docs: beam.PCollection) -> beam.PCollection:
-        return docs | "KeyByText" >> beam.Map(_keyed)
+        return docs | "KeyByText" >> beam.Map(_key_element)
 
 
 def stamp_batch(batch: pa.RecordBatch, stamp: Stamp) -> pa.RecordBatch:

@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 from bertbeam import metrics
 from bertbeam.deadletter import DEAD_LETTER, DeadLetter, Reason, emit
 from bertbeam.filesystems import expand_glob, url_to_fs
+from bertbeam.records import Document, DocumentChunk
 from bertbeam.validation import Unconvertible, check_document, id_key
 
 READ_BATCH_ROWS = 4096
@@ -195,8 +196,9 @@ class _FirstPosition(beam.CombineFn):
 
 
 class _ReadRowGroupFn(beam.DoFn):
-    def __init__(self, columns: Columns):
+    def __init__(self, columns: Columns, chunk_size: int | None = None):
         self._columns = columns
+        self._chunk_size = chunk_size
 
     def setup(self) -> None:
         self._footers = _Footers()
@@ -235,12 +237,16 @@ class _ReadRowGroupFn(beam.DoFn):
 
     def _documents(self, batch: pa.RecordBatch, url: str, group: int, row0: int,
                    duplicates: dict[str, tuple]) -> Iterator[Any]:
+        """The checked Documents of ``batch`` (and the dead letters of its bad rows), or with
+        ``chunk_size`` DocumentChunks of up to that many of them."""
         cols = self._columns
         ids = _as_python(batch.column(cols.id))
         texts = _as_python(batch.column(cols.text))
         pairs = _as_python(batch.column(cols.text_pair)) if cols.text_pair else None
         carried = {c: _as_python(batch.column(c)) for c in cols.carry}
         with_pair = pairs is not None
+        good: list[Document] = []
+        checked_rows = 0
         for i, raw_id in enumerate(ids):
             doc_id = id_key(raw_id)
             first = duplicates.get(doc_id) if doc_id is not None else None
@@ -251,10 +257,20 @@ class _ReadRowGroupFn(beam.DoFn):
                 continue
             checked = check_document(raw_id, texts[i], pairs[i] if with_pair else None,
                                      with_pair=with_pair)
-            if carried and not isinstance(checked, DeadLetter):
+            checked_rows += 1
+            if isinstance(checked, DeadLetter):
+                yield emit(checked)
+                continue
+            if carried:
                 checked.extra = {c: values[i] for c, values in carried.items()}
-            metrics.inc(metrics.READ)
-            yield emit(checked)
+            good.append(checked)
+        # Every row is read once (duplicates counted theirs in _read_dead_letter).
+        metrics.inc(metrics.READ, checked_rows)
+        if self._chunk_size is None:
+            yield from good
+            return
+        for start in range(0, len(good), self._chunk_size):
+            yield DocumentChunk.of(good[start:start + self._chunk_size])
 
 
 def _as_python(column: pa.Array) -> list[Any]:
@@ -279,7 +295,8 @@ def _as_python(column: pa.Array) -> list[Any]:
 
 
 class ReadDocuments(beam.PTransform):
-    """Pipeline root -> Document (main) and dead-letter rows (``dead_letter``).
+    """Pipeline root -> Document (main; with ``chunk_size``, DocumentChunks of up to that
+    many documents of one row group) and dead-letter rows (``dead_letter``).
 
     Reads a Parquet glob in Arrow record batches, one row group per work item, so large
     files spread over workers. Rows without a usable id or text go to the dead letter with a
@@ -290,12 +307,15 @@ class ReadDocuments(beam.PTransform):
 
         read = p | ReadDocuments("gs://bucket/corpus/*.parquet", Columns(id="id", text="body"))
         docs, bad = read["documents"], read["dead_letter"]
+        chunks = (p | ReadDocuments("corpus/*.parquet", chunk_size=256))["documents"]
     """
 
-    def __init__(self, pattern: str, columns: Columns | None = None):
+    def __init__(self, pattern: str, columns: Columns | None = None, *,
+                 chunk_size: int | None = None):
         super().__init__()
         self._pattern = pattern
         self._columns = columns or Columns()
+        self._chunk_size = chunk_size
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> dict[str, beam.PCollection]:
         groups = (
@@ -315,7 +335,8 @@ class ReadDocuments(beam.PTransform):
                 lambda key, acc: [(key, acc[0])] if acc[1] > 1 else [])
         )
         read = spread | "ReadRowGroups" >> beam.ParDo(
-            _ReadRowGroupFn(self._columns), duplicates=beam.pvalue.AsDict(duplicates)
+            _ReadRowGroupFn(self._columns, self._chunk_size),
+            duplicates=beam.pvalue.AsDict(duplicates)
         ).with_outputs(DEAD_LETTER, main="documents")
         dead = (groups.dead_letter, read.dead_letter) | "ReadDeadLetter" >> beam.Flatten()
         return {"documents": read.documents, DEAD_LETTER: dead}

@@ -49,3 +49,41 @@ def test_without_dedupe_nothing_is_shuffled():
     urns = [t.spec.urn for t in p.to_runner_api().components.transforms.values()
             if t.unique_name.startswith("Validate/")]
     assert urns and common_urns.primitives.GROUP_BY_KEY.urn not in urns
+
+
+def test_read_documents_in_chunks_checks_rows_as_one_by_one(tmp_path):
+    """ReadDocuments(chunk_size=N) gives DocumentChunks of at most N documents holding exactly
+    the documents (ids, texts, carried values) the per-document read gives, and the same dead
+    letters."""
+    from bertbeam import Columns, DocumentChunk, ReadDocuments
+    from bertbeam.runners import resolve_runner
+    from tests.conftest import write_corpus
+
+    ids = [f"d{i}" for i in range(10)] + ["d3", None]
+    texts = [f"text {i}" for i in range(10)] + ["again", "no id"]
+    texts[5] = "  "
+    write_corpus(tmp_path / "in.parquet", {"id": ids, "text": texts, "n": list(range(12))},
+                 row_group_size=4)
+    columns = Columns(carry=("n",))
+    options = beam.options.pipeline_options.PipelineOptions()
+
+    def check(chunk_size):
+        with TestPipeline(runner=resolve_runner(options), options=options) as p:
+            read = p | ReadDocuments(str(tmp_path / "*.parquet"), columns, chunk_size=chunk_size)
+
+            def flat(element):
+                if isinstance(element, DocumentChunk):
+                    assert len(element) <= 3
+                    return [element.document(i) for i in range(len(element))]
+                return [element]
+
+            docs = read["documents"] | beam.FlatMap(flat) | beam.Map(
+                lambda d: (d.id, d.text, d.extra["n"]))
+            dead = read["dead_letter"] | beam.Map(lambda d: (d.id, d.reason))
+            assert_that(docs, equal_to([(i, t, n) for n, (i, t) in enumerate(zip(ids, texts, strict=True))
+                                        if n < 10 and n != 5]), label="Docs")
+            assert_that(dead, equal_to([("d5", "empty_text"), ("d3", "duplicate_id"),
+                                        (None, "missing_id")]), label="Dead")
+
+    check(None)
+    check(3)

@@ -233,18 +233,21 @@ def build(p: beam.Pipeline, job: Job, prepared: Prepared,
     """Read -> [join with earlier runs] -> infer -> write results and dead letter [-> a vector
     database: ``--sink``] [-> write the summary: ``finish``, for ``--no-wait``]; the shape
     every task pipeline has."""
-    read = p | "ReadDocuments" >> ReadDocuments(job.input, job.columns)
-    docs, carried = read["documents"], ()
-    if prepared.previous_files:
-        joined = docs | "JoinPrevious" >> JoinPrevious(prepared.previous_files,
-                                                       prepared.stamp.job_fingerprint)
-        docs, carried = joined["documents"], (joined[CARRIED],)
-    # ReadDocuments has checked ids and texts already (with the same reasons); from here on
-    # documents travel in chunks, and results are record batches up to the Parquet files.
+    # Documents travel in chunks from the reader on (after the join with earlier runs, which
+    # pairs documents one by one), and results are record batches up to the Parquet files.
+    # ReadDocuments has checked ids and texts already (with the same reasons).
+    chunk_size = job.run.tokenize.chunk_size
+    joining = bool(prepared.previous_files)
+    read = p | "ReadDocuments" >> ReadDocuments(job.input, job.columns,
+                                                chunk_size=None if joining else chunk_size)
+    chunks, carried = read["documents"], ()
+    if joining:
+        joined = chunks | "JoinPrevious" >> JoinPrevious(prepared.previous_files,
+                                                         prepared.stamp.job_fingerprint)
+        chunks = joined["documents"] | "ChunkDocuments" >> ChunkDocuments(chunk_size)
+        carried = (joined[CARRIED],)
     infer = InferChunks(job.task, run=job.run, carry=prepared.carry, config=prepared.config)
-    inferred = (docs | "KeyByText" >> KeyByText()
-                | "ChunkDocuments" >> ChunkDocuments(job.run.tokenize.chunk_size)
-                | "Infer" >> infer)
+    inferred = chunks | "KeyByText" >> KeyByText() | "Infer" >> infer
     stamped = inferred | "StampResults" >> StampResults(prepared.stamp)
     results = stamped["results"]
     if carried:
