@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import apache_beam as beam
+import numpy as np
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
@@ -193,3 +194,43 @@ def test_the_cli_writes_the_same_rows_it_counts(tmp_path, tiny_model):
     rows = read_output(tmp_path / "o")
     assert sorted(r["id"] for r in rows) == ["x", "y"]
     assert all(len(r["labels"]) == 2 and set(r["labels"][0]) == {"label", "score"} for r in rows)
+
+
+@pytest.mark.parametrize("case", ["embed-mean", "embed-max", "embed-first", "classify-mean",
+                                  "classify-max", "classify-multi-label", "zero-shot"])
+def test_columnar_postprocess_equals_the_per_document_one(tiny_model, case):
+    """A task's postprocess_chunk gives, for every document, exactly what its per-document
+    postprocess gives: single- and multi-window documents, each merge mode."""
+    from bertbeam import ClassifyTask, ZeroShotTask
+    from bertbeam.records import ChunkOutputs
+
+    task, head = {
+        "embed-mean": (EmbedTask(), "base"), "embed-max": (EmbedTask(chunk_pooling="max"), "base"),
+        "embed-first": (EmbedTask(chunk_pooling="first"), "base"),
+        "classify-mean": (ClassifyTask(top_k=3), "classify"),
+        "classify-max": (ClassifyTask(chunk_merge="max"), "classify"),
+        "classify-multi-label": (ClassifyTask(multi_label=True, threshold=0.2), "classify"),
+        "zero-shot": (ZeroShotTask(labels=("code", "animals", "food")), "base"),
+    }[case]
+    engine = _engine(tiny_model("bert", head), task, max_length=16, stride=4)
+    texts = [*SAMPLE_TEXTS, " ".join(SAMPLE_TEXTS), SAMPLE_TEXTS[0] * 4]
+    windows, _ = engine.encode(DocumentChunk([f"d{i}" for i in range(len(texts))], texts))
+    out = engine.run(engine.plan(windows, BatchSpec(token_budget=256)))
+    first = np.flatnonzero(np.r_[True, windows.doc[1:] != windows.doc[:-1]])
+    outputs = ChunkOutputs(out, first, np.diff(np.r_[first, len(windows)]), task.token_level,
+                           task.needs_text)
+    assert outputs.count.max() > 1  # multi-window documents are among them
+    columns = task.postprocess_chunk(engine, outputs)
+    for g in range(len(outputs)):
+        expected = task.postprocess(engine, outputs.outputs(g))
+        for name, value in expected.items():
+            got = columns[name][g]
+            if isinstance(value, np.ndarray):
+                np.testing.assert_allclose(got, value, rtol=1e-6, atol=1e-7)
+            elif name == "labels":
+                assert [r["label"] for r in got] == [r["label"] for r in value]
+                np.testing.assert_allclose([r["score"] for r in got], [r["score"] for r in value])
+            elif isinstance(value, float):
+                assert abs(got - value) < 1e-9, name
+            else:
+                assert got == value, (name, g)

@@ -96,6 +96,12 @@ def chunk_columns(outputs: list[WindowOutput]) -> dict[str, Any]:
     return {"n_chunks": len(outputs), "truncated": bool(outputs[0].window.truncated)}
 
 
+def chunk_arrays(outputs: ChunkOutputs) -> dict[str, Any]:
+    """:func:`chunk_columns` of every document of ``outputs``, as arrays."""
+    return {"n_chunks": outputs.count.astype(np.int32),
+            "truncated": outputs.out.windows.truncated[outputs.first]}
+
+
 ID_FIELD = pa.field("id", pa.string(), nullable=False)
 MODEL_FIELD = pa.field("model", pa.string(), nullable=False)
 CHUNK_FIELDS = [pa.field("n_chunks", pa.int32(), nullable=False),

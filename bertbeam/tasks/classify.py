@@ -14,12 +14,13 @@ import numpy as np
 import pyarrow as pa
 
 from bertbeam.config import _check_choice, _check_positive
-from bertbeam.records import WindowOutput
+from bertbeam.records import ChunkOutputs, WindowOutput
 from bertbeam.tasks.base import (
     CHUNK_FIELDS,
     ID_FIELD,
     MODEL_FIELD,
     Task,
+    chunk_arrays,
     chunk_columns,
     option,
     softmax,
@@ -47,6 +48,16 @@ def merge_window_rows(rows: np.ndarray, how: ChunkMerge) -> np.ndarray:
     return rows.max(axis=0) if how == "max" else rows.mean(axis=0)
 
 
+def merge_segments(rows: np.ndarray, segments: np.ndarray, count: np.ndarray,
+                   how: ChunkMerge) -> np.ndarray:
+    """:func:`merge_window_rows` for many documents at once: document ``g``'s windows are rows
+    ``segments[g]`` to ``segments[g] + count[g] - 1``."""
+    rows = np.asarray(rows, dtype=np.float64)
+    if how == "max":
+        return np.maximum.reduceat(rows, segments, axis=0)
+    return np.add.reduceat(rows, segments, axis=0) / count[:, None]
+
+
 def sigmoid(logits: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-logits))
 
@@ -65,6 +76,14 @@ def label_columns(names: list[str], scores: np.ndarray, *, top_k: int | None,
     else:
         kept = ranked[:top_k]
     return {"label": ranked[0]["label"], "score": ranked[0]["score"], "labels": kept}
+
+
+def label_chunk_columns(rows: list[dict[str, Any]], outputs: ChunkOutputs, uri: str
+                        ) -> dict[str, Any]:
+    """The classify / zero-shot result columns of a chunk from each document's
+    :func:`label_columns`."""
+    return {**{k: [r[k] for r in rows] for k in ("label", "score", "labels")},
+            **chunk_arrays(outputs), "model": [uri] * len(outputs)}
 
 
 def id2label(config: Any) -> list[str]:
@@ -134,9 +153,16 @@ class ClassifyTask(Task):
 
     def postprocess(self, engine: Any, outputs: list[WindowOutput]) -> dict[str, Any]:
         logits = merge_window_rows(np.stack([o.values["logits"] for o in outputs]), self.chunk_merge)
+        return {**self._labels(engine, logits), **chunk_columns(outputs), "model": engine.uri}
+
+    def postprocess_chunk(self, engine: Any, outputs: ChunkOutputs) -> dict[str, Any]:
+        logits = merge_segments(outputs.out.values["logits"][outputs.window_rows],
+                                outputs.segments, outputs.count, self.chunk_merge)
+        return label_chunk_columns([self._labels(engine, row) for row in logits], outputs,
+                                   engine.uri)
+
+    def _labels(self, engine: Any, logits: np.ndarray) -> dict[str, Any]:
         if self.uses_sigmoid(engine.config):
-            labels = label_columns(id2label(engine.config), sigmoid(logits), top_k=None,
-                                   threshold=self.threshold)
-        else:
-            labels = label_columns(id2label(engine.config), softmax(logits), top_k=self.top_k)
-        return {**labels, **chunk_columns(outputs), "model": engine.uri}
+            return label_columns(id2label(engine.config), sigmoid(logits), top_k=None,
+                                 threshold=self.threshold)
+        return label_columns(id2label(engine.config), softmax(logits), top_k=self.top_k)

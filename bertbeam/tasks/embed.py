@@ -37,7 +37,14 @@ from bertbeam.sentence_transformers import (
     read_stack,
     stack_dim,
 )
-from bertbeam.tasks.base import CHUNK_FIELDS, ID_FIELD, MODEL_FIELD, Task, chunk_columns
+from bertbeam.tasks.base import (
+    CHUNK_FIELDS,
+    ID_FIELD,
+    MODEL_FIELD,
+    Task,
+    chunk_arrays,
+    chunk_columns,
+)
 
 Pooling = Literal["auto", "mean", "cls", "max", "mean_sqrt_len_tokens", "weightedmean", "lasttoken"]
 ChunkPooling = Literal["mean", "first", "max"]
@@ -158,9 +165,7 @@ class EmbedTask(Task):
         vectors, n_tokens = self._combine(engine, outputs.out.values["embedding"][rows],
                                           windows.lengths[rows], outputs.segments)
         return {"embedding": vectors, "n_tokens": n_tokens.astype(np.int32),
-                "n_chunks": outputs.count.astype(np.int32),
-                "truncated": windows.truncated[outputs.first],
-                "model": [engine.uri] * len(outputs)}
+                **chunk_arrays(outputs), "model": [engine.uri] * len(outputs)}
 
     def _combine(self, engine: Any, vectors: np.ndarray, lengths: np.ndarray,
                  segments: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

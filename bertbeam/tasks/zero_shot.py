@@ -22,9 +22,9 @@ import numpy as np
 import pyarrow as pa
 
 from bertbeam.config import _check_choice
-from bertbeam.records import WindowOutput
+from bertbeam.records import ChunkOutputs, WindowOutput
 from bertbeam.tasks.base import Task, chunk_columns, option, softmax
-from bertbeam.tasks.classify import label_columns, label_schema
+from bertbeam.tasks.classify import label_chunk_columns, label_columns, label_schema
 from bertbeam.tasks.embed import EmbedTask, Pooling
 
 ZeroShotChunkPooling = Literal["mean", "first"]
@@ -159,15 +159,27 @@ class ZeroShotTask(Task):
         return {"embedding": torch.cat([pooled, pooled @ unit_labels.T], dim=1)}
 
     def postprocess(self, engine: Any, outputs: list[WindowOutput]) -> dict[str, Any]:
-        combined = self._embedder.postprocess(engine, outputs)["embedding"].astype(np.float64)
-        vector, dots = combined[: -len(self.labels)], combined[-len(self.labels):]
-        cosine = dots / max(float(np.linalg.norm(vector)), 1e-12)
-        scores = softmax(cosine / self.temperature)
+        combined = self._embedder.postprocess(engine, outputs)["embedding"]
+        (scores,) = self._scores(combined[None, :])
         return {
             **label_columns(list(self.labels), scores, top_k=self.top_k),
             **chunk_columns(outputs),
             "model": engine.uri,
         }
+
+    def postprocess_chunk(self, engine: Any, outputs: ChunkOutputs) -> dict[str, Any]:
+        scores = self._scores(self._embedder.postprocess_chunk(engine, outputs)["embedding"])
+        names = list(self.labels)
+        return label_chunk_columns([label_columns(names, row, top_k=self.top_k) for row in scores],
+                                   outputs, engine.uri)
+
+    def _scores(self, combined: np.ndarray) -> np.ndarray:
+        """Label scores, one row per document, from combined ``[vector, label dots]`` rows."""
+        combined = combined.astype(np.float64)
+        k = len(self.labels)
+        vectors, dots = combined[:, :-k], combined[:, -k:]
+        cosine = dots / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        return softmax(cosine / self.temperature)
 
 
 def _as_tuple(name: str, value: Any) -> tuple:
