@@ -502,7 +502,7 @@ class Engine:
         outputs = ChunkOutputs(out, first[good], count[good], task.token_level, task.needs_text)
         columns = None
         try:
-            columns = task.postprocess_chunk(self, outputs)
+            columns = task.postprocess_chunk(self, outputs) if len(outputs) else {}
         except Exception:  # noqa: BLE001 - the documents one by one find the bad one
             _LOG.debug("postprocess_chunk failed; post-processing document by document",
                        exc_info=True)
