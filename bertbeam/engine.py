@@ -37,6 +37,7 @@ from apache_beam.utils import shared
 from bertbeam import metrics
 from bertbeam.config import BatchSpec, ModelSpec, RunSpec, TokenizeSpec
 from bertbeam.deadletter import DeadLetter, Reason, Stage
+from bertbeam.memory import HeapTrimmer
 from bertbeam.planning import plan_batches
 from bertbeam.records import (
     BatchPlan,
@@ -173,6 +174,7 @@ class Engine:
         self._max_tokens: int | None = None  # learned from CUDA out-of-memory errors
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
+        self._trimmer = HeapTrimmer() if self.device.type == "cpu" else None
 
     @classmethod
     def acquire(cls, spec: EngineSpec) -> Engine:
@@ -342,7 +344,7 @@ class Engine:
         on the threads of the engine's pool, on a GPU as queued kernels (inputs copied from
         pinned memory, outputs copied back asynchronously). :meth:`collect` gathers them."""
         if self.streams <= 1:
-            return [self._launch_safely(plan.windows, rows, padded)
+            return [self._launch(plan.windows, rows, padded)
                     for rows, padded in zip(plan.batches, plan.padded, strict=True)]
         with self._pool_lock:
             if self._pool is None:
@@ -352,8 +354,16 @@ class Engine:
                 self._pool = ThreadPoolExecutor(
                     self.streams, thread_name_prefix="bertbeam-model",
                     initializer=torch.set_num_threads, initargs=(torch.get_num_threads(),))
-        return [self._pool.submit(self._launch_safely, plan.windows, rows, padded)
+        return [self._pool.submit(self._launch, plan.windows, rows, padded)
                 for rows, padded in zip(plan.batches, plan.padded, strict=True)]
+
+    def _launch(self, windows: WindowChunk, rows: np.ndarray, padded: int
+                ) -> list[tuple[np.ndarray, Any]]:
+        launched = self._launch_safely(windows, rows, padded)
+        if self._trimmer is not None:
+            # Between CPU batches: freed activation buffers go back to the system (memory.py).
+            self._trimmer.maybe_trim()
+        return launched
 
     def collect(self, plan: BatchPlan, launched: list[Any]) -> OutputChunk:
         """The OutputChunk of a submitted plan, in window order (waits for its batches).

@@ -11,7 +11,6 @@ from apache_beam.transforms.window import GlobalWindows
 
 from bertbeam.config import RunSpec
 from bertbeam.engine import Engine, EngineSpec, engine_spec
-from bertbeam.memory import HeapTrimmer
 from bertbeam.records import BatchPlan, OutputChunk
 from bertbeam.tasks.base import Task
 
@@ -26,7 +25,6 @@ class _RunModelFn(beam.DoFn):
 
     def setup(self) -> None:
         self._engine = Engine.acquire(self._spec)
-        self._trimmer = HeapTrimmer() if self._engine.device.type == "cpu" else None
 
     def start_bundle(self) -> None:
         self._pending: deque[tuple[BatchPlan, Any]] = deque()
@@ -41,10 +39,7 @@ class _RunModelFn(beam.DoFn):
             yield GlobalWindows.windowed_value(self._collect_oldest())
 
     def _collect_oldest(self) -> OutputChunk:
-        out = self._engine.collect(*self._pending.popleft())
-        if self._trimmer is not None:
-            self._trimmer.maybe_trim()
-        return out
+        return self._engine.collect(*self._pending.popleft())
 
 
 class RunModel(beam.PTransform):
