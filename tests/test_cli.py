@@ -68,3 +68,23 @@ def test_runs_from_a_project_with_its_own_pipelines_package(tmp_path, tiny_model
         cwd=project, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sorted(r["id"] for r in read_output(tmp_path / "out")) == ["d0", "d1", "d2"]
+
+
+def test_an_embed_run_imports_only_the_model_stack(tmp_path, tiny_model):
+    """A whole local ``bertbeam embed --no-report`` run (launcher and worker in one process)
+    imports torch and transformers for its model, and none of the libraries of the other
+    commands: no report plots, index, vector sink, training or ONNX library."""
+    from tests.test_public_api import OTHER_COMMANDS
+
+    corpus = write_corpus(tmp_path / "in.parquet",
+                          {"id": [f"d{i}" for i in range(3)], "text": SAMPLE_TEXTS[:3]})
+    argv = ["embed", "--input", corpus, "--output", str(tmp_path / "out"),
+            "--model", tiny_model("bert", "base"), "--no-report", "--quiet"]
+    code = ("import sys; from bertbeam.cli import main; "
+            f"code = main({argv!r}); "
+            f"print(code, 'torch' in sys.modules, "
+            f"sorted(m for m in {OTHER_COMMANDS!r} if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == "0 True []", proc.stdout
+    assert len(read_output(tmp_path / "out")) == 3

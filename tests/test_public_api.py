@@ -29,6 +29,32 @@ def test_importing_bertbeam_does_not_import_torch():
     assert proc.stdout.split() == ["False", "False"], proc.stderr[-2000:]
 
 
+# What a launcher must not import before it needs it: the model stack (preflight's config and
+# tokenizer checks load transformers, a local worker the model; transformers itself pulls in
+# scipy and accelerate where they are installed) and the optional libraries of other commands
+# (report, index, vector sinks, training, ONNX).
+MODEL_STACK = ("torch", "transformers", "tokenizers", "safetensors")
+OTHER_COMMANDS = ("matplotlib", "sklearn", "seqeval", "faiss", "onnx", "onnxruntime",
+                  "sentence_transformers", "pymilvus", "datasets")
+
+
+def test_choosing_and_parsing_a_command_imports_no_model_library():
+    """``bertbeam embed|label`` parse their flags and build the job with Beam alone; the
+    ``bertbeam`` entry point imports a command's module only once the command is chosen."""
+    heavy = MODEL_STACK + OTHER_COMMANDS
+    code = (
+        "import sys; import bertbeam.cli; "
+        "early = sorted(m for m in sys.modules if m.startswith('bertbeam.jobs')); "
+        "from bertbeam.jobs import embed, label; "
+        "embed.make_job(['--input', 'in/*.parquet', '--output', 'out']); "
+        "label.make_job(['--task', 'zero-shot', '--labels', 'a,b', '--input', 'in/*.parquet', "
+        "'--output', 'out']); "
+        f"print(early, sorted(m for m in {heavy!r} if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "[] []", proc.stdout
+
+
 def _imports(path: Path, module: str) -> set[str]:
     """bertbeam modules imported anywhere in ``path`` (module level and inside functions)."""
     found = set()
