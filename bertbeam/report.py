@@ -319,7 +319,7 @@ def _throughput(summary: dict) -> Panel:
     rate.spines[["top"]].set_visible(False)
     if has_read:
         handles = ax.get_legend_handles_labels()[0] + rate.get_legend_handles_labels()[0]
-        ax.legend(handles=handles, loc="upper left", frameon=False, fontsize=8)
+        ax.legend(handles=handles, loc="center left", frameon=False, fontsize=8)
     mean = done[-1] / seconds[-1] if seconds[-1] > 0 else 0.0
     note = (f"{int(done[-1])} documents in {seconds[-1]:.1f} s ({mean:.1f} documents/s on "
             "average). A document is done once written (or carried forward, or dead-lettered).")
@@ -327,9 +327,11 @@ def _throughput(summary: dict) -> Panel:
     if has_read and len(started) and started[0] > seconds[0]:
         from bertbeam.config import BatchSpec
 
+        options = (summary.get("options") or {}).get("bertbeam") or {}
+        buffer = options.get("buffer_size") or BatchSpec.buffer_size
         note += (f" The first were done at {started[0]:.1f} s: until then documents are read "
-                 f"and tokenized while the batcher gathers its first up to "
-                 f"{BatchSpec.buffer_size:,} windows (dashed: documents read).")
+                 f"and tokenized while the batcher gathers up to {buffer:,} windows to sort "
+                 "them by length (dashed: documents read).")
     return Panel("throughput", _png(fig), note)
 
 
