@@ -60,6 +60,17 @@ def read_count(counts: dict[str, int]) -> int | None:
     return max(counts[metrics.READ], done_count(counts))
 
 
+def eta_rate(samples: list[list[float]], done: int, elapsed: float) -> float:
+    """Documents done per second since the first were done (0 until a later sample): the
+    seconds before, while the batcher gathers its first windows, would make an ETA of the
+    average since the start far too long (19 minutes at 20 of 2,338 documents done, for a
+    run that ended 19 s later)."""
+    first = next((s for s in samples if s[1] > 0), None)
+    if first is None or elapsed <= first[0] or done <= first[1]:
+        return 0.0
+    return (done - first[1]) / (elapsed - first[0])
+
+
 def read_samples(directory: str) -> list[list[float]]:
     """The throughput samples ``[seconds, documents done, real tokens, dead-lettered,
     documents read]`` of the run whose tally directory is ``directory`` (at most
@@ -167,7 +178,8 @@ class LiveProgress:
         """``bertbeam embed: 1200/20000 documents (6.0%), 5,296 read, 40.1 docs/s, 2,600
         tokens/s, 0 dead-lettered, ETA 7m00s`` (no read count when ``read`` is ``None``)."""
         rate = done / elapsed if elapsed > 0 else 0.0
-        eta = format_duration((self.total - done) / rate) if rate > 0 else "unknown"
+        pace = eta_rate(self.samples, done, elapsed)
+        eta = format_duration((self.total - done) / pace) if pace > 0 else "unknown"
         share = f" ({100 * done / self.total:.1f}%)" if self.total else ""
         read_part = f", {read:,} read" if read is not None else ""
         return (f"{self.label}: {done}/{self.total} documents{share}{read_part}, {rate:.1f} docs/s, "

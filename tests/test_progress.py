@@ -130,6 +130,18 @@ def test_documents_read_show_before_any_is_done(monkeypatch):
     assert live.samples[-1][1] == 40
 
 
+def test_the_eta_waits_for_the_first_documents_done():
+    """The ETA is at the pace since the first documents were done, not the average since
+    the start (which counts the seconds the batcher gathered its first windows): unknown at
+    the first documents done, then the remaining documents at that pace."""
+    live = progress.LiveProgress(total=2338, mode="off", label="bertbeam embed")
+    live.samples = [[0.0, 0, 0, 0, None], [5.0, 0, 0, 0, 2338], [10.0, 20, 0, 0, 2338]]
+    assert live.line(20, 0, 0, 10.0, 2338).endswith("ETA unknown")
+    live.samples.append([15.0, 226, 0, 0, 2338])
+    assert progress.eta_rate(live.samples, 226, 15.0) == pytest.approx(206 / 5)
+    assert live.line(226, 0, 0, 15.0, 2338).endswith("ETA 51s")  # not 2m20s, the average's
+
+
 def test_tally_sums_processes_and_threads(tmp_path, monkeypatch):
     monkeypatch.setenv(tally.ENV, str(tmp_path))
     threads = [threading.Thread(target=lambda: [metrics.inc(metrics.WINDOWS) for _ in range(500)])
