@@ -71,6 +71,17 @@ def eta_rate(samples: list[list[float]], done: int, elapsed: float) -> float:
     return (done - first[1]) / (elapsed - first[0])
 
 
+def summary_fields(samples: list[list[float]]) -> dict[str, list]:
+    """The samples as ``_SUMMARY.json`` keeps them: ``throughput`` (``[seconds, done, real
+    tokens, dead-lettered]``, the schema-2 layout) and, when the workers counted reads,
+    ``throughput_read`` (documents read at each sample, ``None`` where unknown)."""
+    fields: dict[str, list] = {"throughput": [list(s[:4]) for s in samples]}
+    reads = [s[4] if len(s) > 4 else None for s in samples]
+    if any(r is not None for r in reads):
+        fields["throughput_read"] = reads
+    return fields
+
+
 def read_samples(directory: str) -> list[list[float]]:
     """The throughput samples ``[seconds, documents done, real tokens, dead-lettered,
     documents read]`` of the run whose tally directory is ``directory`` (at most

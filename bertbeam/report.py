@@ -301,7 +301,7 @@ def _dead_letter(summary: dict) -> Panel:
 
 
 def _throughput(summary: dict) -> Panel:
-    samples = _samples(summary.get("throughput") or [])
+    samples = _samples(summary.get("throughput") or [], summary.get("throughput_read"))
     if len(samples) < 2:
         return _message("throughput", "No progress samples (recorded by local runs only).")
     seconds, done, read = samples[:, 0], samples[:, 1], samples[:, 4]
@@ -335,12 +335,14 @@ def _throughput(summary: dict) -> Panel:
     return Panel("throughput", _png(fig), note)
 
 
-def _samples(rows: list[list[float]]) -> np.ndarray:
+def _samples(rows: list[list[float]], reads: list[int | None] | None) -> np.ndarray:
     """Progress samples as an ``(n, 5)`` array ``[seconds, done, tokens, dead, read]``; the
-    read column is NaN where a sample has none (runs of bertbeam 0.2.0 and earlier)."""
-    width = 5
-    return np.array([[*row[:width], *[None] * (width - len(row))] for row in rows],
-                    float).reshape(-1, width)
+    read column is NaN where unknown (a summary without ``throughput_read``: runs of
+    bertbeam 0.2.0 and earlier)."""
+    reads = list(reads or [])
+    reads += [None] * (len(rows) - len(reads))
+    return np.array([[*row[:4], read] for row, read in zip(rows, reads, strict=False)],
+                    float).reshape(-1, 5)
 
 
 def _norms(output_dir: str, summary: dict) -> Panel:

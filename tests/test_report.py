@@ -117,7 +117,8 @@ def test_throughput_shows_documents_read_before_the_first_is_done():
 
     samples = [[0.0, 0, 0, 0, 0], [2.0, 0, 0, 0, 900], [4.0, 0, 800, 0, 2000],
                [6.0, 300, 1500, 0, 2000], [8.0, 2000, 6000, 0, 2000]]
-    panel = _throughput({"throughput": samples})
+    panel = _throughput({"throughput": [row[:4] for row in samples],
+                         "throughput_read": [row[4] for row in samples]})
     assert panel.png is not None
     assert panel.note.startswith("2000 documents in 8.0 s (250.0 documents/s on average).")
     assert "The first were done at 6.0 s" in panel.note and "dashed: documents read" in panel.note
