@@ -48,7 +48,7 @@ class FinishRun:
         ``counters`` default to the tally's settled totals (the pipeline's last stage);
         ``samples`` to the tally's throughput samples.
         """
-        from bertbeam.progress import read_samples
+        from bertbeam.progress import read_samples, summary_fields
         from bertbeam.tally import settled_totals
 
         tally_dir = self.tally_dir if self.tally_dir and os.path.isdir(self.tally_dir) else None
@@ -61,7 +61,7 @@ class FinishRun:
             samples = read_samples(tally_dir) if tally_dir else []
         meta = runinfo.finished(self.meta, pipeline_started=self.pipeline_started,
                                 process_started=self.process_started)
-        meta["throughput"] = samples
+        meta.update(summary_fields(samples))
         report = summary.build_summary(
             counters, input_pattern=self.input, output_dir=self.output,
             wall_seconds=meta["pipeline_seconds"], model=self.model, task=self.task,

@@ -25,7 +25,7 @@ from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import pyarrow as pa
@@ -423,9 +423,18 @@ class SearchIndex:
         from bertbeam.config import _check_positive
 
         _check_positive("k", k)  # before a model loads for nothing
+        return self.search_vectors(self.encoder(model).encode(texts), k)
+
+    def encoder(self, model: str | None = None) -> QueryEncoder:
+        """The QueryEncoder of this index's queries (made once, loaded on first use); ``model``
+        as for :meth:`search`.
+
+        Raises:
+            SearchIndexError: the model differs from the one the index was built with.
+        """
         if self._encoder is None or (model and model != self._encoder.uri):
             self._encoder = QueryEncoder.for_index(self.manifest, model=model)
-        return self.search_vectors(self._encoder.encode(texts), k)
+        return self._encoder
 
     def _hit(self, key: int, score: float) -> Hit:
         group = bisect.bisect_right(self._group_starts, key) - 1
@@ -441,8 +450,11 @@ class SearchIndex:
 
 
 class QueryEncoder:
-    """Embeds query texts with a model, through ``BertModelHandler`` (so exactly as
-    ``bertbeam embed`` embeds documents); ``for_index`` makes the one an index needs.
+    """Embeds query texts with a model through the pipeline's own steps: ``Engine.encode``
+    (Tokenize), ``cut_batches`` (BatchByTokens), ``Engine.run`` (RunModel) and
+    ``Engine.postprocess`` (Postprocess) of an ``EmbedTask``, so a query's vector is the one
+    ``bertbeam embed`` writes for the same text. Beam's RunInference machinery
+    (``BertModelHandler``) is not imported: a search has no pipeline to run.
 
     Args:
         uri: the model, as ``--model`` takes it.
@@ -455,19 +467,20 @@ class QueryEncoder:
     """
 
     def __init__(self, uri: str, *, prompt: str | None = None, dimension: int | None = None):
-        from bertbeam.config import ModelSpec
-        from bertbeam.handler import BertModelHandler
+        from bertbeam.config import ModelSpec, RunSpec
+        from bertbeam.engine import engine_spec
         from bertbeam.tasks.embed import EmbedTask
 
         self.uri = uri
         self.prompt = prompt
         self.dimension = dimension
-        from bertbeam.config import RunSpec
-
-        # The query prompt goes through the task, so its tokens leave pooling exactly when the
+        # One batch at a time, with all of the threads (as BertModelHandler runs). The query
+        # prompt goes through the task, so its tokens leave pooling exactly when the
         # checkpoint's Pooling excludes prompts (None: the checkpoint's default prompt).
-        self._handler = BertModelHandler(EmbedTask(prompt=prompt), run=RunSpec(model=ModelSpec(uri=uri)))
-        self._model: Any = None
+        run = RunSpec(model=ModelSpec(uri=uri, cpu_streams=1))
+        self._spec = engine_spec(EmbedTask(prompt=prompt), run)
+        self._batch = run.batch
+        self._engine: Any = None
 
     @classmethod
     def for_index(cls, manifest: Manifest, *, model: str | None = None) -> QueryEncoder:
@@ -492,20 +505,47 @@ class QueryEncoder:
                 f"{what}. Search with the index's model, or rebuild the index.")
         return cls(uri, prompt=manifest.query_prompt, dimension=manifest.dimension)
 
+    def load(self) -> QueryEncoder:
+        """Loads the tokenizer and model now (the first :meth:`encode` does otherwise), e.g.
+        on a thread while an interactive search waits for its first query."""
+        if self._engine is None:
+            from bertbeam.engine import Engine
+            from bertbeam.models import check_task_fit
+
+            engine = Engine.acquire(self._spec)
+            check_task_fit(engine.config, self._spec.task.model_class, engine.uri)
+            self._engine = engine
+        return self
+
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """``(len(texts), dimension)`` float32 query embeddings."""
+        from bertbeam.batching import cut_batches, device_batch_spec
+        from bertbeam.deadletter import DeadLetter
+        from bertbeam.validation import check_document
+
         if isinstance(texts, str) or not all(isinstance(t, str) and t.strip() for t in texts):
             raise SearchIndexError(f"Queries must be a list of non-empty strings, got {texts!r:.200}.")
-        if self._model is None:
-            self._model = self._handler.load_model()
-        results = self._handler.run_inference(list(texts), self._model)
-        failed = next((r for r in results if not isinstance(r.inference, dict)), None)
-        if failed is not None:
-            raise SearchIndexError(f"Cannot embed the query {failed.example!r:.200}: "
-                                   f"{failed.inference.reason}: {failed.inference.message}")
-        vectors = np.stack([r.inference["embedding"] for r in results]).astype(np.float32)
+        engine = self.load()._engine
+        docs = []
+        for i, text in enumerate(texts):
+            doc = check_document(str(i), text)  # the read stage's checks, as for a document
+            docs.append(_refuse(doc, texts) if isinstance(doc, DeadLetter) else doc)
+        windows = [w if not isinstance(w, DeadLetter) else _refuse(w, texts) for w in engine.encode(docs)]
+        outputs: dict[str, list[Any]] = {doc.id: [] for doc in docs}
+        for batch in cut_batches(windows, device_batch_spec(self._batch, engine)):
+            for out in engine.run(batch):
+                outputs[out.window.doc_id].append(out)
+        rows = [engine.postprocess(outputs[doc.id]) for doc in docs]
+        vectors = np.stack([r["embedding"] if isinstance(r, dict) else _refuse(r, texts)
+                            for r in rows]).astype(np.float32)
         if self.dimension is not None and vectors.shape[1] != self.dimension:
             raise SearchIndexError(
                 f"{self.uri!r} makes {vectors.shape[1]}-dimensional query embeddings but the index "
                 f"holds {self.dimension}-dimensional vectors: mismatched dimensions.")
         return vectors
+
+
+def _refuse(dead: Any, texts: Sequence[str]) -> NoReturn:
+    """Raises the SearchIndexError of a query's dead letter (its id is the query's index)."""
+    raise SearchIndexError(f"Cannot embed the query {texts[int(dead.id)]!r:.200}: "
+                           f"{dead.reason}: {dead.message}")

@@ -7,7 +7,11 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, TextIO
+
+if TYPE_CHECKING:
+    from bertbeam.index import Hit, SearchIndex
 
 _MAX_VALUE_CHARS = 100
 
@@ -32,12 +36,17 @@ def _index_parser() -> argparse.ArgumentParser:
 
 
 def _search_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bertbeam search",
-                                description="Search an index built by `bertbeam index build`.")
-    p.add_argument("query", nargs="+", help="query text (several: one search each)")
+    p = argparse.ArgumentParser(
+        prog="bertbeam search",
+        description="Search an index built by `bertbeam index build`. Queries come from the "
+                    "arguments, or from stdin one per line when none is given.")
+    p.add_argument("query", nargs="*",
+                   help="query text (several: one search each); none: read queries from stdin, "
+                        "one per line, and answer each as it comes (the model loads once)")
     p.add_argument("--index", required=True, help="index directory (local, gs://, fsspec URL)")
     p.add_argument("-k", type=int, default=10, help="hits per query (default 10)")
-    p.add_argument("--json", action="store_true", help="one JSON object per query")
+    p.add_argument("--json", action="store_true",
+                   help="one JSON object per query, one per line (JSON lines)")
     p.add_argument("--ef-search", type=int, default=None, help="override the index's search depth")
     p.add_argument("--model", default=None,
                    help="embed the query with this URI (must be the index's model)")
@@ -85,7 +94,7 @@ def _build(argv: list[str]) -> int:
 
 
 def run_search(argv: list[str]) -> int:
-    """``bertbeam search --index IDX "query" [-k 10] [--json]``; returns the exit code."""
+    """``bertbeam search --index IDX ["query" ...] [-k 10] [--json]``; returns the exit code."""
     return _main(_search, argv)
 
 
@@ -96,18 +105,69 @@ def _search(argv: list[str]) -> int:
     with SearchIndex.open(args.index) as index:
         if args.ef_search is not None:
             index.set_ef_search(args.ef_search)
-        results = index.search(args.query, args.k, model=args.model)
-    for query, hits in zip(args.query, results, strict=True):
-        if args.json:
-            print(json.dumps({"query": query, "hits": [h.as_dict() for h in hits]},
-                             ensure_ascii=False, default=str))
-            continue
-        if len(args.query) > 1:
-            print(f"# {query}")
-        for rank, hit in enumerate(hits, 1):
-            extra = "".join(f"  {name}={_short(value)}" for name, value in hit.columns.items())
-            print(f"{rank:>3}  {hit.score:.4f}  {hit.id}{extra}")
-    return 0
+        if args.query:
+            results = index.search(args.query, args.k, model=args.model)
+            for query, hits in zip(args.query, results, strict=True):
+                _print_hits(query, hits, as_json=args.json, heading=len(args.query) > 1)
+            return 0
+        return _search_stdin(index, args)
+
+
+def _search_stdin(index: SearchIndex, args: argparse.Namespace) -> int:
+    """Answers queries read from stdin, one per line, each as soon as it is read; blank lines
+    are skipped. A query that cannot be embedded is one error line (exit status 2 at the end),
+    the next ones are still answered. The model loads on a thread while the first query is
+    typed; a terminal gets a prompt on stderr."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from bertbeam.index import SearchIndexError
+
+    interactive = sys.stdin.isatty()
+    with ThreadPoolExecutor(1, thread_name_prefix="bertbeam-load") as pool:
+        loading = pool.submit(lambda: index.encoder(args.model).load())
+        status = 0
+        try:
+            for line in _lines(sys.stdin, "query> " if interactive else None):
+                query = line.strip()
+                if not query:
+                    continue
+                loading.result()  # a model that cannot serve this index fails here, once
+                try:
+                    hits = index.search([query], args.k, model=args.model)[0]
+                except SearchIndexError as exc:
+                    print(f"bertbeam: error: {exc}", file=sys.stderr, flush=True)
+                    status = 2
+                    continue
+                _print_hits(query, hits, as_json=args.json, heading=not args.json)
+                sys.stdout.flush()
+        except KeyboardInterrupt:
+            status = status or 130
+        if interactive:
+            print(file=sys.stderr)
+    return status
+
+
+def _lines(stream: TextIO, prompt: str | None) -> Iterator[str]:
+    """The lines of ``stream``, with ``prompt`` on stderr before each one (for a terminal)."""
+    while True:
+        if prompt:
+            print(prompt, end="", file=sys.stderr, flush=True)
+        line = stream.readline()
+        if not line:
+            return
+        yield line
+
+
+def _print_hits(query: str, hits: list[Hit], *, as_json: bool, heading: bool) -> None:
+    if as_json:
+        print(json.dumps({"query": query, "hits": [h.as_dict() for h in hits]},
+                         ensure_ascii=False, default=str))
+        return
+    if heading:
+        print(f"# {query}")
+    for rank, hit in enumerate(hits, 1):
+        extra = "".join(f"  {name}={_short(value)}" for name, value in hit.columns.items())
+        print(f"{rank:>3}  {hit.score:.4f}  {hit.id}{extra}")
 
 
 def _short(value: object) -> str:

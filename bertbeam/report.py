@@ -182,10 +182,16 @@ def _message(key: str, text: str) -> Panel:
     return Panel(key, _png(fig))
 
 
-def _histogram(key: str, values: np.ndarray, xlabel: str, note: str, *, integer: bool = False) -> Panel:
+def _histogram(key: str, values: np.ndarray, xlabel: str, note: str, *, integer: bool = False,
+               log: bool = False) -> Panel:
+    """``log``: a logarithmic x axis with bins of equal width on it (for counts that span
+    orders of magnitude, such as tokens per document)."""
     fig, ax = _figure(key)
     span = None
-    if integer:
+    if log:
+        bins = log_bins(values)
+        ax.set_xscale("log")
+    elif integer:
         top = int(values.max()) if len(values) else 1
         bins = np.arange(0.5, top + 1.5) if top <= 60 else 40
     else:
@@ -197,6 +203,18 @@ def _histogram(key: str, values: np.ndarray, xlabel: str, note: str, *, integer:
     ax.set_xlabel(xlabel)
     ax.set_ylabel("documents")
     return Panel(key, _png(fig), note)
+
+
+def log_bins(values: np.ndarray, bins: int = 40) -> np.ndarray:
+    """Bin edges evenly spaced on a log axis from the smallest to the largest positive value
+    (one bin around the value when all are equal)."""
+    positive = values[values > 0] if len(values) else values
+    if not len(positive):
+        return np.array([0.5, 2.0])
+    low, high = float(positive.min()), float(positive.max())
+    if high <= low:
+        return np.array([low / 1.25, low * 1.25])
+    return np.geomspace(low, high, bins + 1)
 
 
 def _labels(summary: dict, before: dict | None, threshold: float) -> Panel:
@@ -249,8 +267,9 @@ def _tokens(output_dir: str, summary: dict) -> Panel:
                 "This task's results have no n_tokens column.")
         return _message("tokens", text)
     values = table.column(0).to_numpy(zero_copy_only=False)
-    return _histogram("tokens", values, "tokens per document (all windows)",
-                      f"Median {np.median(values):.0f}, max {values.max()} tokens." if len(values) else "")
+    return _histogram("tokens", values, "tokens per document (all windows, log scale)",
+                      f"Median {np.median(values):.0f}, max {values.max()} tokens." if len(values) else "",
+                      log=True)
 
 
 def _windows(output_dir: str) -> Panel:
@@ -282,23 +301,48 @@ def _dead_letter(summary: dict) -> Panel:
 
 
 def _throughput(summary: dict) -> Panel:
-    samples = np.array(summary.get("throughput") or [], float).reshape(-1, 4)
+    samples = _samples(summary.get("throughput") or [], summary.get("throughput_read"))
     if len(samples) < 2:
         return _message("throughput", "No progress samples (recorded by local runs only).")
-    seconds, done = samples[:, 0], samples[:, 1]
+    seconds, done, read = samples[:, 0], samples[:, 1], samples[:, 4]
     fig, ax = _figure("throughput")
-    ax.plot(seconds, done, marker="o", markersize=3, color=_BAR)
+    has_read = not np.isnan(read).all()
+    if has_read:
+        ax.plot(seconds, read, linestyle="--", color=_BAR, label="read")
+    ax.plot(seconds, done, marker="o", markersize=3, color=_BAR, label="done")
     ax.set_xlabel("seconds since the pipeline started")
-    ax.set_ylabel("documents done")
+    ax.set_ylabel("documents")
     rate = ax.twinx()
     rate.step(seconds[1:], np.diff(done) / np.maximum(np.diff(seconds), 1e-9), where="pre",
-              color=_PREVIOUS)
-    rate.set_ylabel("documents / s", color="#7a8aa3")
+              color=_PREVIOUS, label="done / s")
+    rate.set_ylabel("documents done / s", color="#7a8aa3")
     rate.spines[["top"]].set_visible(False)
+    if has_read:
+        handles = ax.get_legend_handles_labels()[0] + rate.get_legend_handles_labels()[0]
+        ax.legend(handles=handles, loc="center left", frameon=False, fontsize=8)
     mean = done[-1] / seconds[-1] if seconds[-1] > 0 else 0.0
-    return Panel("throughput", _png(fig), f"{int(done[-1])} documents in {seconds[-1]:.1f} s "
-                                          f"({mean:.1f} documents/s on average); dark: "
-                                          "documents done, light: documents per second.")
+    note = (f"{int(done[-1])} documents in {seconds[-1]:.1f} s ({mean:.1f} documents/s on "
+            "average). A document is done once written (or carried forward, or dead-lettered).")
+    started = seconds[done > 0]
+    if has_read and len(started) and started[0] > seconds[0]:
+        from bertbeam.config import BatchSpec
+
+        options = (summary.get("options") or {}).get("bertbeam") or {}
+        buffer = options.get("buffer_size") or BatchSpec.buffer_size
+        note += (f" The first were done at {started[0]:.1f} s: until then documents are read "
+                 f"and tokenized while the batcher gathers up to {buffer:,} windows to sort "
+                 "them by length (dashed: documents read).")
+    return Panel("throughput", _png(fig), note)
+
+
+def _samples(rows: list[list[float]], reads: list[int | None] | None) -> np.ndarray:
+    """Progress samples as an ``(n, 5)`` array ``[seconds, done, tokens, dead, read]``; the
+    read column is NaN where unknown (a summary without ``throughput_read``: runs of
+    bertbeam 0.2.0 and earlier)."""
+    reads = list(reads or [])
+    reads += [None] * (len(rows) - len(reads))
+    return np.array([[*row[:4], read] for row, read in zip(rows, reads, strict=False)],
+                    float).reshape(-1, 5)
 
 
 def _norms(output_dir: str, summary: dict) -> Panel:

@@ -80,21 +80,90 @@ def test_recall_against_exact_search(tmp_path, model_dir):
     assert recall_at_k(found, exact_neighbours(base, queries, 10)) >= 0.95
 
 
-def test_cli_embed_build_search(tmp_path, model_dir, capsys):
+LONG_TEXT = " ".join(TEXTS) * 4  # several windows of the tiny model
+
+
+@pytest.fixture(scope="module")
+def embedded_corpus(tmp_path_factory, model_dir):
+    """The README recipe's first two commands on a small corpus (one long document among
+    them): `bertbeam embed` output and the `bertbeam index build` index and its stdout."""
+    import contextlib
+    import io
+
+    root = tmp_path_factory.mktemp("recipe")
+    corpus = write_corpus(root / "corpus" / "part-0.parquet",
+                          {"id": [*IDS, "doc-long"], "text": [*TEXTS, LONG_TEXT]})
+    assert run_cli("embed", "--input", corpus, "--output", root / "out", "--model", model_dir,
+                   "--quiet", "--no-report") == 0
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert run_cli("index", "build", "--embeddings", root / "out" / "results-*.parquet",
+                       "--output", root / "idx") == 0
+    return root / "out", root / "idx", printed.getvalue()
+
+
+def test_cli_embed_build_search(embedded_corpus, capsys):
     """The three commands of the README recipe on a small corpus: `search --json` returns
     the queried document first, and the plain output has rank, score and id per line."""
-    corpus = write_corpus(tmp_path / "corpus" / "part-0.parquet", {"id": IDS, "text": TEXTS})
-    assert run_cli("embed", "--input", corpus, "--output", tmp_path / "out", "--model", model_dir) == 0
-    assert run_cli("index", "build", "--embeddings", tmp_path / "out" / "results-*.parquet",
-                   "--output", tmp_path / "idx") == 0
-    assert "vectors of dimension 32" in capsys.readouterr().out
-    assert run_cli("search", "--index", tmp_path / "idx", TEXTS[3], "-k", "2", "--json") == 0
+    _, idx, built = embedded_corpus
+    assert "vectors of dimension 32" in built
+    assert run_cli("search", "--index", idx, TEXTS[3], "-k", "2", "--json") == 0
     result = json.loads(capsys.readouterr().out)
     assert result["query"] == TEXTS[3] and result["hits"][0]["id"] == IDS[3]
     assert set(result["hits"][0]) == {"id", "score"}  # nothing carried by this run
-    assert run_cli("search", "--index", tmp_path / "idx", TEXTS[1], "-k", "1") == 0
+    assert run_cli("search", "--index", idx, TEXTS[1], "-k", "1") == 0
     rank, score, doc = capsys.readouterr().out.split()
     assert (rank, doc) == ("1", IDS[1]) and float(score) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_query_vector_is_the_pipelines_document_vector(embedded_corpus, model_dir):
+    """Parity: the vector a search embeds a query text into is the vector `bertbeam embed`
+    wrote for a document of the same text, a multi-window text included."""
+    from bertbeam.index import QueryEncoder
+    from tests.conftest import read_output
+
+    rows = {r["id"]: r for r in read_output(embedded_corpus[0])}
+    assert rows["doc-long"]["n_chunks"] > 1
+    texts = {**dict(zip(IDS, TEXTS, strict=True)), "doc-long": LONG_TEXT}
+    got = QueryEncoder(model_dir).encode(list(texts.values()))
+    expected = np.array([rows[i]["embedding"] for i in texts], dtype=np.float32)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_queries_from_stdin_one_per_line(embedded_corpus, monkeypatch, capsys):
+    """No query argument: queries are read from stdin, one per line, blank lines skipped;
+    `--json` prints one JSON object per query (JSON lines). A query that cannot be embedded
+    is one error line and exit status 2, and the queries after it are still answered."""
+    import io
+
+    _, idx, _ = embedded_corpus
+    monkeypatch.setattr("sys.stdin", io.StringIO(f"{TEXTS[3]}\n\n  {TEXTS[1]}  \n"))
+    assert run_cli("search", "--index", idx, "-k", "2", "--json") == 0
+    lines = capsys.readouterr().out.splitlines()
+    results = [json.loads(line) for line in lines]
+    assert [r["query"] for r in results] == [TEXTS[3], TEXTS[1]]
+    assert [r["hits"][0]["id"] for r in results] == [IDS[3], IDS[1]]
+    assert all(len(r["hits"]) == 2 for r in results)
+
+    monkeypatch.setattr("sys.stdin", io.StringIO(f"\x01\n{TEXTS[2]}\n"))
+    assert run_cli("search", "--index", idx, "-k", "1") == 2
+    out, err = capsys.readouterr()
+    assert out.splitlines()[0] == f"# {TEXTS[2]}" and out.split()[-1] == IDS[2]
+    assert err.count("\n") == 1 and "empty_text" in err and "Traceback" not in err
+
+
+def test_search_does_not_import_beams_runinference(embedded_corpus):
+    """A search loads no RunInference machinery (``apache_beam.ml``: a quarter of a second of
+    imports a search never uses)."""
+    import subprocess
+    import sys
+
+    _, idx, _ = embedded_corpus
+    code = ("import sys; from bertbeam.index import SearchIndex\n"
+            f"with SearchIndex.open({str(idx)!r}) as index: index.search(['a query'], k=1)\n"
+            "print(sorted(m for m in sys.modules if m.startswith('apache_beam.ml')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
 
 
 def test_query_prompt_of_the_model_is_applied(tmp_path, model_dir, vectors):

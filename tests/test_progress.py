@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fcntl
 import io
+import json
 import os
 import pty
 import re
@@ -22,7 +23,7 @@ from bertbeam import metrics, progress, tally
 from tests.conftest import SAMPLE_TEXTS, run_cli, write_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
-LINE = re.compile(r"^bertbeam embed: (\d+)/(\d+) documents \([\d.]+%\), [\d.]+ docs/s, [\d,]+ "
+LINE = re.compile(r"^bertbeam embed: (\d+)/(\d+) documents \([\d.]+%\)(?:, [\d,]+ read)?, [\d.]+ docs/s, [\d,]+ "
                   r"tokens/s, (\d+) dead-lettered, ETA \S+$")
 START = re.compile(r"^bertbeam embed: 11 documents; model .+ \([0-9a-f]{16}\); device cpu, "
                    r"dtype float32, \d+ threads, \d+ streams$")
@@ -62,7 +63,7 @@ def test_a_run_under_a_pseudo_terminal_shows_a_progress_bar(tmp_path, tiny_model
     assert any(START.match(f) for f in frames), frames
     bars = [f for f in frames if re.search(r"bertbeam embed: +\d+%\|.*\| *\d+/11 ", f)]
     assert bars, frames
-    assert re.search(r"100%\|.*\| 11/11 .*docs/s.*tokens/s, 1 dead-lettered", bars[-1]), bars[-1]
+    assert re.search(r"100%\|.*\| 11/11 .*docs/s, 11 read, .*tokens/s, 1 dead-lettered", bars[-1]), bars[-1]
     assert not any(LINE.match(f) for f in frames)  # no plain lines on a terminal
 
 
@@ -102,6 +103,43 @@ def test_lines_come_every_interval_while_workers_count(monkeypatch):
     counts = [int(LINE.match(line).group(1)) for line in lines]
     assert len(lines) >= 5 and counts == sorted(counts) and counts[-1] == 40
     assert {s[1] for s in live.samples} >= {0, 40}
+
+
+def test_documents_read_show_before_any_is_done(monkeypatch):
+    """The first seconds of a run: documents are read and tokenized while the batcher gathers
+    its first batch, so nothing is done yet; the line and the samples show the reads. Workers
+    that count no reads (no ``documents_read``) leave the read count out."""
+    monkeypatch.setattr(progress, "LINE_SECONDS", 3600)
+    stream = io.StringIO()
+    with progress.LiveProgress(total=40, mode="lines", label="bertbeam embed",
+                               stream=stream) as live:
+        while not stream.getvalue():  # the poller's first line, at the start
+            time.sleep(0.01)
+        counts = Path(live.directory) / "counts"
+        counts.mkdir(exist_ok=True)
+        (counts / "worker.json").write_text(json.dumps({metrics.READ: 40, metrics.WINDOWS: 52}))
+        live.sample()
+        first = stream.getvalue().splitlines()[-1]
+        (counts / "worker.json").write_text(json.dumps({metrics.WINDOWS: 52}))
+        live.sample()
+        without_reads = stream.getvalue().splitlines()[-1]
+        (counts / "worker.json").write_text(json.dumps({metrics.READ: 40, metrics.WRITTEN: 40}))
+    assert LINE.match(first) and "0/40 documents (0.0%), 40 read, 0.0 docs/s" in first, first
+    assert " read" not in without_reads and "0/40 documents (0.0%), 0.0 docs/s" in without_reads
+    assert [s[4] for s in live.samples[-3:]] == [40, None, 40]
+    assert live.samples[-1][1] == 40
+
+
+def test_the_eta_waits_for_the_first_documents_done():
+    """The ETA is at the pace since the first documents were done, not the average since
+    the start (which counts the seconds the batcher gathered its first windows): unknown at
+    the first documents done, then the remaining documents at that pace."""
+    live = progress.LiveProgress(total=2338, mode="off", label="bertbeam embed")
+    live.samples = [[0.0, 0, 0, 0, None], [5.0, 0, 0, 0, 2338], [10.0, 20, 0, 0, 2338]]
+    assert live.line(20, 0, 0, 10.0, 2338).endswith("ETA unknown")
+    live.samples.append([15.0, 226, 0, 0, 2338])
+    assert progress.eta_rate(live.samples, 226, 15.0) == pytest.approx(206 / 5)
+    assert live.line(226, 0, 0, 15.0, 2338).endswith("ETA 51s")  # not 2m20s, the average's
 
 
 def test_tally_sums_processes_and_threads(tmp_path, monkeypatch):

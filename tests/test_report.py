@@ -107,3 +107,33 @@ def test_report_command_and_no_report(runs, tiny_model, tmp_path, capsys):
     assert run_cli("embed", "--model", tiny_model("bert", "base"), "--quiet", "--no-report",
                    "--input", corpus, "--output", tmp_path / "out") == 0
     assert not list((tmp_path / "out").glob("_REPORT*"))
+
+
+def test_throughput_shows_documents_read_before_the_first_is_done():
+    """The batcher holds the first windows back, so the first documents are done seconds into
+    the run: the panel plots the documents read beside those done and says when the first were
+    done. Samples without a read count (older runs) still plot."""
+    from bertbeam.report import _throughput
+
+    samples = [[0.0, 0, 0, 0, 0], [2.0, 0, 0, 0, 900], [4.0, 0, 800, 0, 2000],
+               [6.0, 300, 1500, 0, 2000], [8.0, 2000, 6000, 0, 2000]]
+    panel = _throughput({"throughput": [row[:4] for row in samples],
+                         "throughput_read": [row[4] for row in samples]})
+    assert panel.png is not None
+    assert panel.note.startswith("2000 documents in 8.0 s (250.0 documents/s on average).")
+    assert "The first were done at 6.0 s" in panel.note and "dashed: documents read" in panel.note
+    old = _throughput({"throughput": [row[:4] for row in samples]})
+    assert old.png is not None and "first were done" not in old.note
+    empty = _throughput({"throughput": []})  # a figure that says there are no samples
+    assert empty.png is not None and empty.note == ""
+
+
+def test_tokens_per_document_bins_are_even_on_a_log_axis():
+    """Tokens per document span orders of magnitude (a title, a chapter): the histogram's x
+    axis is logarithmic, its bins of equal width on it, from the shortest to the longest."""
+    from bertbeam.report import log_bins
+
+    edges = log_bins(np.array([3, 10, 40, 500, 12000]))
+    assert edges[0] == 3 and edges[-1] == pytest.approx(12000) and len(edges) == 41
+    assert np.allclose(np.diff(np.log(edges)), np.log(12000 / 3) / 40)
+    assert log_bins(np.array([7, 7])).tolist() == [7 / 1.25, 7 * 1.25]

@@ -13,7 +13,8 @@ import pytest
 from tests.conftest import SAMPLE_TEXTS, read_output, read_summary, run_cli, write_corpus
 
 TIMING = {"run_id", "started_at", "finished_at", "pipeline_seconds", "process_seconds",
-          "wall_seconds", "docs_per_second", "tokens_per_second", "throughput", "output"}
+          "wall_seconds", "docs_per_second", "tokens_per_second", "throughput", "throughput_read",
+          "output"}
 
 
 def validate(summary: dict) -> None:
