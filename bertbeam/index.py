@@ -450,10 +450,10 @@ class SearchIndex:
 
 
 class QueryEncoder:
-    """Embeds query texts with a model through the pipeline's own steps: ``Engine.encode``
-    (Tokenize), ``cut_batches`` (BatchByTokens), ``Engine.run`` (RunModel) and
-    ``Engine.postprocess`` (Postprocess) of an ``EmbedTask``, so a query's vector is the one
-    ``bertbeam embed`` writes for the same text. Beam's RunInference machinery
+    """Embeds query texts with a model through the pipeline's own steps (``Engine.infer``:
+    encode, plan, run and postprocess of an ``EmbedTask``, as Tokenize, BatchByTokens,
+    RunModel and Postprocess run them), so a query's vector is the one ``bertbeam embed``
+    writes for the same text. Beam's RunInference machinery
     (``BertModelHandler``) is not imported: a search has no pipeline to run.
 
     Args:
@@ -519,8 +519,8 @@ class QueryEncoder:
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """``(len(texts), dimension)`` float32 query embeddings."""
-        from bertbeam.batching import cut_batches, device_batch_spec
         from bertbeam.deadletter import DeadLetter
+        from bertbeam.records import DocumentChunk
         from bertbeam.validation import check_document
 
         if isinstance(texts, str) or not all(isinstance(t, str) and t.strip() for t in texts):
@@ -530,14 +530,12 @@ class QueryEncoder:
         for i, text in enumerate(texts):
             doc = check_document(str(i), text)  # the read stage's checks, as for a document
             docs.append(_refuse(doc, texts) if isinstance(doc, DeadLetter) else doc)
-        windows = [w if not isinstance(w, DeadLetter) else _refuse(w, texts) for w in engine.encode(docs)]
-        outputs: dict[str, list[Any]] = {doc.id: [] for doc in docs}
-        for batch in cut_batches(windows, device_batch_spec(self._batch, engine)):
-            for out in engine.run(batch):
-                outputs[out.window.doc_id].append(out)
-        rows = [engine.postprocess(outputs[doc.id]) for doc in docs]
-        vectors = np.stack([r["embedding"] if isinstance(r, dict) else _refuse(r, texts)
-                            for r in rows]).astype(np.float32)
+        results = engine.infer(DocumentChunk.of(docs), self._batch)
+        if results.dead:
+            _refuse(results.dead[0], texts)
+        order = {doc_id: row for row, doc_id in enumerate(results.columns["id"])}
+        vectors = np.asarray(results.columns["embedding"], dtype=np.float32)[
+            [order[doc.id] for doc in docs]]
         if self.dimension is not None and vectors.shape[1] != self.dimension:
             raise SearchIndexError(
                 f"{self.uri!r} makes {vectors.shape[1]}-dimensional query embeddings but the index "
