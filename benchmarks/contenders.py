@@ -126,8 +126,8 @@ def _bertbeam(job: Job, extra: list[str]) -> Outcome:
 
 class _BatchClock:
     """When bertbeam's engine starts its first model batch and finishes its last: wraps
-    ``Engine.submit`` (a plan's batches start) and ``Engine.collect`` (its outputs are on the
-    host)."""
+    ``Engine.submit`` (a plan's batches start) and ``Engine.collect_parts`` (outputs are on
+    the host)."""
 
     def __init__(self) -> None:
         self.first: float | None = None
@@ -139,23 +139,23 @@ class _BatchClock:
         from bertbeam.engine import Engine
 
         clock = cls()
-        submit, collect = Engine.submit, Engine.collect
+        submit, parts = Engine.submit, Engine.collect_parts
 
         def timed_submit(engine: Engine, plan: Any) -> Any:
             if clock.first is None:
                 clock.first = time.perf_counter()
             return submit(engine, plan)
 
-        def timed_collect(engine: Engine, plan: Any, launched: Any) -> Any:
-            outputs = collect(engine, plan, launched)
-            clock.last = time.perf_counter()
-            return outputs
+        def timed_parts(engine: Engine, plan: Any, launched: Any) -> Any:
+            for part in parts(engine, plan, launched):
+                clock.last = time.perf_counter()
+                yield part
 
-        Engine.submit, Engine.collect = timed_submit, timed_collect
+        Engine.submit, Engine.collect_parts = timed_submit, timed_parts
         try:
             yield clock
         finally:
-            Engine.submit, Engine.collect = submit, collect
+            Engine.submit, Engine.collect_parts = submit, parts
 
 
 class _TokenCounter:

@@ -21,7 +21,7 @@ Contenders, each in a process of its own (``benchmarks.run.run_contender``):
   gemm              a bf16 8192^3 matrix product: the measured peak for MFU
 
 Per contender: steady-state docs/s, tokens/s and MFU (bertbeam: first model batch to the end
-of the last, timed by wrapping ``Engine.submit`` / ``Engine.collect``; the loop: its one
+of the last, timed by wrapping ``Engine.submit`` / ``Engine.collect_parts``; the loop: its one
 tokenizer call to the end, with its GPU side alone as ``untokenized_docs_per_second``),
 start-up seconds, whole-process docs/s, peak GPU memory and peak host RSS. Then the issue's
 targets (met / BELOW) and the agreement of bertbeam's GPU embeddings with CPU float32 ones
@@ -92,7 +92,7 @@ TARGETS = (
 PARITY_TARGET = 0.9999  # per-row cosine, GPU bf16 against CPU float32
 DEFINITIONS = {
     "steady": "bertbeam: first model batch started to last model batch fetched (Engine.submit / "
-              "Engine.collect); sorted-loop: its one tokenizer call to the end (tokenizing is "
+              "Engine.collect_parts); sorted-loop: its one tokenizer call to the end (tokenizing is "
               "per-document work, which bertbeam does inside its steady window too); "
               "st-encode: encode(); tokenizer: its one call",
     "untokenized_docs_per_second": "sorted-loop: documents / (steady - tokenize) seconds, its "

@@ -27,6 +27,7 @@ import itertools
 import logging
 import pickle
 import threading
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -370,41 +371,70 @@ class Engine:
 
         A window the model failed on, or whose outputs hold NaN or infinite values, gets a
         dead letter in ``errors``."""
-        windows = plan.windows
-        lengths, starts = windows.lengths, windows.starts
         values: dict[str, np.ndarray] = {}
         errors: dict[int, DeadLetter] = {}
-        token_level = self.task.token_level
         for handle in launched:
-            if isinstance(handle, Future):
-                handle = handle.result()
-            for rows, outputs in handle:
-                if isinstance(outputs, tuple):  # (reason, message) of failed windows
-                    reason, message = outputs
-                    for j in rows:
-                        errors[int(j)] = self._dead_window(windows, int(j), reason, message)
-                    continue
-                if getattr(outputs, "ready", None) is not None:
-                    outputs.ready.synchronize()
-                finite = np.ones(len(rows), dtype=bool)
-                for key, tensor in outputs.items():
-                    a = tensor.cpu().numpy()
-                    if key in token_level:
-                        real = np.arange(a.shape[1])[None, :] < lengths[rows][:, None]
-                        dest = (starts[rows][:, None] + np.arange(a.shape[1])[None, :])[real]
-                        if key not in values:
-                            values[key] = np.empty((int(starts[-1]), *a.shape[2:]), np.float32)
-                        values[key][dest] = a[real]
-                        ok = np.isfinite(a).reshape(a.shape[0], a.shape[1], -1).all(axis=2) | ~real
-                    else:
-                        if key not in values:
-                            values[key] = np.empty((len(windows), *a.shape[1:]), np.float32)
-                        values[key][rows] = a
-                        ok = np.isfinite(a).reshape(a.shape[0], -1)
-                    finite &= ok.all(axis=1)
-                for j in rows[~finite]:
-                    errors[int(j)] = self._dead_window(windows, int(j), Reason.NAN_OUTPUT)
-        return OutputChunk(windows, values, errors)
+            self._gather(plan.windows, handle, values, errors)
+        return OutputChunk(plan.windows, values, errors)
+
+    def collect_parts(self, plan: BatchPlan, launched: list[Any]) -> Iterator[OutputChunk]:
+        """:meth:`collect` in parts: as each batch comes back, the OutputChunk of the
+        documents whose last window it held, so that their results can be written (and
+        counted) while the plan's later batches still run."""
+        windows = plan.windows
+        left = np.bincount(windows.doc, minlength=len(windows.docs))
+        values: dict[str, np.ndarray] = {}
+        errors: dict[int, DeadLetter] = {}
+        for handle in launched:
+            rows = self._gather(windows, handle, values, errors)
+            np.subtract.at(left, windows.doc[rows], 1)
+            docs = np.unique(windows.doc[rows])
+            complete = docs[left[docs] == 0]
+            if len(complete) == 0:
+                continue
+            part = np.flatnonzero(np.isin(windows.doc, complete))
+            tokens = windows.token_rows(part)
+            renumber = {int(j): i for i, j in enumerate(part)}
+            yield OutputChunk(
+                windows.take(part),
+                {k: v[tokens] if k in self.task.token_level else v[part] for k, v in values.items()},
+                {renumber[j]: dead for j, dead in errors.items() if j in renumber})
+
+    def _gather(self, windows: WindowChunk, handle: Any, values: dict[str, np.ndarray],
+                errors: dict[int, DeadLetter]) -> np.ndarray:
+        """Waits for one submitted batch and puts its outputs (or its windows' dead letters)
+        into ``values`` / ``errors``; returns the batch's window numbers."""
+        lengths, starts = windows.lengths, windows.starts
+        token_level = self.task.token_level
+        if isinstance(handle, Future):
+            handle = handle.result()
+        for rows, outputs in handle:
+            if isinstance(outputs, tuple):  # (reason, message) of failed windows
+                reason, message = outputs
+                for j in rows:
+                    errors[int(j)] = self._dead_window(windows, int(j), reason, message)
+                continue
+            if getattr(outputs, "ready", None) is not None:
+                outputs.ready.synchronize()
+            finite = np.ones(len(rows), dtype=bool)
+            for key, tensor in outputs.items():
+                a = tensor.cpu().numpy()
+                if key in token_level:
+                    real = np.arange(a.shape[1])[None, :] < lengths[rows][:, None]
+                    dest = (starts[rows][:, None] + np.arange(a.shape[1])[None, :])[real]
+                    if key not in values:
+                        values[key] = np.empty((int(starts[-1]), *a.shape[2:]), np.float32)
+                    values[key][dest] = a[real]
+                    ok = np.isfinite(a).reshape(a.shape[0], a.shape[1], -1).all(axis=2) | ~real
+                else:
+                    if key not in values:
+                        values[key] = np.empty((len(windows), *a.shape[1:]), np.float32)
+                    values[key][rows] = a
+                    ok = np.isfinite(a).reshape(a.shape[0], -1)
+                finite &= ok.all(axis=1)
+            for j in rows[~finite]:
+                errors[int(j)] = self._dead_window(windows, int(j), Reason.NAN_OUTPUT)
+        return np.concatenate([rows for rows, _ in handle]) if handle else np.zeros(0, np.int64)
 
     @staticmethod
     def _dead_window(windows: WindowChunk, j: int, reason: Reason, message: str | None = None

@@ -18,7 +18,8 @@ from bertbeam.tasks.base import Task
 class _RunModelFn(beam.DoFn):
     """Keeps one plan in flight: its batches run (on a GPU as queued kernels, on a CPU on the
     engine's ``streams`` threads) while the stages upstream read, tokenize and plan the next
-    chunk; a plan's outputs leave once the plan behind it is submitted."""
+    chunk; a plan's outputs leave once the plan behind it is submitted, document by
+    document as the batches holding their last windows come back."""
 
     def __init__(self, spec: EngineSpec):
         self._spec = spec
@@ -32,14 +33,16 @@ class _RunModelFn(beam.DoFn):
     def process(self, plan: BatchPlan) -> Iterator[OutputChunk]:
         self._pending.append((plan, self._engine.submit(plan)))
         while len(self._pending) > 1:
-            yield self._collect_oldest()
+            yield from self._collect_oldest()
 
     def finish_bundle(self) -> Iterator[Any]:
         while self._pending:
-            yield GlobalWindows.windowed_value(self._collect_oldest())
+            for out in self._collect_oldest():
+                yield GlobalWindows.windowed_value(out)
 
-    def _collect_oldest(self) -> OutputChunk:
-        return self._engine.collect(*self._pending.popleft())
+    def _collect_oldest(self) -> Iterator[OutputChunk]:
+        # In parts: documents leave as the batch holding their last window comes back.
+        return self._engine.collect_parts(*self._pending.popleft())
 
 
 class RunModel(beam.PTransform):

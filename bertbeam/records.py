@@ -162,6 +162,27 @@ class WindowChunk:
             text_pair=(docs.text_pairs[d] if text and first and docs.text_pairs is not None
                        else None))
 
+    def token_rows(self, windows: np.ndarray) -> np.ndarray:
+        """The positions in the packed arrays of the tokens of ``windows``, in order."""
+        lengths = self.lengths[windows]
+        begin = np.cumsum(lengths) - lengths
+        return (np.repeat(self.starts[windows], lengths)
+                + (np.arange(int(lengths.sum())) - np.repeat(begin, lengths)))
+
+    def take(self, windows: np.ndarray) -> WindowChunk:
+        """The chunk of ``windows`` only (ascending window numbers; same documents)."""
+        tokens = self.token_rows(windows)
+
+        def sub(a: np.ndarray | None) -> np.ndarray | None:
+            return None if a is None else a[tokens]
+
+        return WindowChunk(
+            docs=self.docs, input_ids=self.input_ids[tokens],
+            starts=np.concatenate([[0], np.cumsum(self.lengths[windows])]).astype(np.int64),
+            doc=self.doc[windows], index=self.index[windows], n_windows=self.n_windows[windows],
+            truncated=self.truncated[windows], type_ids=sub(self.type_ids),
+            offsets=sub(self.offsets), sequence_ids=sub(self.sequence_ids))
+
     @staticmethod
     def concat(chunks: Sequence[WindowChunk]) -> WindowChunk:
         """One chunk of all windows of ``chunks``, in order."""

@@ -120,9 +120,9 @@ def test_gpu_script_smoke_mode_reports_every_figure(tmp_path):
     from benchmarks.gpu import main
     from bertbeam.engine import Engine
 
-    before = (os.sched_getaffinity(0), Engine.submit, Engine.collect, SentenceTransformer.preprocess)
+    before = (os.sched_getaffinity(0), Engine.submit, Engine.collect_parts, SentenceTransformer.preprocess)
     assert main(["--smoke", "--out", str(tmp_path)]) == 0
-    assert (os.sched_getaffinity(0), Engine.submit, Engine.collect, SentenceTransformer.preprocess) == before
+    assert (os.sched_getaffinity(0), Engine.submit, Engine.collect_parts, SentenceTransformer.preprocess) == before
     check_gpu_result(tmp_path)
 
 

@@ -234,3 +234,31 @@ def test_columnar_postprocess_equals_the_per_document_one(tiny_model, case):
                 assert abs(got - value) < 1e-9, name
             else:
                 assert got == value, (name, g)
+
+
+@pytest.mark.parametrize("head,task", [("base", EmbedTask()), ("ner", None)])
+def test_a_plan_comes_back_in_parts_that_add_up_to_the_whole(tiny_model, head, task):
+    """collect_parts yields documents as the batch holding their last window returns: every
+    document once, whole, with its outputs (token-level ones too) and results equal to
+    collecting the plan at once; documents leave before the last batch is back."""
+    from bertbeam import EntitiesTask
+
+    task = task or EntitiesTask()
+    engine = _engine(tiny_model("bert", head), task, max_length=16, stride=4)
+    texts = [*SAMPLE_TEXTS, " ".join(SAMPLE_TEXTS), *SAMPLE_TEXTS]
+    windows, _ = engine.encode(DocumentChunk([f"d{i}" for i in range(len(texts))], texts))
+    plan = engine.plan(windows, BatchSpec(token_budget=64))
+    assert len(plan.batches) > 3
+    whole = engine.postprocess(engine.collect(plan, engine.submit(plan)))
+    parts = [engine.postprocess(out) for out in engine.collect_parts(plan, engine.submit(plan))]
+    assert len(parts) > 1
+    ids = [i for part in parts for i in part.columns["id"]]
+    assert sorted(ids) == sorted(whole.columns["id"]) and len(ids) == len(set(ids)) == len(texts)
+    row = {i: (part, k) for part in parts for k, i in enumerate(part.columns["id"])}
+    for k, doc_id in enumerate(whole.columns["id"]):
+        part, j = row[doc_id]
+        for name, column in whole.columns.items():
+            if isinstance(column, np.ndarray):
+                np.testing.assert_array_equal(part.columns[name][j], column[k])
+            else:
+                assert part.columns[name][j] == column[k], (name, doc_id)

@@ -55,7 +55,7 @@ def test_a_bundle_retried_after_a_failure_writes_each_row_once(tmp_path, corpus,
     if target == "write":
         _fail_first_call(monkeypatch, writing._WriteShardFn, "_write", calls)
     else:
-        _fail_first_call(monkeypatch, engine.Engine, "collect", calls)
+        _fail_first_call(monkeypatch, engine.Engine, "_gather", calls)
     path, ids = corpus
     code = run_cli("embed", "--input", path, "--output", tmp_path, "--model",
                    tiny_model("bert", "base"), "--token-budget", "512",
