@@ -393,11 +393,12 @@ class Engine:
             if len(complete) == 0:
                 continue
             part = np.flatnonzero(np.isin(windows.doc, complete))
-            tokens = windows.token_rows(part)
+            token_level = self.task.token_level
+            tokens = windows.token_rows(part) if token_level else None
             renumber = {int(j): i for i, j in enumerate(part)}
             yield OutputChunk(
                 windows.take(part),
-                {k: v[tokens] if k in self.task.token_level else v[part] for k, v in values.items()},
+                {k: v[tokens] if k in token_level else v[part] for k, v in values.items()},
                 {renumber[j]: dead for j, dead in errors.items() if j in renumber})
 
     def _gather(self, windows: WindowChunk, handle: Any, values: dict[str, np.ndarray],

@@ -61,10 +61,13 @@ class Stamp:
 # -- the text fingerprint through the model ------------------------------------------------
 
 
+def _key(doc_id: str, text: str, text_pair: str | None, extra: dict[str, Any] | None) -> str:
+    return f"{doc_id}{_KEY_SEPARATOR}{text_fingerprint(text, text_pair, extra)}"
+
+
 def _keyed(doc: Document) -> Document:
-    fp = text_fingerprint(doc.text, doc.text_pair, doc.extra)
-    return Document(id=f"{doc.id}{_KEY_SEPARATOR}{fp}", text=doc.text, text_pair=doc.text_pair,
-                    extra=doc.extra)
+    return Document(id=_key(doc.id, doc.text, doc.text_pair, doc.extra), text=doc.text,
+                    text_pair=doc.text_pair, extra=doc.extra)
 
 
 def _unkey(key: str) -> tuple[str, str]:
@@ -77,8 +80,7 @@ def _unkey(key: str) -> tuple[str, str]:
 def _keyed_chunk(chunk: DocumentChunk) -> DocumentChunk:
     pairs = chunk.text_pairs or [None] * len(chunk)
     extra = chunk.extra or {}
-    keys = [f"{doc_id}{_KEY_SEPARATOR}"
-            f"{text_fingerprint(text, pair, {c: v[i] for c, v in extra.items()} or None)}"
+    keys = [_key(doc_id, text, pair, {c: v[i] for c, v in extra.items()} or None)
             for i, (doc_id, text, pair) in enumerate(zip(chunk.ids, chunk.texts, pairs, strict=True))]
     return DocumentChunk(keys, chunk.texts, chunk.text_pairs, chunk.extra)
 

@@ -64,13 +64,20 @@ class Window:
 class WindowOutput:
     """A window's model output, reduced by the task on the device.
 
-    ``values`` holds compact numpy arrays (own memory, never views of a batch tensor),
-    so that pickling one output never carries its batch.
+    ``values`` holds the window's rows of the chunk's output arrays (views: these objects
+    are built for a task's per-document post-processing and dropped right after it).
     """
 
     window: Window
     values: dict[str, np.ndarray]
     error: DeadLetter | None = None  # set when the model step failed for this window
+
+
+def ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """``starts[0], starts[0] + 1, ..., starts[0] + lengths[0] - 1, starts[1], ...``: the
+    positions of several runs of a packed array, run after run, in one vectorized step."""
+    begin = np.cumsum(lengths) - lengths
+    return np.repeat(starts, lengths) + (np.arange(int(lengths.sum())) - np.repeat(begin, lengths))
 
 
 @dataclass(slots=True)
@@ -156,7 +163,7 @@ class WindowChunk:
             type_ids=self.type_ids[a:b] if self.type_ids is not None else None,
             offsets=self.offsets[a:b] if self.offsets is not None else None,
             sequence_ids=self.sequence_ids[a:b] if self.sequence_ids is not None else None,
-            truncated=bool(self.truncated[j]), preview=docs.texts[d][:PREVIEW_CHARS],
+            truncated=bool(self.truncated[j]), preview=self.preview(j),
             extra={c: v[d] for c, v in docs.extra.items()} if docs.extra and first else None,
             text=docs.texts[d] if text and first else None,
             text_pair=(docs.text_pairs[d] if text and first and docs.text_pairs is not None
@@ -164,10 +171,7 @@ class WindowChunk:
 
     def token_rows(self, windows: np.ndarray) -> np.ndarray:
         """The positions in the packed arrays of the tokens of ``windows``, in order."""
-        lengths = self.lengths[windows]
-        begin = np.cumsum(lengths) - lengths
-        return (np.repeat(self.starts[windows], lengths)
-                + (np.arange(int(lengths.sum())) - np.repeat(begin, lengths)))
+        return ranges(self.starts[windows], self.lengths[windows])
 
     def take(self, windows: np.ndarray) -> WindowChunk:
         """The chunk of ``windows`` only (ascending window numbers; same documents)."""
@@ -252,9 +256,7 @@ class ChunkOutputs:
     @property
     def window_rows(self) -> np.ndarray:
         """The window numbers of every document, document after document."""
-        total = int(self.count.sum())
-        begin = np.cumsum(self.count) - self.count
-        return np.repeat(self.first, self.count) + (np.arange(total) - np.repeat(begin, self.count))
+        return ranges(self.first, self.count)
 
     @property
     def segments(self) -> np.ndarray:
