@@ -238,6 +238,19 @@ def resolve_dtype(requested: str, device: Any) -> Any:
     return getattr(torch, requested)
 
 
+def cpu_runs_bf16_natively() -> bool:
+    """Whether this CPU multiplies bfloat16 matrices in hardware (Intel AMX: Sapphire Rapids
+    and later, as in GCP's C3, C4 and N4 machines), where ``--dtype bfloat16`` runs BERT
+    about twice as fast as float32; ``False`` where torch cannot tell."""
+    import torch
+
+    check = getattr(torch.cpu, "_is_amx_tile_supported", None)  # private: may move
+    try:
+        return bool(check is not None and check())
+    except Exception:  # noqa: BLE001 - a hint only
+        return False
+
+
 def load_tokenizer(local_dir: str, spec: ModelSpec) -> Any:
     """The checkpoint's fast tokenizer; loaded once per process and directory (the launcher's
     check and the worker share it when they are one process, as on the local runner)."""

@@ -1,7 +1,7 @@
 """WriteResults: rows to typed Parquet files through fsspec, committed atomically.
 
-Sinks write each bundle to a temporary file under ``DIR/.temp-<prefix>-<run>/`` and a single
-finalize step renames the committed files to ``DIR/<prefix>-NNNNN-of-NNNNN.parquet``: a
+Sinks stream each bundle into temporary files under ``DIR/.temp-<prefix>-<run>/``, a row
+group at a time (a worker holds one row group, not a file), and a single finalize step renames the committed files to ``DIR/<prefix>-NNNNN-of-NNNNN.parquet``: a
 retried bundle's lost attempt is never renamed, so retries cannot duplicate rows.
 
 Finalize replaces only files bertbeam wrote: each commit lists its files in
@@ -13,6 +13,7 @@ it with its results or delete it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import uuid
@@ -22,13 +23,18 @@ from typing import Any
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
+from apache_beam.transforms.window import GlobalWindows
 
-from bertbeam.buffering import BufferedDoFn
 from bertbeam.filesystems import join, url_to_fs, write_json_atomically
 from bertbeam.records import rows_to_table
 
 PREFIXES = ("results", "dead_letter")
 """The file prefixes a bertbeam job writes."""
+
+ROW_GROUP_ROWS = 4096
+"""Rows per Parquet row group of the results (fewer where ``rows_per_file`` is smaller)."""
+ROW_GROUP_BYTES = 64 << 20
+"""A row group is written early once its rows hold this much (long kept texts)."""
 
 
 class OutputConflictError(ValueError):
@@ -103,20 +109,56 @@ def committed_files(output_dir: str, prefix: str) -> list[str]:
     return [f"{root.rstrip('/')}/{n}" for n in sorted(names)]
 
 
-class _WriteShardFn(BufferedDoFn):
-    """Writes about ``rows_per_file`` rows at a time to a new temporary Parquet file; yields
-    its URL. Elements are record batches (of ``schema``) or single rows."""
+class _WriteShardFn(beam.DoFn):
+    """Streams elements (record batches of ``schema``, or single rows) into temporary Parquet
+    files of about ``rows_per_file`` rows, a row group at a time, and yields each file's URL
+    once it is closed (when full, and at the end of the bundle).
 
-    def __init__(self, temp_dir: str, prefix: str, schema: pa.Schema, rows_per_file: int):
-        super().__init__(rows_per_file)
+    It holds one row group at most (``row_group_rows`` rows or ``ROW_GROUP_BYTES``), not a
+    file's worth: a worker's memory does not grow with ``rows_per_file`` or the corpus.
+    """
+
+    def __init__(self, temp_dir: str, prefix: str, schema: pa.Schema, rows_per_file: int,
+                 row_group_rows: int = ROW_GROUP_ROWS):
         self._temp_dir = temp_dir
         self._prefix = prefix
         self._schema = schema
+        self._rows_per_file = rows_per_file
+        self._row_group_rows = min(row_group_rows, rows_per_file)
+        self._file: _ShardFile | None = None
 
-    def weight(self, element: Any) -> int:
-        return element.num_rows if isinstance(element, pa.RecordBatch) else 1
+    def start_bundle(self) -> None:
+        self._abandon()  # a file left open by a failed bundle is the retry's to replace
+        self._pending: list[Any] = []
+        self._pending_rows = 0
+        self._pending_bytes = 0
 
-    def flush(self, elements: list[Any]) -> Iterator[str]:
+    def process(self, element: Any) -> Iterator[str]:
+        self._pending.append(element)
+        if isinstance(element, pa.RecordBatch):
+            self._pending_rows += element.num_rows
+            self._pending_bytes += element.nbytes
+        else:
+            self._pending_rows += 1
+        if self._pending_rows >= self._row_group_rows or self._pending_bytes >= ROW_GROUP_BYTES:
+            yield from self._write_group(final=False)
+
+    def finish_bundle(self) -> Iterator[Any]:
+        for url in self._write_group(final=True):
+            yield GlobalWindows.windowed_value(url)
+
+    def teardown(self) -> None:
+        self._abandon()
+
+    def _write_group(self, *, final: bool) -> Iterator[str]:
+        pending, self._pending, self._pending_rows, self._pending_bytes = self._pending, [], 0, 0
+        if pending:
+            self._write(self._table(pending))
+        if self._file is not None and (final or self._file.rows >= self._rows_per_file):
+            file, self._file = self._file, None
+            yield file.close()
+
+    def _table(self, elements: list[Any]) -> pa.Table:
         batches = [e for e in elements if isinstance(e, pa.RecordBatch)]
         rows = [e for e in elements if not isinstance(e, pa.RecordBatch)]
         table = pa.Table.from_batches(
@@ -124,14 +166,57 @@ class _WriteShardFn(BufferedDoFn):
             schema=self._schema)
         if rows:
             table = pa.concat_tables([table, rows_to_table(rows, self._schema)])
-        yield self._write(table)
+        return table
 
-    def _write(self, table: pa.Table) -> str:
-        fs, root = url_to_fs(self._temp_dir)
-        fs.makedirs(root, exist_ok=True)
-        path = f"{root.rstrip('/')}/{self._prefix}-{uuid.uuid4().hex}.parquet"
-        write_table(fs, path, table)
-        return fs.unstrip_protocol(path)
+    def _write(self, table: pa.Table) -> None:
+        """Writes ``table`` as one row group of the open file (opening one if none is)."""
+        if self._file is None:
+            self._file = _ShardFile(self._temp_dir, self._prefix, self._schema)
+        try:
+            self._file.write(table)
+        except BaseException:
+            self._abandon()
+            raise
+
+    def _abandon(self) -> None:
+        file, self._file = getattr(self, "_file", None), None
+        if file is not None:
+            file.abandon()
+
+
+class _ShardFile:
+    """One temporary Parquet file being written, a row group per :meth:`write`."""
+
+    def __init__(self, temp_dir: str, prefix: str, schema: pa.Schema):
+        self._fs, root = url_to_fs(temp_dir)
+        self._fs.makedirs(root, exist_ok=True)
+        self._path = f"{root.rstrip('/')}/{prefix}-{uuid.uuid4().hex}.parquet"
+        self._stream = self._fs.open(self._path, "wb")
+        self._writer = pq.ParquetWriter(self._stream, schema, compression="zstd")
+        self.rows = 0
+
+    def write(self, table: pa.Table) -> None:
+        self._writer.write_table(table, row_group_size=max(1, table.num_rows))
+        self.rows += table.num_rows
+
+    def close(self) -> str:
+        """Finishes the file and returns its URL; a failed close leaves no partial file."""
+        try:
+            self._writer.close()
+            self._stream.close()
+        except BaseException:
+            self.abandon()
+            raise
+        return self._fs.unstrip_protocol(self._path)
+
+    def abandon(self) -> None:
+        """Closes and removes the file, ignoring errors: its rows will be written again."""
+        for close in (self._writer.close, self._stream.close):
+            with contextlib.suppress(Exception):  # best effort on a file being thrown away
+                close()
+        with contextlib.suppress(OSError):
+            if self._fs.exists(self._path):
+                self._fs.rm(self._path)
 
 
 def write_table(fs: Any, path: str, table: pa.Table) -> None:
@@ -216,11 +301,15 @@ class WriteResults(beam.PTransform):
 
     def expand(self, rows: beam.PCollection) -> beam.PCollection:
         check_no_foreign_files(self._output_dir, (self._prefix,))
+        return rows | self._shards() | self._finalize()
+
+    def _shards(self, row_group_rows: int = ROW_GROUP_ROWS) -> beam.PTransform:
+        return "WriteShards" >> beam.ParDo(_WriteShardFn(
+            self._temp_dir, self._prefix, self._schema, self._rows_per_file, row_group_rows))
+
+    def _finalize(self) -> beam.PTransform:
         return (
-            rows
-            | "WriteShards" >> beam.ParDo(
-                _WriteShardFn(self._temp_dir, self._prefix, self._schema, self._rows_per_file))
-            | "CollectShards" >> beam.combiners.ToList()
+            "CollectShards" >> beam.combiners.ToList()
             | "Finalize" >> beam.ParDo(
                 _FinalizeFn(self._output_dir, self._temp_dir, self._prefix, self._schema))
         )

@@ -264,3 +264,34 @@ def test_each_files_footer_is_parsed_once_per_worker(tmp_path, monkeypatch):
          | beam.Map(lambda n: seen.write_text(str(n))))
     assert seen.read_text() == str(groups)
     assert len(parses) <= 10, f"{len(parses)} footer parses for {groups} row groups"
+
+
+def test_results_stream_into_files_a_row_group_at_a_time(tmp_path):
+    """The writer holds one row group, not a file's worth of rows: 2,500 rows arriving in
+    batches of 100, with files of 1,000 rows and row groups of 300, land as files of whole
+    row groups of at most 300 rows (one row group per file would mean the file was held in
+    memory), with every row once."""
+    import apache_beam as beam
+    import pyarrow as pa
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.testing.test_pipeline import TestPipeline
+
+    from bertbeam import writing
+    from bertbeam.runners import resolve_runner
+
+    schema = pa.schema({"id": pa.string(), "value": pa.float32()})
+    batches = [pa.record_batch({"id": [f"r{i}" for i in range(s, s + 100)],
+                                "value": pa.array(range(s, s + 100), pa.float32())}, schema=schema)
+               for s in range(0, 2500, 100)]
+    out = tmp_path / "out"
+    write = writing.WriteResults(str(out), schema=schema, rows_per_file=1000)
+    with TestPipeline(runner=resolve_runner(PipelineOptions())) as p:
+        (p | beam.Create([0]) | beam.FlatMap(lambda _: batches)
+         | write._shards(row_group_rows=300) | write._finalize())
+    files = writing.committed_files(str(out), "results")
+    groups = [pq.ParquetFile(f).metadata.row_group(g).num_rows
+              for f in files for g in range(pq.ParquetFile(f).num_row_groups)]
+    assert max(groups) == 300 and sum(groups) == 2500, groups
+    assert len(files) == 3  # 1,200 + 1,200 + 100: a file closes once it holds 1,000 rows
+    ids = writing.read_table(str(out)).column("id").to_pylist()
+    assert sorted(ids) == sorted(f"r{i}" for i in range(2500))

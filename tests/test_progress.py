@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LINE = re.compile(r"^bertbeam embed: (\d+)/(\d+) documents \([\d.]+%\)(?:, [\d,]+ read)?, [\d.]+ docs/s, [\d,]+ "
                   r"tokens/s, (\d+) dead-lettered, ETA \S+$")
 START = re.compile(r"^bertbeam embed: 11 documents; model .+ \([0-9a-f]{16}\); device cpu, "
-                   r"dtype float32, \d+ threads, \d+ streams$")
+                   r"dtype float32, \d+ threads, \d+ streams(; this CPU has AMX: .+)?$")
 
 
 @pytest.fixture(scope="module")
@@ -155,3 +155,22 @@ def test_tally_sums_processes_and_threads(tmp_path, monkeypatch):
     while tally.read_totals(str(tmp_path)).get(metrics.WINDOWS) != 2007 and time.time() < deadline:
         time.sleep(0.1)
     assert tally.read_totals(str(tmp_path))[metrics.WINDOWS] == 2007
+
+
+@pytest.mark.parametrize(("amx", "options", "hinted"), [
+    (True, {}, True),
+    (False, {}, False),
+    (True, {"dtype": "float32"}, False),  # asked for float32: no advice
+    (True, {"quantize": "int8"}, False),
+    (True, {"backend": "onnx"}, False),
+])
+def test_the_start_line_points_cpu_runs_on_amx_to_bfloat16(monkeypatch, amx, options, hinted):
+    from bertbeam import models
+    from bertbeam.config import ModelSpec
+    from bertbeam.jobs.common import _bf16_hint
+
+    monkeypatch.setattr(models, "cpu_runs_bf16_natively", lambda: amx)
+    runtime = {"device": "cpu", "dtype": "float32"}
+    hint = _bf16_hint(ModelSpec(**options), runtime)
+    assert ("--dtype bfloat16" in hint) is hinted
+    assert _bf16_hint(ModelSpec(**options), {**runtime, "device": "auto"}) == ""  # a remote run
