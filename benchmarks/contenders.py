@@ -12,6 +12,7 @@ Contenders:
   bertbeam-int8  the same with ``--quantize int8``
   bertbeam-onnx  the same with ``--backend onnx`` (ONNX Runtime; the export is cached first)
   bertbeam-onnx-int8  ``--backend onnx --quantize int8``
+  bertbeam-bf16  ``--dtype bfloat16`` (on the CPU: fast where it has AMX)
   mltransform    Beam ``MLTransform`` + ``SentenceTransformerEmbeddings`` on the same runner
   st-encode      ``SentenceTransformer.encode`` (batch 32) on the job's device and dtype
   arrival-loop   transformers, batches of 32 in arrival order, padded to the longest
@@ -372,6 +373,7 @@ CONTENDERS: dict[str, Callable[[Job], Outcome]] = {
     "bertbeam-int8": lambda job: _bertbeam(job, ["--quantize", "int8"]),
     "bertbeam-onnx": lambda job: _bertbeam(job, ["--backend", "onnx"]),
     "bertbeam-onnx-int8": lambda job: _bertbeam(job, ["--backend", "onnx", "--quantize", "int8"]),
+    "bertbeam-bf16": lambda job: _bertbeam(job, ["--dtype", "bfloat16"]),
     "mltransform": _mltransform,
     "st-encode": _st_encode,
     "arrival-loop": _arrival_loop,

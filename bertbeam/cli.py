@@ -72,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bertbeam {__version__}")
         return 0
     command, rest = argv[0], argv[1:]
+    from bertbeam.memory import prepare_allocator
+
+    prepare_allocator()  # before any command imports torch (memory.py)
     target = _COMMANDS.get(command)
     if target is None:
         close = difflib.get_close_matches(command, list(_COMMANDS), n=1)

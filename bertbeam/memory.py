@@ -1,4 +1,5 @@
-"""Giving freed heap memory back to the operating system between CPU batches.
+"""A worker's heap over a long run: allocator settings that keep its arenas from
+fragmenting, and freed memory given back to the operating system between CPU batches.
 
 Every batch has its own shape, so the activation buffers torch allocates differ in size from
 batch to batch. glibc's malloc keeps freed buffers in its arenas (one per thread that
@@ -6,6 +7,17 @@ allocates: each CPU stream's thread has its own) and carves the next, slightly d
 buffer from fresh memory, so a worker's resident memory creeps up with the batches it has
 run. ``malloc_trim`` returns the free pages; a trim about once a second costs little next
 to a second of model time.
+
+Trimming gives the pages back, but not the address space: batch after batch, buffers of new
+sizes are carved above chunks that are still held, and the arenas grow (on the 2-core
+machine, all-MiniLM-L6-v2: 450 MiB of arenas after 2,400 documents, 2.2 GiB after 38,400, with
+~290 MiB in use throughout), and so does the memory each batch touches before the next trim:
+peak RSS rose with the corpus. :func:`prepare_allocator` stops that at its source: buffers of
+1 MiB and more are mapped and unmapped on their own (a fixed mmap threshold), so they never
+fragment an arena, and torch backs its large buffers with transparent huge pages, which
+makes the fresh mappings cheap (3% slower than glibc's defaults in the same run, against 12%
+without huge pages; arenas flat at ~210 MiB, peak RSS 964 instead of 1,239 MiB on 9,600
+documents).
 """
 
 from __future__ import annotations
@@ -13,19 +25,61 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import os
+import sys
 import time
 from collections.abc import Callable
 
 TRIM_INTERVAL_S = 1.0
 
 
+MMAP_THRESHOLD = 1 << 20
+"""Heap buffers of this many bytes and more get mappings of their own (see the module doc)."""
+_M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)
+_THP_SETTING = "/sys/kernel/mm/transparent_hugepage/enabled"
+
+
 @functools.cache
-def _malloc_trim() -> Callable[[int], int] | None:
-    """glibc's ``malloc_trim``, or ``None`` where the C library has none (macOS, musl)."""
+def _libc_function(name: str) -> Callable[..., int] | None:
+    """A glibc function, or ``None`` where the C library lacks it (macOS, musl)."""
     try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        return getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), name)
     except (OSError, AttributeError):
         return None
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    return _libc_function("malloc_trim")
+
+
+def huge_pages_available(setting: str = _THP_SETTING) -> bool:
+    """Whether the kernel backs memory with transparent huge pages on request."""
+    try:
+        with open(setting, encoding="ascii") as f:
+            return "[never]" not in f.read()
+    except OSError:
+        return False
+
+
+@functools.cache
+def prepare_allocator() -> bool:
+    """Sets up the process's allocators for long model runs (see the module doc); returns
+    whether the mmap threshold was fixed. Call it before torch is first imported, so that
+    torch sees ``THP_MEM_ALLOC_ENABLE`` (torch reads it once); later calls do nothing.
+
+    Left alone: a threshold the user set (``MALLOC_MMAP_THRESHOLD_``, ``GLIBC_TUNABLES``), a
+    C library without ``mallopt``, and kernels without transparent huge pages, where fresh
+    mappings cost about 12% of the speed and glibc's default is kept.
+    """
+    if "torch" not in sys.modules:
+        os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ or "mmap_threshold" in os.environ.get(
+            "GLIBC_TUNABLES", ""):
+        return False
+    mallopt = _libc_function("mallopt")
+    if mallopt is None or not huge_pages_available():
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
 
 
 class HeapTrimmer:

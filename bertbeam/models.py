@@ -31,6 +31,7 @@ from typing import Any
 from apache_beam.utils import shared
 
 from bertbeam.config import EMBEDDED_MODEL, ModelSpec
+from bertbeam.memory import prepare_allocator
 
 _LOG = logging.getLogger(__name__)
 
@@ -272,6 +273,7 @@ def _cached_tokenizer(local_dir: str, trust_remote_code: bool) -> Any:
 
 def load_model(spec: ModelSpec, model_class: str) -> LoadedModel:
     """Loads tokenizer and model for one task on this worker; call once per process."""
+    prepare_allocator()  # before torch is imported, where it is not yet
     import torch
     import transformers
 

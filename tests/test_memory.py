@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 
 import pytest
@@ -22,3 +23,92 @@ def test_without_malloc_trim_it_is_a_no_op(monkeypatch):
     monkeypatch.setattr("bertbeam.memory._malloc_trim", lambda: None)
     trimmer = HeapTrimmer(interval_s=0.0)
     assert not trimmer.available and trimmer.maybe_trim() is False
+
+
+_FRAGMENTING_RUN = """
+import ctypes, json, sys, threading
+import numpy as np
+from bertbeam.memory import prepare_allocator
+
+class Info(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+                 "uordblks", "fordblks", "keepcost")]
+
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = Info
+tuned = prepare_allocator() if sys.argv[1] == "tuned" else False
+held = []
+
+def batches():
+    # What a CPU stream does: buffers of a new size each batch (activations), freed, with
+    # a small output kept past the batch (until the main thread gathers it).
+    rng = np.random.default_rng(0)
+    for _ in range(150):
+        buffers = [np.ones(int(rng.integers(1 << 20, 24 << 20)), np.uint8) for _ in range(3)]
+        held.append(np.ones(64 << 10, np.uint8))
+        del buffers
+
+before = libc.mallinfo2().arena
+thread = threading.Thread(target=batches)
+thread.start()
+thread.join()
+print(json.dumps({"tuned": tuned, "grown_mib": (libc.mallinfo2().arena - before) / 2**20}))
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt and mallinfo2 are glibc's")
+def test_the_allocator_settings_keep_a_streams_arena_from_growing_batch_after_batch():
+    """With glibc's defaults, buffers of a new size each batch are carved above the small
+    outputs still held and the arena grows with the batches run (that was peak RSS growing
+    with the corpus); with :func:`prepare_allocator`, large buffers get mappings of their own
+    and the arena holds the small outputs only."""
+    import json
+    import subprocess
+    import sys
+
+    from bertbeam.memory import huge_pages_available
+
+    if not huge_pages_available():
+        pytest.skip("no transparent huge pages: prepare_allocator keeps glibc's defaults")
+    runs = {}
+    for mode in ("default", "tuned"):
+        out = subprocess.run([sys.executable, "-c", _FRAGMENTING_RUN, mode], check=True,
+                             capture_output=True, text=True, env={
+                                 k: v for k, v in os.environ.items()
+                                 if k not in ("MALLOC_MMAP_THRESHOLD_", "GLIBC_TUNABLES")})
+        runs[mode] = json.loads(out.stdout)
+    assert runs["tuned"]["tuned"] is True
+    # 150 held outputs of 64 KiB are ~10 MiB; the untuned arena grows far more.
+    assert runs["tuned"]["grown_mib"] < 20 < 40 < runs["default"]["grown_mib"], runs
+
+
+def test_prepare_allocator_leaves_a_users_own_settings_alone(monkeypatch):
+    from bertbeam import memory
+
+    calls = []
+    monkeypatch.setattr(memory, "_libc_function", lambda name: lambda *a: calls.append(a) or 1)
+    monkeypatch.setattr(memory, "huge_pages_available", lambda: True)
+    for env in ({"MALLOC_MMAP_THRESHOLD_": "65536"},
+                {"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=65536"}):
+        memory.prepare_allocator.cache_clear()
+        with monkeypatch.context() as m:
+            for k, v in env.items():
+                m.setenv(k, v)
+            assert memory.prepare_allocator() is False
+    monkeypatch.setattr(memory, "huge_pages_available", lambda: False)
+    memory.prepare_allocator.cache_clear()
+    assert memory.prepare_allocator() is False
+    assert calls == []
+    memory.prepare_allocator.cache_clear()
+
+
+def test_huge_pages_setting_is_read_from_the_kernels_file(tmp_path):
+    from bertbeam.memory import huge_pages_available
+
+    setting = tmp_path / "enabled"
+    setting.write_text("always madvise [never]\n")
+    assert not huge_pages_available(str(setting))
+    setting.write_text("always [madvise] never\n")
+    assert huge_pages_available(str(setting))
+    assert not huge_pages_available(str(tmp_path / "missing"))
