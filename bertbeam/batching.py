@@ -42,7 +42,8 @@ class _BatchByTokensFn(BufferedDoFn):
 class BatchByTokens(beam.PTransform):
     """WindowChunk -> BatchPlan: holds chunks until ``buffer_size`` windows are in, sorts the
     windows by length and cuts batches whose padded size (windows x longest, rounded up to
-    ``pad_multiple``) stays within ``token_budget``.
+    ``pad_multiple``) stays within ``token_budget`` (on a CPU, within each stream's share of
+    it: :meth:`Engine.batch_budget`).
 
     ``pad_multiple='auto'`` follows the device the engine runs on (8 on a GPU, 1 on a CPU).
     A document's windows stay in one plan, so its outputs meet again in Postprocess.

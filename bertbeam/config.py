@@ -126,7 +126,9 @@ class BatchSpec:
     """How windows are grouped into model batches.
 
     Attributes:
-        token_budget: maximum padded tokens per batch (batch size x padded length).
+        token_budget: maximum padded tokens in flight on a worker process (batch size x
+            padded length): on a GPU, per batch; on a CPU, shared by the batches its
+            streams run at once (two streams: half each), which bounds activation memory.
         buffer_size: windows held and sorted by length before batches are cut; larger
             buffers pad less and hold more memory.
         max_batch_size: upper bound on windows per batch, whatever their length.

@@ -315,11 +315,17 @@ class Engine:
             return int(requested)
         return GPU_PAD_MULTIPLE if self.device.type == "cuda" else 1
 
+    def batch_budget(self, spec: BatchSpec) -> int:
+        """Padded tokens per batch: ``spec.token_budget`` shared by the streams that run
+        batches at once (one on a GPU)."""
+        return max(1, spec.token_budget // self.streams)
+
     def plan(self, windows: WindowChunk, spec: BatchSpec) -> BatchPlan:
         """``windows`` cut into length-sorted batches within ``spec``'s token budget, padded
-        for this worker's device."""
+        for this worker's device. CPU streams share the budget (each batch gets its share),
+        so the tokens in flight, and with them the activations' memory, stay within it."""
         multiple = self.pad_multiple(spec.pad_multiple)
-        cuts = plan_batches(windows.lengths, spec.token_budget, spec.max_batch_size,
+        cuts = plan_batches(windows.lengths, self.batch_budget(spec), spec.max_batch_size,
                             multiple, spec.batch_overhead_tokens)
         return BatchPlan(windows, [rows for rows, _ in cuts], [padded for _, padded in cuts])
 

@@ -262,3 +262,20 @@ def test_a_plan_comes_back_in_parts_that_add_up_to_the_whole(tiny_model, head, t
                 np.testing.assert_array_equal(part.columns[name][j], column[k])
             else:
                 assert part.columns[name][j] == column[k], (name, doc_id)
+
+
+@pytest.mark.parametrize("streams", [1, 2, 3])
+def test_cpu_streams_share_the_token_budget(tiny_model, streams):
+    """The batches that run at once hold at most ``token_budget`` padded tokens together:
+    each of ``streams`` CPU batches is cut to its share, so activation memory is bounded by
+    the budget whatever the streams (two full-budget batches at once set the peak RSS)."""
+    engine = Engine.acquire(EngineSpec(
+        ModelSpec(uri=tiny_model("bert", "base"), device="cpu", num_threads=streams,
+                  cpu_streams=streams), TokenizeSpec(max_length=32, stride=8), EmbedTask()))
+    assert engine.streams == streams
+    texts = [" ".join(SAMPLE_TEXTS)] * 4 + SAMPLE_TEXTS
+    windows, _ = engine.encode(DocumentChunk([f"d{i}" for i in range(len(texts))], texts))
+    plan = engine.plan(windows, BatchSpec(token_budget=192))
+    sizes = [len(rows) * padded for rows, padded in zip(plan.batches, plan.padded, strict=True)]
+    assert max(sizes) <= 192 // streams
+    assert max(sizes) > 192 // streams - 32  # the share is used, not just respected

@@ -71,7 +71,8 @@ def add_common_args(parser: argparse.ArgumentParser, *, long_docs_default: str |
                         help="long documents: overlapping windows (chunk) or the first (truncate)")
     parser.add_argument("--stride", type=int, default=None, help="tokens shared by adjacent windows")
     parser.add_argument("--token-budget", type=int, default=BatchSpec.token_budget,
-                        help="padded tokens per batch (batch size x padded length)")
+                        help="padded tokens in flight per worker (batch size x padded length; "
+                             "CPU streams share it)")
     parser.add_argument("--buffer-size", type=int, default=BatchSpec.buffer_size,
                         help="windows sorted together before batches are cut")
     parser.add_argument("--max-batch-size", type=int, default=BatchSpec.max_batch_size,
