@@ -418,6 +418,11 @@ def run_named(name: str, job: Job) -> dict:
         # Before the imports in a fresh process: every thread started later inherits it.
         os.sched_setaffinity(0, job.cpus)
     try:
+        if name.startswith("bertbeam"):
+            # What the bertbeam command does first, before the preload imports torch.
+            from bertbeam.memory import prepare_allocator
+
+            prepare_allocator()
         _preload()
         import torch
 

@@ -68,11 +68,16 @@ def prepare_allocator() -> bool:
     torch sees ``THP_MEM_ALLOC_ENABLE`` (torch reads it once); later calls do nothing.
 
     Left alone: a threshold the user set (``MALLOC_MMAP_THRESHOLD_``, ``GLIBC_TUNABLES``), a
-    C library without ``mallopt``, and kernels without transparent huge pages, where fresh
-    mappings cost about 12% of the speed and glibc's default is kept.
+    C library without ``mallopt``, and, where fresh mappings would cost about 12% of the
+    speed, glibc's default is kept: on kernels without transparent huge pages, and when
+    torch was imported before this call without ``THP_MEM_ALLOC_ENABLE``.
     """
     if "torch" not in sys.modules:
         os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+    if os.environ.get("THP_MEM_ALLOC_ENABLE", "0") in ("", "0"):
+        # torch came first (imported before bertbeam, without the variable): its buffers
+        # would fault in 4 KiB pages, and glibc's default is faster (12% here).
+        return False
     if "MALLOC_MMAP_THRESHOLD_" in os.environ or "mmap_threshold" in os.environ.get(
             "GLIBC_TUNABLES", ""):
         return False

@@ -112,3 +112,26 @@ def test_huge_pages_setting_is_read_from_the_kernels_file(tmp_path):
     setting.write_text("always [madvise] never\n")
     assert huge_pages_available(str(setting))
     assert not huge_pages_available(str(tmp_path / "missing"))
+
+
+def test_prepare_allocator_keeps_glibcs_default_when_torch_came_first(monkeypatch):
+    """torch imported before bertbeam, without THP_MEM_ALLOC_ENABLE, allocates in 4 KiB
+    pages: a fixed mmap threshold would then cost ~12% of the speed, so none is set."""
+    import sys
+
+    from bertbeam import memory
+
+    calls = []
+    monkeypatch.setattr(memory, "_libc_function", lambda name: lambda *a: calls.append(a) or 1)
+    monkeypatch.setattr(memory, "huge_pages_available", lambda: True)
+    monkeypatch.setitem(sys.modules, "torch", sys.modules.get("torch", object()))
+    monkeypatch.delenv("THP_MEM_ALLOC_ENABLE", raising=False)
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    memory.prepare_allocator.cache_clear()
+    try:
+        assert memory.prepare_allocator() is False and calls == []
+        monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", "1")  # set by the user before the import
+        memory.prepare_allocator.cache_clear()
+        assert memory.prepare_allocator() is True and len(calls) == 1
+    finally:
+        memory.prepare_allocator.cache_clear()
