@@ -21,6 +21,7 @@ import io
 import logging
 import sys
 import textwrap
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,6 +38,8 @@ MOVE_THRESHOLD = 0.05
 """A label is flagged when its share of the results moved more than this since the previous
 run (0.05: five percentage points)."""
 SAMPLE_ROWS = 5000
+MAX_SCORES = 200_000
+"""Scores plotted at most; a larger run's are sampled uniformly."""
 NEIGHBOUR_DOCS = 4
 LABEL_TASKS = ("classify", "zero-shot")
 
@@ -131,22 +134,32 @@ def _result_files(output_dir: str) -> list[str]:
     return expand_glob(f"{output_dir.rstrip('/')}/results-*-of-*.parquet")
 
 
-def _columns(output_dir: str, wanted: list[str], limit: int | None = None) -> pa.Table | None:
-    """The ``wanted`` columns of the results (those the task writes), all rows or the first
-    ``limit``; ``None`` when the results have none of them."""
-    tables, rows = [], 0
+def _row_groups(output_dir: str, wanted: list[str]) -> Iterator[pa.Table]:
+    """The ``wanted`` columns (or nested leaves, such as ``entities.list.element.score``)
+    of the results, a row group at a time; nothing when the results have none of them.
+    Only the first wanted column present in the results is read."""
     for url in _result_files(output_dir):
         fs, path = url_to_fs(url)
         with fs.open(path, "rb") as f:
             parquet = pq.ParquetFile(f)
-            names = [c for c in wanted if c in parquet.schema_arrow.names]
+            paths = {parquet.schema.column(i).path for i in range(len(parquet.schema))}
+            names = [c for c in wanted
+                     if c in parquet.schema_arrow.names or c in paths]
             if not names:
-                return None
+                return
             for group in range(parquet.num_row_groups):
-                tables.append(parquet.read_row_group(group, columns=names))
-                rows += tables[-1].num_rows
-                if limit is not None and rows >= limit:
-                    return pa.concat_tables(tables).slice(0, limit)
+                yield parquet.read_row_group(group, columns=names[:1])
+
+
+def _columns(output_dir: str, wanted: list[str], limit: int | None = None) -> pa.Table | None:
+    """The first of the ``wanted`` columns the results have, all rows or the first
+    ``limit``; ``None`` when the results have none of them."""
+    tables, rows = [], 0
+    for table in _row_groups(output_dir, wanted):
+        tables.append(table)
+        rows += table.num_rows
+        if limit is not None and rows >= limit:
+            return pa.concat_tables(tables).slice(0, limit)
     return pa.concat_tables(tables) if tables else None
 
 
@@ -247,15 +260,28 @@ def _labels(summary: dict, before: dict | None, threshold: float) -> Panel:
 
 
 def _scores(output_dir: str) -> Panel:
-    table = _columns(output_dir, ["score", "entities", "predictions"])
-    if table is None or table.num_rows == 0:
+    """Every score of the run (a label's, an entity's, a prediction's), read a row group at a
+    time and only the score leaf of nested columns; above ``MAX_SCORES`` a uniform sample of
+    them is plotted, so the launcher's memory does not grow with the corpus."""
+    wanted = ["score", "entities.list.element.score", "predictions.list.element.score"]
+    rng = np.random.default_rng(0)
+    kept, keys = np.zeros(0, np.float32), np.zeros(0)
+    total = 0
+    for table in _row_groups(output_dir, wanted):
+        column = table.column(0)
+        if pa.types.is_list(column.type):  # ner entities, fill-mask predictions
+            column = pc.struct_field(pc.list_flatten(column), "score")
+        values = column.to_numpy(zero_copy_only=False).astype(np.float32)
+        total += len(values)
+        kept, keys = np.concatenate([kept, values]), np.concatenate([keys, rng.random(len(values))])
+        if len(kept) > MAX_SCORES:  # the MAX_SCORES smallest random keys: a uniform sample
+            keep = np.argpartition(keys, MAX_SCORES)[:MAX_SCORES]
+            kept, keys = kept[keep], keys[keep]
+    if total == 0:
         return _message("scores", "No scores in these results.")
-    column = table.column(0)
-    if pa.types.is_list(column.type):  # ner entities, fill-mask predictions
-        column = pc.struct_field(pc.list_flatten(column), "score")
-    values = column.to_numpy(zero_copy_only=False).astype(float)
-    return _histogram("scores", values, "score",
-                      f"{len(values)} scores, median {np.median(values):.3f}." if len(values) else "")
+    sample = f" (plotted: a uniform sample of {len(kept):,})" if len(kept) < total else ""
+    return _histogram("scores", kept, "score",
+                      f"{total} scores, median {np.median(kept):.3f}{sample}.")
 
 
 def _tokens(output_dir: str, summary: dict) -> Panel:

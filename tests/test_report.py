@@ -137,3 +137,31 @@ def test_tokens_per_document_bins_are_even_on_a_log_axis():
     assert edges[0] == 3 and edges[-1] == pytest.approx(12000) and len(edges) == 41
     assert np.allclose(np.diff(np.log(edges)), np.log(12000 / 3) / 40)
     assert log_bins(np.array([7, 7])).tolist() == [7 / 1.25, 7 * 1.25]
+
+
+def test_scores_are_read_leaf_only_and_sampled_past_a_bound(tmp_path, monkeypatch):
+    """The scores panel reads a row group at a time, only the score leaf of nested columns
+    (not the entities' words), and plots a uniform sample once a run has more than
+    MAX_SCORES of them: the launcher's memory does not grow with a labeling job's corpus."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from bertbeam import report
+
+    entity = pa.struct([("word", pa.string()), ("score", pa.float32())])
+    rows = [[{"word": "w" * 50, "score": (i * 7 + j) % 100 / 100} for j in range(i % 4)]
+            for i in range(400)]
+    table = pa.table({"id": [f"d{i}" for i in range(400)], "entities": pa.array(rows, pa.list_(entity))})
+    pq.write_table(table, tmp_path / "results-00000-of-00001.parquet", row_group_size=50)
+    groups = list(report._row_groups(str(tmp_path), ["entities.list.element.score"]))
+    assert len(groups) == 8
+    assert groups[0].schema.field("entities").type == pa.list_(pa.struct([("score", pa.float32())]))
+    total = sum(len(r) for r in rows)
+    monkeypatch.setattr(report, "MAX_SCORES", 100)
+    panel = report._scores(str(tmp_path))
+    assert panel.note == f"{total} scores, median {panel.note.split('median ')[1].split(' ')[0]} " \
+                         "(plotted: a uniform sample of 100)."
+    monkeypatch.setattr(report, "MAX_SCORES", 10_000)
+    exact = report._scores(str(tmp_path))
+    median = np.median([e["score"] for r in rows for e in r]).astype(np.float32)
+    assert exact.note == f"{total} scores, median {median:.3f}."
