@@ -136,8 +136,7 @@ def _result_files(output_dir: str) -> list[str]:
 
 def _row_groups(output_dir: str, wanted: list[str]) -> Iterator[pa.Table]:
     """The ``wanted`` columns (or nested leaves, such as ``entities.list.element.score``)
-    of the results, a row group at a time; nothing when the results have none of them.
-    Only the first wanted column present in the results is read."""
+    that the results have, a row group at a time; nothing when they have none of them."""
     for url in _result_files(output_dir):
         fs, path = url_to_fs(url)
         with fs.open(path, "rb") as f:
@@ -148,12 +147,12 @@ def _row_groups(output_dir: str, wanted: list[str]) -> Iterator[pa.Table]:
             if not names:
                 return
             for group in range(parquet.num_row_groups):
-                yield parquet.read_row_group(group, columns=names[:1])
+                yield parquet.read_row_group(group, columns=names)
 
 
 def _columns(output_dir: str, wanted: list[str], limit: int | None = None) -> pa.Table | None:
-    """The first of the ``wanted`` columns the results have, all rows or the first
-    ``limit``; ``None`` when the results have none of them."""
+    """The ``wanted`` columns (those the task writes), all rows or the first ``limit``;
+    ``None`` when the results have none of them."""
     tables, rows = [], 0
     for table in _row_groups(output_dir, wanted):
         tables.append(table)

@@ -1,8 +1,9 @@
 """WriteResults: rows to typed Parquet files through fsspec, committed atomically.
 
 Sinks stream each bundle into temporary files under ``DIR/.temp-<prefix>-<run>/``, a row
-group at a time (a worker holds one row group, not a file), and a single finalize step renames the committed files to ``DIR/<prefix>-NNNNN-of-NNNNN.parquet``: a
-retried bundle's lost attempt is never renamed, so retries cannot duplicate rows.
+group at a time (a worker holds one row group, not a file), and a single finalize step
+renames the committed files to ``DIR/<prefix>-NNNNN-of-NNNNN.parquet``: a retried bundle's
+lost attempt is never renamed, so retries cannot duplicate rows.
 
 Finalize replaces only files bertbeam wrote: each commit lists its files in
 ``DIR/_MANIFEST-<prefix>.json``, and the files of earlier runs that a new commit removes are
