@@ -44,8 +44,7 @@ TARGETS = (
 )
 ONNX_CONTENDERS = {"bertbeam-onnx": "none", "bertbeam-onnx-int8": "int8"}
 FULL_EXTRAS = ("bertbeam-int8", *ONNX_CONTENDERS, "bertbeam-bf16")
-VARIANTS = ("bertbeam-int8", *ONNX_CONTENDERS, "bertbeam-bf16")
-"""bertbeam run another way, whose embeddings are compared with its float32 torch ones."""
+"""bertbeam run other ways (full mode only); their embeddings are compared with float32's."""
 
 
 def run_contender(name: str, job: Job, *, timeout: float | None) -> dict:
@@ -197,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         exports = warm_onnx_exports(model_dir, [n for n in names if n in ONNX_CONTENDERS], log)
         runs = measure(entries, reps, timeout=args.timeout, log=log)
         fidelity = {other: variant_fidelity(job.work_dir, reps, other)
-                    for other in VARIANTS if other in names} or None
+                    for other in FULL_EXTRAS if other in names} or None
         linearity = linearity_figures(runs[QUICK_BERTBEAM], runs["bertbeam"]) if with_linearity else None
     flops = report.model_flops(lengths, config)
     gemm = [r for r in runs.get("gemm", []) if "error" not in r]

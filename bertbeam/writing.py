@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.transforms.window import GlobalWindows
 
+from bertbeam.buffering import BufferedDoFn
 from bertbeam.filesystems import join, url_to_fs, write_json_atomically
 from bertbeam.records import rows_to_table
 
@@ -110,7 +111,7 @@ def committed_files(output_dir: str, prefix: str) -> list[str]:
     return [f"{root.rstrip('/')}/{n}" for n in sorted(names)]
 
 
-class _WriteShardFn(beam.DoFn):
+class _WriteShardFn(BufferedDoFn):
     """Streams elements (record batches of ``schema``, or single rows) into temporary Parquet
     files of about ``rows_per_file`` rows, a row group at a time, and yields each file's URL
     once it is closed (when full, and at the end of the bundle).
@@ -121,43 +122,46 @@ class _WriteShardFn(beam.DoFn):
 
     def __init__(self, temp_dir: str, prefix: str, schema: pa.Schema, rows_per_file: int,
                  row_group_rows: int = ROW_GROUP_ROWS):
+        super().__init__(min(row_group_rows, rows_per_file))
         self._temp_dir = temp_dir
         self._prefix = prefix
         self._schema = schema
         self._rows_per_file = rows_per_file
-        self._row_group_rows = min(row_group_rows, rows_per_file)
         self._file: _ShardFile | None = None
+        self._held_bytes = 0
+
+    def weight(self, element: Any) -> int:
+        return element.num_rows if isinstance(element, pa.RecordBatch) else 1
 
     def start_bundle(self) -> None:
         self._abandon()  # a file left open by a failed bundle is the retry's to replace
-        self._pending: list[Any] = []
-        self._pending_rows = 0
-        self._pending_bytes = 0
+        self._held_bytes = 0
+        super().start_bundle()
 
     def process(self, element: Any) -> Iterator[str]:
-        self._pending.append(element)
         if isinstance(element, pa.RecordBatch):
-            self._pending_rows += element.num_rows
-            self._pending_bytes += element.nbytes
-        else:
-            self._pending_rows += 1
-        if self._pending_rows >= self._row_group_rows or self._pending_bytes >= ROW_GROUP_BYTES:
-            yield from self._write_group(final=False)
+            self._held_bytes += element.nbytes
+        yield from super().process(element)
+        if self._held_bytes >= ROW_GROUP_BYTES:  # long kept texts: a row group early
+            yield from self._drain()
+
+    def flush(self, elements: list[Any]) -> Iterator[str]:
+        self._held_bytes = 0
+        self._write(self._table(elements))
+        if self._file is not None and self._file.rows >= self._rows_per_file:
+            yield self._close()
 
     def finish_bundle(self) -> Iterator[Any]:
-        for url in self._write_group(final=True):
-            yield GlobalWindows.windowed_value(url)
+        yield from super().finish_bundle()
+        if self._file is not None:
+            yield GlobalWindows.windowed_value(self._close())
 
     def teardown(self) -> None:
         self._abandon()
 
-    def _write_group(self, *, final: bool) -> Iterator[str]:
-        pending, self._pending, self._pending_rows, self._pending_bytes = self._pending, [], 0, 0
-        if pending:
-            self._write(self._table(pending))
-        if self._file is not None and (final or self._file.rows >= self._rows_per_file):
-            file, self._file = self._file, None
-            yield file.close()
+    def _close(self) -> str:
+        file, self._file = self._file, None
+        return file.close()
 
     def _table(self, elements: list[Any]) -> pa.Table:
         batches = [e for e in elements if isinstance(e, pa.RecordBatch)]
@@ -180,7 +184,7 @@ class _WriteShardFn(beam.DoFn):
             raise
 
     def _abandon(self) -> None:
-        file, self._file = getattr(self, "_file", None), None
+        file, self._file = self._file, None
         if file is not None:
             file.abandon()
 
