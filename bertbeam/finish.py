@@ -77,7 +77,10 @@ class FinishRun:
         except ImportError as exc:
             _LOG.warning("No report: %s (pip install matplotlib).", exc)
             return
-        write_report(self.output, previous=self.previous_output)
+        from bertbeam.memory import collector_paused
+
+        with collector_paused():  # matplotlib's imports (memory.py)
+            write_report(self.output, previous=self.previous_output)
 
 
 def check_accounting(report: dict[str, Any]) -> None:

@@ -31,7 +31,7 @@ from typing import Any
 from apache_beam.utils import shared
 
 from bertbeam.config import EMBEDDED_MODEL, ModelSpec
-from bertbeam.memory import prepare_allocator
+from bertbeam.memory import collector_paused, prepare_allocator
 
 _LOG = logging.getLogger(__name__)
 
@@ -274,6 +274,11 @@ def _cached_tokenizer(local_dir: str, trust_remote_code: bool) -> Any:
 def load_model(spec: ModelSpec, model_class: str) -> LoadedModel:
     """Loads tokenizer and model for one task on this worker; call once per process."""
     prepare_allocator()  # before torch is imported, where it is not yet
+    with collector_paused():  # the model classes' imports and the weights (memory.py)
+        return _load_model(spec, model_class)
+
+
+def _load_model(spec: ModelSpec, model_class: str) -> LoadedModel:
     import torch
     import transformers
 

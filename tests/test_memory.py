@@ -135,3 +135,75 @@ def test_prepare_allocator_keeps_glibcs_default_when_torch_came_first(monkeypatc
         assert memory.prepare_allocator() is True and len(calls) == 1
     finally:
         memory.prepare_allocator.cache_clear()
+
+
+def _tracked(obj: object) -> bool:
+    """Whether ``obj`` is in a generation the collector still walks (not frozen)."""
+    import gc
+
+    return any(o is obj for o in gc.get_objects())
+
+
+class _Node:
+    def __init__(self) -> None:
+        self.me = self  # a cycle: only the cyclic collector frees it
+
+
+def test_collector_paused_runs_the_block_without_collections_then_freezes_what_it_left():
+    import gc
+    import weakref
+
+    from bertbeam.memory import collector_paused
+
+    assert gc.isenabled()
+    with collector_paused():
+        assert not gc.isenabled()
+        with collector_paused():  # nested: the inner block leaves the collector off
+            pass
+        assert not gc.isenabled()
+        kept = _Node()
+        dropped = weakref.ref(_Node())  # garbage in a cycle, left by the block
+        assert dropped() is not None  # nothing collected it inside the block
+    assert gc.isenabled()
+    assert dropped() is None, "the block's cyclic garbage is collected before the freeze"
+    assert not _tracked(kept), "what the block left is frozen: later collections skip it"
+
+
+def test_collector_paused_restores_the_collector_when_the_block_fails():
+    import gc
+
+    from bertbeam.memory import collector_paused
+
+    with pytest.raises(RuntimeError), collector_paused():
+        raise RuntimeError("load failed")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with collector_paused():
+            pass
+        assert not gc.isenabled(), "a collector the caller turned off stays off"
+    finally:
+        gc.enable()
+
+
+def test_a_loaded_model_is_frozen_and_the_collector_is_back_on(tiny_model):
+    import gc
+
+    from bertbeam.config import ModelSpec
+    from bertbeam.models import load_model
+
+    loaded = load_model(ModelSpec(uri=tiny_model("bert", "base"), device="cpu"), "AutoModel")
+    assert gc.isenabled()
+    assert not _tracked(loaded.model) and not _tracked(loaded.tokenizer)
+
+
+def test_the_command_line_freezes_what_is_left_when_a_command_ends(monkeypatch):
+    """Also when the command fails: the interpreter's exit must not walk the libraries."""
+    from bertbeam import memory
+    from bertbeam.cli import main
+
+    calls = []
+    monkeypatch.setattr(memory, "freeze_live_objects", lambda: calls.append("frozen"))
+    with pytest.raises(SystemExit):
+        main(["embed", "--help"])
+    assert calls == ["frozen", "frozen"]  # after the command's imports, and at its end

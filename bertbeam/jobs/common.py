@@ -272,8 +272,11 @@ def execute(job: Job, beam_args: list[str],
 
     Raises AccountingError when read != computed + carried_forward + dead_lettered.
     """
+    from bertbeam.memory import collector_paused
+
     options = beam_options(beam_args, bertbeam_parser)
-    prepared = preflight(job, options)
+    with collector_paused():  # the checks import torch and transformers (memory.py)
+        prepared = preflight(job, options)
     # One run at a time; the temporary files of this run (on failure) and of interrupted
     # earlier runs are removed while the lock is held.
     with RunLock(job.output):
