@@ -69,6 +69,7 @@ class Outcome:
     steady_seconds: float | None = None  # the per-document work, start-up excluded
     tokenize_seconds: float | None = None  # the loop's one tokenizer call (in its steady time)
     batches: int | None = None  # model batches, where counted
+    last_batch_at: float | None = None  # epoch seconds its last model batch ended (bertbeam)
 
 
 def _texts(job: Job) -> list[str]:
@@ -105,10 +106,13 @@ def _sync(job: Job) -> None:
 
 
 def _bertbeam(job: Job, extra: list[str]) -> Outcome:
-    from bertbeam.jobs.common import execute
-    from bertbeam.jobs.embed import make_job
+    """The ``bertbeam embed`` command as a user runs it (``bertbeam.cli.main``, in this
+    process: its collector settings and its end included); the figures from its summary."""
+    from bertbeam.cli import main
+    from bertbeam.summary import read_summary
 
-    argv = ["--input", job.corpus_glob, "--output", str(Path(job.work_dir) / "out"),
+    output = str(Path(job.work_dir) / "out")
+    argv = ["embed", "--input", job.corpus_glob, "--output", output,
             "--model", job.model_dir, "--threads", str(job.threads),
             "--max-length", str(job.max_length), "--long-docs", job.long_docs,
             "--device", job.device, "--dtype", job.dtype, *job.bertbeam_args, *extra]
@@ -116,13 +120,17 @@ def _bertbeam(job: Job, extra: list[str]) -> Outcome:
         argv += ["--token-budget", str(job.token_budget)]
     start = time.perf_counter()
     with _BatchClock.installed() as clock:
-        summary = execute(*make_job(argv))
+        code = main(argv)
     seconds = time.perf_counter() - start
+    if code != 0:
+        raise RuntimeError(f"bertbeam {' '.join(argv)} exited with {code}")
+    summary = read_summary(output)
     timed = clock.first is not None and clock.last is not None  # not when the runner forks
     return Outcome(summary["written"], seconds, summary["real_tokens"], summary["padded_tokens"],
                    startup_seconds=clock.first - start if timed else None,
                    steady_seconds=clock.last - clock.first if timed else None,
-                   batches=summary["batches"])
+                   batches=summary["batches"],
+                   last_batch_at=time.time() - (time.perf_counter() - clock.last) if timed else None)
 
 
 class _BatchClock:
@@ -433,6 +441,7 @@ def run_named(name: str, job: Job) -> dict:
             outcome = asdict(CONTENDERS[name](job))
         except Exception as exc:  # reported, not raised: one broken peer must not sink the run
             outcome = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
+        outcome["returned_at"] = time.time()  # the parent times the exit from here
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         return {"name": name, **outcome, "peak_rss_mb": peak_rss_mb(), "gpu_peak_mb": gpu_peak_mb(),
                 "cores": cores}

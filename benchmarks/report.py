@@ -44,7 +44,8 @@ def summarize(runs: list[dict], *, real_tokens: int, flops: float, peak_flops: f
 
     ``steady_*`` rates divide by the contender's steady window, where it reports one
     (start-up apart; ``benchmarks.contenders`` says where each begins and ends);
-    ``process_docs_per_second`` by the whole process, interpreter start and imports included."""
+    ``process_docs_per_second`` by the whole process, interpreter start and imports included;
+    ``shutdown_seconds`` run from the last model batch to the process's exit (``run.with_shutdown``)."""
     ok = [r for r in runs if "error" not in r]
     if not ok:
         return {"error": runs[0]["error"] if runs else "not run"}
@@ -85,6 +86,8 @@ def _steady(ok: list[dict], *, docs: int, real_tokens: int, flops: float,
         "steady_tokens_per_second": round(real_tokens / steady, 1) if steady else None,
         "steady_mfu": round(flops / steady / peak_flops, 4) if steady and peak_flops else None,
         "process_docs_per_second": round(docs / process, 2) if process else None,
+        **{key: None if median(key) is None else round(median(key), 3)
+           for key in ("shutdown_seconds", "exit_seconds")},
         "tokenize_seconds": None if tokenize is None else round(tokenize, 3),
         "untokenized_docs_per_second": (round(docs / (steady - tokenize), 2)
                                         if steady and tokenize is not None and steady > tokenize else None),
@@ -118,6 +121,26 @@ def table(rows: dict) -> str:
         lines.append(
             f"| {name} | {row['docs_per_second']:.1f} | {row['tokens_per_second']:.0f} | {eff} | "
             f"{row['model_flops_per_second'] / 1e9:.1f} | {mfu} | {row['peak_rss_mb']:.0f} |")
+    return "\n".join(lines)
+
+
+def phases(rows: dict) -> str:
+    """A Markdown table of where each contender's process time went: start-up (the timed job
+    to its first model batch), steady state, and shutdown (last batch to process exit; the
+    interpreter's teardown after the job returned apart), where the contender tells them."""
+    lines = ["| contender | start-up s | steady s | shutdown s | of it, exit s | process s |",
+             "|---|---:|---:|---:|---:|---:|"]
+
+    def cell(value: float | None) -> str:
+        return "" if value is None else f"{value:.2f}"
+
+    for name, row in rows.items():
+        if name == "gemm" or "error" in row:
+            continue
+        process = row["docs"] / row["process_docs_per_second"] if row.get("process_docs_per_second") else None
+        lines.append(f"| {name} | {cell(row.get('startup_seconds'))} | {cell(row.get('steady_seconds'))} | "
+                     f"{cell(row.get('shutdown_seconds'))} | {cell(row.get('exit_seconds'))} | "
+                     f"{cell(process)} |")
     return "\n".join(lines)
 
 

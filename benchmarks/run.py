@@ -56,13 +56,25 @@ def run_contender(name: str, job: Job, *, timeout: float | None) -> dict:
     start = time.perf_counter()
     try:
         proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+        exited_at = time.time()
     except subprocess.TimeoutExpired:
         return {"name": name, "error": f"timed out after {timeout:.0f} s"}
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
         return {"name": name, "error": f"exit {proc.returncode}: {' | '.join(tail)}"[:2000]}
-    return {**json.loads(lines[-1]), "process_seconds": time.perf_counter() - start}
+    return {**with_shutdown(json.loads(lines[-1]), exited_at), "process_seconds": time.perf_counter() - start}
+
+
+def with_shutdown(outcome: dict, exited_at: float) -> dict:
+    """``outcome`` with its end apart: ``shutdown_seconds`` from the last model batch (or the
+    end of the job, where no batch is timed) to the process's exit, of which ``exit_seconds``
+    came after the job returned (the interpreter's teardown)."""
+    returned = outcome.get("returned_at")
+    if returned is None:
+        return outcome
+    last = outcome.get("last_batch_at") or returned
+    return {**outcome, "shutdown_seconds": exited_at - last, "exit_seconds": exited_at - returned}
 
 
 def run_in_process(name: str, job: Job, *, timeout: float | None) -> dict:
@@ -255,7 +267,7 @@ def linearity_figures(quick_runs: list[dict], full_runs: list[dict]) -> dict:
 
 def render(result: dict) -> str:
     """The human-readable report: table, ratios against targets, int8 and linearity."""
-    lines = [report.table(result["contenders"]), ""]
+    lines = [report.table(result["contenders"]), "", report.phases(result["contenders"]), ""]
     m = result["machine"]
     lines.append(f"GEMM peak: {m['gemm_peak_gflops']} GFLOP/s on {m['threads']} threads; "
                  f"model FLOPs: {result['flops_formula']}")

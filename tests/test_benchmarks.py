@@ -85,6 +85,22 @@ def test_summary_rates_ratios_table_and_chart(tmp_path):
     assert (tmp_path / "chart.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_shutdown_is_timed_from_the_last_batch_and_the_exit_apart():
+    from benchmarks.run import with_shutdown
+
+    timed = with_shutdown({"last_batch_at": 100.0, "returned_at": 101.5}, exited_at=102.0)
+    assert timed["shutdown_seconds"] == 2.0 and timed["exit_seconds"] == 0.5
+    # A peer without a timed batch: its job's end is its last batch.
+    assert with_shutdown({"returned_at": 101.5}, exited_at=102.0)["shutdown_seconds"] == 0.5
+    runs = [{"docs": 10, "seconds": 1.0, "peak_rss_mb": 1.0, "process_seconds": 4.0,
+             "startup_seconds": 0.5, "steady_seconds": 0.25, **with_shutdown(
+                 {"last_batch_at": 100.0, "returned_at": 100.0 + tail}, exited_at=100.0 + tail + 1)}
+            for tail in (0.25, 1.0, 3.0)]
+    row = report.summarize(runs, real_tokens=10, flops=1.0, peak_flops=None)
+    assert (row["shutdown_seconds"], row["exit_seconds"]) == (2.0, 1.0)  # medians
+    assert "| bertbeam | 0.50 | 0.25 | 2.00 | 1.00 | 4.00 |" in report.phases({"bertbeam": row})
+
+
 @pytest.mark.slow
 def test_quick_mode_runs_every_contender_and_reports(tmp_path):
     """``python -m benchmarks.run --quick`` on a few documents: every contender reports a
@@ -98,6 +114,8 @@ def test_quick_mode_runs_every_contender_and_reports(tmp_path):
         assert "docs_per_second" in row or "error" in row, name
     assert result["contenders"]["bertbeam"]["docs"] == 24
     assert result["contenders"]["sorted-loop"]["docs"] == 24
+    bertbeam = result["contenders"]["bertbeam"]
+    assert bertbeam["shutdown_seconds"] > bertbeam["exit_seconds"] > 0
     assert result["machine"]["gemm_peak_gflops"] > 0
     assert "bertbeam / sorted-loop" in result["ratios"]
     assert (tmp_path / "quick.png").exists()
