@@ -188,6 +188,7 @@ def test_collector_paused_restores_the_collector_when_the_block_fails():
 
 def test_a_loaded_model_is_frozen_and_the_collector_is_back_on(tiny_model):
     import gc
+    import weakref
 
     from bertbeam.config import ModelSpec
     from bertbeam.models import load_model
@@ -195,6 +196,11 @@ def test_a_loaded_model_is_frozen_and_the_collector_is_back_on(tiny_model):
     loaded = load_model(ModelSpec(uri=tiny_model("bert", "base"), device="cpu"), "AutoModel")
     assert gc.isenabled()
     assert not _tracked(loaded.model) and not _tracked(loaded.tokenizer)
+    # Frozen objects in a cycle are never collected: a dropped model must not be in one, or
+    # its weights would stay for the life of the process.
+    weight = weakref.ref(next(loaded.model.parameters()))
+    del loaded
+    assert weight() is None, "a dropped model is freed by reference counting, weights included"
 
 
 def test_the_command_line_freezes_what_is_left_when_a_command_ends(monkeypatch):
