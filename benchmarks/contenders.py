@@ -427,11 +427,15 @@ def run_named(name: str, job: Job) -> dict:
         os.sched_setaffinity(0, job.cpus)
     try:
         if name.startswith("bertbeam"):
-            # What the bertbeam command does first, before the preload imports torch.
-            from bertbeam.memory import prepare_allocator
+            # What the bertbeam command does with its imports: the allocator set before torch
+            # is imported, the collector paused while they load and what they leave frozen.
+            from bertbeam.memory import collector_paused, prepare_allocator
 
             prepare_allocator()
-        _preload()
+            with collector_paused():
+                _preload()
+        else:
+            _preload()
         import torch
 
         torch.set_num_threads(job.threads)
