@@ -227,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
         "model_gflops_total": round(flops / 1e9, 1),
         "repetitions": reps,
         "contenders": rows,
-        "ratios": {f"{a} / {b}": {"ratio": report.ratio(rows, a, b), "target": t}
+        "ratios": {f"{a} / {b}": {"ratio": report.ratio(rows, a, b), "target": t,
+                                  "process_ratio": report.ratio(rows, a, b, key="process_docs_per_second")}
                    for a, b, t in TARGETS if a in rows and b in rows},
         "fidelity": fidelity,
         "onnx_export_seconds": exports or None,
@@ -272,11 +273,12 @@ def render(result: dict) -> str:
     lines.append(f"GEMM peak: {m['gemm_peak_gflops']} GFLOP/s on {m['threads']} threads; "
                  f"model FLOPs: {result['flops_formula']}")
     for key, r in result["ratios"].items():
+        process = f", whole process {r['process_ratio']}" if r.get("process_ratio") is not None else ""
         if r["target"] is None:
-            lines.append(f"{key}: {r['ratio']} (no target)")
+            lines.append(f"{key}: {r['ratio']}{process} (no target)")
             continue
         verdict = "n/a" if r["ratio"] is None else ("meets" if r["ratio"] >= r["target"] else "BELOW")
-        lines.append(f"{key}: {r['ratio']} (target >= {r['target']}: {verdict})")
+        lines.append(f"{key}: {r['ratio']}{process} (target >= {r['target']}: {verdict})")
     for name, f in (result["fidelity"] or {}).items():
         if f and "error" not in f:
             lines.append(f"{name} vs fp32 cosine: mean {f['mean_cosine']}, min {f['min_cosine']} "

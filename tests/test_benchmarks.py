@@ -118,6 +118,7 @@ def test_quick_mode_runs_every_contender_and_reports(tmp_path):
     assert bertbeam["shutdown_seconds"] > bertbeam["exit_seconds"] > 0
     assert result["machine"]["gemm_peak_gflops"] > 0
     assert "bertbeam / sorted-loop" in result["ratios"]
+    assert result["ratios"]["bertbeam / sorted-loop"]["process_ratio"] > 0  # interpreter start to exit
     assert (tmp_path / "quick.png").exists()
 
 
