@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from bertbeam.memory import collector_paused
 from bertbeam.training.config import TrainConfig
 from bertbeam.training.data import (
     Examples,
@@ -320,7 +321,8 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
     if skips.total():
         print(f"bertbeam train: skipped {skips.total()} rows: {skips.describe()}", file=sys.stderr)
     device, bf16 = _device(cfg)
-    tokenizer, model, max_length = _load(cfg, names)
+    with collector_paused():  # the model classes' imports and the weights (bertbeam/memory.py)
+        tokenizer, model, max_length = _load(cfg, names)
     train_features = encode(train_rows, tokenizer, names, cfg, max_length)
     lengths = map(len, tokenizer(train_rows.texts)["input_ids"])
     truncated = sum(n > max_length for n in lengths)
