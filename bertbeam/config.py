@@ -121,15 +121,6 @@ class TokenizeSpec:
         return self.stride if self.stride is not None else max_length // 4
 
 
-GPU_TOKEN_BUDGET = 8192
-"""``BatchSpec.token_budget`` ``auto`` on a GPU: padded tokens per batch."""
-CPU_TOKEN_BUDGET = 4096
-"""``BatchSpec.token_budget`` ``auto`` on a CPU, shared by its streams. Against 8,192 on the
-2-core machine (interleaved, 2,400 documents): the same speed in float32, int8, ONNX int8 and
-chunked long documents, and a lower peak; 38,400 documents peak 1.10x 2,400's instead of
-1.17x (README, Memory over a run)."""
-
-
 @dataclass(frozen=True, kw_only=True)
 class BatchSpec:
     """How windows are grouped into model batches.
@@ -138,8 +129,6 @@ class BatchSpec:
         token_budget: maximum padded tokens in flight on a worker process (batch size x
             padded length): on a GPU, per batch; on a CPU, shared by the batches its
             streams run at once (two streams: half each), which bounds activation memory.
-            ``auto`` is decided on the worker: ``GPU_TOKEN_BUDGET`` on a GPU,
-            ``CPU_TOKEN_BUDGET`` on a CPU.
         buffer_size: windows held and sorted by length before batches are cut; larger
             buffers pad less and hold more memory.
         max_batch_size: upper bound on windows per batch, whatever their length.
@@ -151,17 +140,15 @@ class BatchSpec:
             more relative to a token).
     """
 
-    token_budget: int | Literal["auto"] = "auto"
+    token_budget: int = 8192
     buffer_size: int = 4096
     max_batch_size: int = 256
     pad_multiple: int | Literal["auto"] = "auto"
     batch_overhead_tokens: int = 64
 
     def __post_init__(self) -> None:
-        for name in ("buffer_size", "max_batch_size"):
+        for name in ("token_budget", "buffer_size", "max_batch_size"):
             _check_positive(name, getattr(self, name))
-        if self.token_budget != "auto":
-            _check_positive("token_budget", self.token_budget)
         if self.pad_multiple != "auto":
             _check_positive("pad_multiple", self.pad_multiple)
         if not isinstance(self.batch_overhead_tokens, int) or self.batch_overhead_tokens < 0:

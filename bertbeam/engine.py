@@ -36,14 +36,7 @@ import numpy as np
 from apache_beam.utils import shared
 
 from bertbeam import metrics
-from bertbeam.config import (
-    CPU_TOKEN_BUDGET,
-    GPU_TOKEN_BUDGET,
-    BatchSpec,
-    ModelSpec,
-    RunSpec,
-    TokenizeSpec,
-)
+from bertbeam.config import BatchSpec, ModelSpec, RunSpec, TokenizeSpec
 from bertbeam.deadletter import DeadLetter, Reason, Stage
 from bertbeam.memory import HeapTrimmer
 from bertbeam.planning import plan_batches
@@ -323,12 +316,9 @@ class Engine:
         return GPU_PAD_MULTIPLE if self.device.type == "cuda" else 1
 
     def batch_budget(self, spec: BatchSpec) -> int:
-        """Padded tokens per batch: ``spec.token_budget`` (``auto``: by device) shared by the
-        streams that run batches at once (one on a GPU)."""
-        budget = spec.token_budget
-        if budget == "auto":
-            budget = GPU_TOKEN_BUDGET if self.device.type == "cuda" else CPU_TOKEN_BUDGET
-        return max(1, budget // self.streams)
+        """Padded tokens per batch: ``spec.token_budget`` shared by the streams that run
+        batches at once (one on a GPU)."""
+        return max(1, spec.token_budget // self.streams)
 
     def plan(self, windows: WindowChunk, spec: BatchSpec) -> BatchPlan:
         """``windows`` cut into length-sorted batches within ``spec``'s token budget, padded

@@ -22,7 +22,7 @@ def test_version(capsys):
 
 
 @pytest.mark.parametrize(("command", "shown"), [
-    ("embed", ["on a CPU (default: auto)", "(default: chunk)", "(default: embedded:all-MiniLM-L6-v2)"]),
+    ("embed", ["(default: 8192)", "(default: chunk)", "(default: embedded:all-MiniLM-L6-v2)"]),
     ("label", ["classify: labels listed in `labels`, best first (single-label) (default: 1)",
                "fill-mask: predicted tokens per mask (default: 5)", "(default: simple)",
                "qa: the longest answer, in tokens (default: 15)"]),

@@ -25,7 +25,6 @@ from bertbeam import (
     RunSpec,
     TokenizeSpec,
 )
-from bertbeam.config import CPU_TOKEN_BUDGET, GPU_TOKEN_BUDGET
 from bertbeam.runners import resolve_runner
 from tests.conftest import SAMPLE_TEXTS, read_output, run_cli, write_corpus
 from tests.test_transforms import _FailsOnMarker, _NaNOnMarker
@@ -280,18 +279,3 @@ def test_cpu_streams_share_the_token_budget(tiny_model, streams):
     sizes = [len(rows) * padded for rows, padded in zip(plan.batches, plan.padded, strict=True)]
     assert max(sizes) <= 192 // streams
     assert max(sizes) > 192 // streams - 32  # the share is used, not just respected
-    assert engine.batch_budget(BatchSpec()) == CPU_TOKEN_BUDGET // streams  # auto on a CPU
-
-
-def test_the_automatic_token_budget_is_the_devices():
-    """``auto``: 8,192 tokens per batch on a GPU, 4,096 shared by the streams on a CPU (the
-    same speed as 8,192 there, and a lower memory peak)."""
-    from types import SimpleNamespace
-
-    import torch
-
-    gpu = SimpleNamespace(device=torch.device("cuda"), streams=1)
-    cpu = SimpleNamespace(device=torch.device("cpu"), streams=2)
-    assert Engine.batch_budget(gpu, BatchSpec()) == GPU_TOKEN_BUDGET == 8192
-    assert Engine.batch_budget(cpu, BatchSpec()) == CPU_TOKEN_BUDGET // 2 == 2048
-    assert Engine.batch_budget(cpu, BatchSpec(token_budget=8192)) == 4096  # a user's own value

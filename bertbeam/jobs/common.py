@@ -15,15 +15,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from bertbeam import checks, metrics, stopping, summary, writing
-from bertbeam.config import (
-    CPU_TOKEN_BUDGET,
-    EMBEDDED_MODEL,
-    GPU_TOKEN_BUDGET,
-    BatchSpec,
-    ModelSpec,
-    RunSpec,
-    TokenizeSpec,
-)
+from bertbeam.config import EMBEDDED_MODEL, BatchSpec, ModelSpec, RunSpec, TokenizeSpec
 from bertbeam.deadletter import DEAD_LETTER, DEAD_LETTER_SCHEMA
 from bertbeam.filesystems import url_to_fs
 from bertbeam.finish import AccountingError, FinishRun, WriteSummary, check_accounting
@@ -78,10 +70,9 @@ def add_common_args(parser: argparse.ArgumentParser, *, long_docs_default: str |
     parser.add_argument("--long-docs", choices=["truncate", "chunk"], default=long_docs_default,
                         help="long documents: overlapping windows (chunk) or the first (truncate)")
     parser.add_argument("--stride", type=int, default=None, help="tokens shared by adjacent windows")
-    parser.add_argument("--token-budget", type=_budget, default=BatchSpec.token_budget,
+    parser.add_argument("--token-budget", type=int, default=BatchSpec.token_budget,
                         help="padded tokens in flight per worker (batch size x padded length; "
-                             f"CPU streams share it); auto: {GPU_TOKEN_BUDGET} on a GPU, "
-                             f"{CPU_TOKEN_BUDGET} on a CPU")
+                             "CPU streams share it)")
     parser.add_argument("--buffer-size", type=int, default=BatchSpec.buffer_size,
                         help="windows sorted together before batches are cut")
     parser.add_argument("--max-batch-size", type=int, default=BatchSpec.max_batch_size,
@@ -123,10 +114,6 @@ def positive_int(value: str) -> int:
     if number <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
     return number
-
-
-def _budget(value: str) -> int | str:
-    return value if value == "auto" else positive_int(value)
 
 
 def _streams(value: str) -> int | str:
