@@ -109,7 +109,7 @@ def _bertbeam(job: Job, extra: list[str]) -> Outcome:
     """The ``bertbeam embed`` command as a user runs it (``bertbeam.cli.main``, in this
     process: its collector settings and its end included); the figures from its summary."""
     from bertbeam.cli import main
-    from bertbeam.summary import read_summary
+    from bertbeam.run.summary import read_summary
 
     output = str(Path(job.work_dir) / "out")
     argv = ["embed", "--input", job.corpus_glob, "--output", output,
@@ -145,7 +145,7 @@ class _BatchClock:
     @classmethod
     @contextmanager
     def installed(cls) -> Iterator[_BatchClock]:
-        from bertbeam.engine import Engine
+        from bertbeam.core.engine import Engine
 
         clock = cls()
         submit, parts = Engine.submit, Engine.collect_parts
@@ -202,7 +202,7 @@ def _mltransform(job: Job) -> Outcome:
     from apache_beam.ml.transforms.embeddings.huggingface import SentenceTransformerEmbeddings
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from bertbeam.runners import resolve_runner
+    from bertbeam.run.runners import resolve_runner
 
     count_file = Path(job.work_dir) / "count.txt"
     options = PipelineOptions([])
@@ -429,7 +429,7 @@ def run_named(name: str, job: Job) -> dict:
         if name.startswith("bertbeam"):
             # What the bertbeam command does with its imports: the allocator set before torch
             # is imported, the collector paused while they load and what they leave frozen.
-            from bertbeam.memory import collector_paused, prepare_allocator
+            from bertbeam.core.memory import collector_paused, prepare_allocator
 
             prepare_allocator()
             with collector_paused():

@@ -33,7 +33,7 @@ class Corpus:
 
 def benchmark_texts(n: int) -> list[str]:
     """``n`` demo texts in a fixed random order; cycles through the demo corpus past its size."""
-    from bertbeam.demo import demo_texts
+    from bertbeam.cli.demo import demo_texts
 
     if n <= 0:
         raise ValueError(f"The corpus size must be a positive number of documents, got {n!r}.")
@@ -47,7 +47,7 @@ def long_texts(n: int, *, tokens: int = 2000) -> list[str]:
     blank lines; a prefix of ``long_texts(m)`` for ``m > n``."""
     if n <= 0 or tokens <= 0:
         raise ValueError(f"long_texts needs positive n and tokens, got n={n!r}, tokens={tokens!r}.")
-    from bertbeam.demo import demo_texts
+    from bertbeam.cli.demo import demo_texts
 
     target = int(tokens * CHARS_PER_TOKEN)
     pool = benchmark_texts(len(demo_texts()))

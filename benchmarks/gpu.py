@@ -180,7 +180,7 @@ def plan(suites: dict[str, Suite], models: dict[str, str], args: argparse.Namesp
 def parity(runs: dict[tuple[str, str], list[dict]], tmp: Path) -> dict:
     """Per-row cosine of bertbeam's embeddings in the benchmark's runs (bf16 on the GPU) to
     its CPU float32 ones, by id, on the first documents of minilm and bert-base-long."""
-    from bertbeam.writing import read_table
+    from bertbeam.beam.writing import read_table
 
     out: dict = {}
     for (suite, label), entry_runs in runs.items():
@@ -353,7 +353,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def prepare(args: argparse.Namespace, tmp: Path) -> tuple[dict[str, str], dict[str, Suite], dict]:
     """Models, the suites' corpora, and per suite its window lengths, config and the FLOPs of
     every prefix of its windows (for contenders that ran on the first documents)."""
-    from bertbeam.models import resolve_model_dir
+    from bertbeam.core.models import resolve_model_dir
 
     minilm = resolve_model_dir(MINILM)
     models = {"minilm": minilm, "bert-base": bert_base_dir(tmp, minilm, smoke=args.smoke)}

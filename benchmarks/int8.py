@@ -29,7 +29,7 @@ def _variants(model):
         quantize_dynamic,
     )
 
-    from bertbeam.quantization import _full_range_linear, quantize_int8, quantized_layer_names
+    from bertbeam.core.quantization import _full_range_linear, quantize_int8, quantized_layer_names
 
     names = quantized_layer_names(model)
     ffn_out = [n for n in names if n.endswith("output.dense") and "attention" not in n]
@@ -60,8 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    from bertbeam.models import resolve_model_dir
-    from bertbeam.quantization import select_engine
+    from bertbeam.core.models import resolve_model_dir
+    from bertbeam.core.quantization import select_engine
 
     if args.threads:
         torch.set_num_threads(args.threads)

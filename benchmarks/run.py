@@ -123,7 +123,7 @@ def warm_onnx_exports(model_dir: str, names: list[str], log) -> dict[str, float]
     seconds = {}
     for name in names:
         start = time.perf_counter()
-        code = ("from bertbeam.config import ModelSpec; from bertbeam.models import load_model; "
+        code = ("from bertbeam.config import ModelSpec; from bertbeam.core.models import load_model; "
                 f"load_model(ModelSpec(uri={model_dir!r}, backend='onnx', "
                 f"quantize={ONNX_CONTENDERS[name]!r}), 'AutoModel')")
         subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
@@ -148,7 +148,7 @@ def embedding_agreement(reference: str, other: str) -> dict:
     import numpy as np
     import pyarrow.compute as pc
 
-    from bertbeam.writing import read_table
+    from bertbeam.beam.writing import read_table
 
     a = read_table(reference, columns=["id", "embedding"]).sort_by("id")
     b = read_table(other, columns=["id", "embedding"])
@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"unknown contender {unknown[0]!r}; valid: {', '.join(CONTENDERS)}")
 
-    from bertbeam.models import resolve_model_dir
+    from bertbeam.core.models import resolve_model_dir
 
     model_dir = resolve_model_dir(args.model)
 

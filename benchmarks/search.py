@@ -86,7 +86,7 @@ def write_embeddings(directory: Path, base: np.ndarray, files: int = 4) -> str:
 
 def _build_child(glob: str, output: str, threads: int) -> None:
     """Runs in its own process: builds the index and prints seconds and peak RSS as JSON."""
-    from bertbeam.index import IndexSpec, build_index
+    from bertbeam.index.search import IndexSpec, build_index
 
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     start = time.perf_counter()
@@ -120,7 +120,7 @@ def _latencies(search, queries: np.ndarray) -> tuple[list[int], list[float]]:
 
 def measure_index(location: str, queries: np.ndarray, truth: np.ndarray, k: int) -> list[dict]:
     """Recall@k and single-query latency of bertbeam's index for each ``ef_search``."""
-    from bertbeam.index import SearchIndex
+    from bertbeam.index.search import SearchIndex
 
     points = []
     with SearchIndex.open(location) as index:
@@ -146,7 +146,7 @@ def compare_libraries(base: np.ndarray, queries: np.ndarray, truth: np.ndarray, 
     single-query latency, recall, memory added."""
     import psutil
 
-    from bertbeam.index import IndexSpec
+    from bertbeam.index.search import IndexSpec
 
     m, ef_add, ef = IndexSpec.m, IndexSpec.ef_construction, IndexSpec.ef_search
 
@@ -240,7 +240,7 @@ def chart(result: dict, path: str) -> None:
 
 
 def _hnsw_defaults() -> dict:
-    from bertbeam.index import IndexSpec
+    from bertbeam.index.search import IndexSpec
 
     return {"m": IndexSpec.m, "ef_construction": IndexSpec.ef_construction, "ef_search": IndexSpec.ef_search}
 

@@ -3,9 +3,9 @@
 Importing bertbeam does not import torch; models load on workers.
 """
 
-from bertbeam.batching import BatchByTokens
+from bertbeam.beam.batching import BatchByTokens
 from bertbeam.config import EMBEDDED_MODEL, BatchSpec, ModelSpec, RunSpec, TokenizeSpec
-from bertbeam.deadletter import (
+from bertbeam.core.deadletter import (
     DEAD_LETTER,
     DEAD_LETTER_SCHEMA,
     REASONS,
@@ -14,13 +14,13 @@ from bertbeam.deadletter import (
     Reason,
     Stage,
 )
-from bertbeam.engine import Engine, EngineSpec
+from bertbeam.core.engine import Engine, EngineSpec
 from bertbeam.gcs import configure_emulator as _configure_emulator
-from bertbeam.inference import RunModel
-from bertbeam.models import ModelLoadError
-from bertbeam.postprocess import Postprocess
-from bertbeam.reading import Columns, InputError, ReadDocuments
-from bertbeam.records import (
+from bertbeam.beam.inference import RunModel
+from bertbeam.core.models import ModelLoadError
+from bertbeam.beam.postprocess import Postprocess
+from bertbeam.beam.reading import Columns, InputError, ReadDocuments
+from bertbeam.core.records import (
     BatchPlan,
     ChunkOutputs,
     Document,
@@ -32,17 +32,17 @@ from bertbeam.records import (
     WindowOutput,
 )
 from bertbeam.tasks import TASKS, make_task
-from bertbeam.tasks.base import Task, TaskInputError
+from bertbeam.core.task import Task, TaskInputError
 from bertbeam.tasks.classify import ClassifyTask
 from bertbeam.tasks.embed import EmbedTask
 from bertbeam.tasks.entities import EntitiesTask
 from bertbeam.tasks.fill_mask import FillMaskTask
 from bertbeam.tasks.qa import QATask
 from bertbeam.tasks.zero_shot import ZeroShotTask
-from bertbeam.tokenization import ChunkDocuments, Tokenize
-from bertbeam.transforms import EmbedDocuments, InferChunks, InferDocuments, LabelDocuments
-from bertbeam.validation import ValidateDocuments
-from bertbeam.writing import WriteResults
+from bertbeam.beam.tokenization import ChunkDocuments, Tokenize
+from bertbeam.beam.transforms import EmbedDocuments, InferChunks, InferDocuments, LabelDocuments
+from bertbeam.beam.validation import ValidateDocuments
+from bertbeam.beam.writing import WriteResults
 
 __version__ = "0.2.0"
 
@@ -50,7 +50,7 @@ __version__ = "0.2.0"
 def __getattr__(name: str) -> object:
     # Beam's ml.inference package imports torch: the handler loads on first use only.
     if name == "BertModelHandler":
-        from bertbeam.handler import BertModelHandler
+        from bertbeam.beam.handler import BertModelHandler
 
         return BertModelHandler
     raise AttributeError(f"module 'bertbeam' has no attribute {name!r}")

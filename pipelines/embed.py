@@ -25,7 +25,7 @@ from bertbeam import (
     RunSpec,
     WriteResults,
 )
-from bertbeam.runners import resolve_runner
+from bertbeam.run.runners import resolve_runner
 
 
 def build_pipeline(p: beam.Pipeline, args: argparse.Namespace) -> None:

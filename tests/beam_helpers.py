@@ -9,8 +9,8 @@ from pathlib import Path
 import apache_beam as beam
 
 from bertbeam.config import BatchSpec, ModelSpec, RunSpec, TokenizeSpec
-from bertbeam.records import Document
-from bertbeam.tasks.base import Task
+from bertbeam.core.records import Document
+from bertbeam.core.task import Task
 
 
 def run_spec(model_dir: str, *, budget: int = 8192, **tokenize) -> RunSpec:
@@ -22,7 +22,7 @@ def run_spec(model_dir: str, *, budget: int = 8192, **tokenize) -> RunSpec:
 def _save(row: object, directory: str) -> None:
     """Saves a result Row or DeadLetter as a plain dict; one file per row: safe whatever
     process or thread of the runner writes it."""
-    from bertbeam.records import as_dict
+    from bertbeam.core.records import as_dict
 
     Path(directory).mkdir(parents=True, exist_ok=True)
     (Path(directory) / f"{uuid.uuid4().hex}.pkl").write_bytes(pickle.dumps(as_dict(row)))
@@ -48,8 +48,8 @@ def run_variants(
     from apache_beam.options.pipeline_options import PipelineOptions
     from apache_beam.testing.test_pipeline import TestPipeline
 
-    from bertbeam.runners import resolve_runner
-    from bertbeam.transforms import InferDocuments
+    from bertbeam.run.runners import resolve_runner
+    from bertbeam.beam.transforms import InferDocuments
 
     root = tmp_path / f"rows-{uuid.uuid4().hex[:8]}"
     options = PipelineOptions(list(beam_args))

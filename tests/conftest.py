@@ -29,7 +29,7 @@ VOCAB_SIZE = 1000
 
 
 def _training_texts() -> list[str]:
-    from bertbeam.demo import demo_texts
+    from bertbeam.cli.demo import demo_texts
 
     return demo_texts()[:1500]
 
@@ -115,7 +115,7 @@ def tiny_model(tmp_path_factory) -> Callable[[str, str], str]:
 
 @pytest.fixture(scope="session")
 def embedded_model_dir() -> str:
-    from bertbeam.models import resolve_model_dir
+    from bertbeam.core.models import resolve_model_dir
 
     return resolve_model_dir("embedded:all-MiniLM-L6-v2")
 
@@ -151,7 +151,7 @@ def run_cli(*argv: str) -> int:
 
 
 def read_output(directory, prefix: str = "results") -> list[dict]:
-    from bertbeam.writing import read_table
+    from bertbeam.beam.writing import read_table
 
     return read_table(str(directory), prefix).to_pylist()
 

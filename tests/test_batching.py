@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from bertbeam.config import BatchSpec
-from bertbeam.planning import padded_length, plan_batches
+from bertbeam.core.planning import padded_length, plan_batches
 
 
 def test_padded_length_rounds_up_to_the_multiple():

@@ -38,7 +38,7 @@ def test_the_sorted_loop_embeds_as_bertbeam_does(tmp_path, tiny_model, long_docs
     import numpy as np
 
     from benchmarks.contenders import CONTENDERS, Job, loop_embeddings
-    from bertbeam.writing import read_table
+    from bertbeam.beam.writing import read_table
 
     corpus = write_texts(tmp_path / "corpus", benchmark_texts(12) + long_texts(3, tokens=200))
     job = Job(corpus_glob=corpus.glob, model_dir=tiny_model("bert"), threads=1, max_length=64,
@@ -137,7 +137,7 @@ def test_gpu_script_smoke_mode_reports_every_figure(tmp_path):
     from sentence_transformers import SentenceTransformer
 
     from benchmarks.gpu import main
-    from bertbeam.engine import Engine
+    from bertbeam.core.engine import Engine
 
     before = (os.sched_getaffinity(0), Engine.submit, Engine.collect_parts, SentenceTransformer.preprocess)
     assert main(["--smoke", "--out", str(tmp_path)]) == 0

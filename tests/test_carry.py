@@ -12,7 +12,7 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from bertbeam import Document, EmbedDocuments, ModelSpec, RunSpec
-from bertbeam.runners import resolve_runner
+from bertbeam.run.runners import resolve_runner
 from tests.conftest import read_output, run_cli, write_corpus
 
 TYPES = pa.schema([

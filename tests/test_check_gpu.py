@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bertbeam.jobs.check_gpu import CheckGpu, NoGpuError, _no_gpu_reason, run
+from bertbeam.cli.check_gpu import CheckGpu, NoGpuError, _no_gpu_reason, run
 
 
 def _has_cuda() -> bool:
@@ -44,7 +44,7 @@ def test_a_wrong_option_is_refused_before_the_job_starts(capsys):
 def test_reason_is_read_from_a_remote_runners_error_text():
     """Dataflow reports a worker's exception as text inside its own error."""
     text = ("Workflow failed. Causes: S01:ProbeDevice failed., Traceback ...\n"
-            "bertbeam.jobs.check_gpu.NoGpuError: Worker w-1 sees no CUDA device (torch 2.13.0).\n"
+            "bertbeam.cli.check_gpu.NoGpuError: Worker w-1 sees no CUDA device (torch 2.13.0).\n"
             "  [while running 'CheckGpu/ProbeDevice']")
     assert _no_gpu_reason(RuntimeError(text)) == "Worker w-1 sees no CUDA device (torch 2.13.0)."
     assert _no_gpu_reason(NoGpuError("Worker x sees no CUDA device. [while running 'P']")) == (

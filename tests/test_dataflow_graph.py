@@ -63,8 +63,9 @@ def local_files(tiny_model, tmp_path_factory) -> dict[str, dict[str, str]]:
 def dry_run(argv: list[str], local: dict[str, str] | None = None):
     """Builds ``bertbeam <argv>`` as a Dataflow job without submitting it; returns the
     Beam options and the runner's ``apiclient.Job``."""
-    from bertbeam.jobs import check_gpu, common, embed, label
-    from bertbeam.runners import resolve_runner
+    from bertbeam.cli import check_gpu, embed, label
+    from bertbeam.run import job as common
+    from bertbeam.run.runners import resolve_runner
 
     command, rest = argv[0], list(argv[1:])
     for flag, value in (local or {}).items():

@@ -8,7 +8,7 @@ from pathlib import Path
 import apache_beam as beam
 import pyarrow as pa
 
-from bertbeam.deadletter import (
+from bertbeam.core.deadletter import (
     DEAD_LETTER_SCHEMA,
     PREVIEW_CHARS,
     REASONS,
@@ -16,7 +16,7 @@ from bertbeam.deadletter import (
     Reason,
     Stage,
 )
-from bertbeam.records import rows_to_table
+from bertbeam.core.records import rows_to_table
 
 README = Path(__file__).parents[1] / "README.md"
 

@@ -18,7 +18,7 @@ def _reference(model_dir: str, texts: list[str]) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    from bertbeam.demo import demo_texts
+    from bertbeam.cli.demo import demo_texts
 
     texts = SAMPLE_TEXTS + [t for t in demo_texts() if len(t) < 600][:30]
     ids = [f"d{i}" for i in range(len(texts))]

@@ -25,7 +25,7 @@ from bertbeam import (
     RunSpec,
     TokenizeSpec,
 )
-from bertbeam.runners import resolve_runner
+from bertbeam.run.runners import resolve_runner
 from tests.conftest import SAMPLE_TEXTS, read_output, run_cli, write_corpus
 from tests.test_transforms import _FailsOnMarker, _NaNOnMarker
 
@@ -46,7 +46,7 @@ def test_one_tokenizer_one_model_and_one_resolution_per_process(tmp_path, tiny_m
     four stages use it."""
     import transformers
 
-    from bertbeam import engine, models
+    from bertbeam.core import engine, models
 
     models._cached_tokenizer.cache_clear()
     calls: list[str] = []
@@ -202,7 +202,7 @@ def test_columnar_postprocess_equals_the_per_document_one(tiny_model, case):
     """A task's postprocess_chunk gives, for every document, exactly what its per-document
     postprocess gives: single- and multi-window documents, each merge mode."""
     from bertbeam import ClassifyTask, ZeroShotTask
-    from bertbeam.records import ChunkOutputs
+    from bertbeam.core.records import ChunkOutputs
 
     task, head = {
         "embed-mean": (EmbedTask(), "base"), "embed-max": (EmbedTask(chunk_pooling="max"), "base"),

@@ -97,7 +97,7 @@ def test_mask_cut_off_by_truncation_is_dead_lettered(tmp_path, tiny_model):
 def test_chunking_is_refused_at_construction_and_truncate_is_the_default(tiny_model):
     """fill-mask reads first windows only: asking it to chunk fails when the pipeline is
     built (as the CLI refuses the flag), and a RunSpec-less transform truncates."""
-    from bertbeam.transforms import LabelDocuments
+    from bertbeam.beam.transforms import LabelDocuments
 
     model = tiny_model("bert", "fill-mask")
     with pytest.raises(ValueError, match="long_docs='truncate'"):

@@ -73,7 +73,7 @@ def test_dockerfile_adds_the_launcher_to_a_worker_image():
 
 
 def test_metadata_parameters_are_flags_of_the_commands():
-    from bertbeam.jobs import embed, label
+    from bertbeam.cli import embed, label
 
     metadata = json.loads(METADATA.read_text())
     flags = {o for p in (embed.parser(), label.parser()) for a in p._actions for o in a.option_strings}

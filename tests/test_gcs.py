@@ -69,7 +69,7 @@ def _gs(key: str) -> str:
 
 def _read_back(fs, out: str) -> tuple[pa.Table, pa.Table, dict, list[str]]:
     """Results, dead letter, summary and the object names under ``out``, from the emulator."""
-    from bertbeam.writing import read_table
+    from bertbeam.beam.writing import read_table
 
     fs.invalidate_cache()  # the listing cache predates what the pipeline wrote
     names = sorted(p.rsplit("/", 1)[-1] for p in fs.find(f"{BUCKET}/{out}"))
@@ -119,7 +119,7 @@ def test_a_fresh_process_honours_storage_emulator_host(gcs):
     """A process with nothing but STORAGE_EMULATOR_HOST in its environment reaches the
     emulator through plain, anonymous gcsfs as soon as it imports bertbeam."""
     code = (
-        "import fsspec, bertbeam.reading as io; "
+        "import fsspec, bertbeam.beam.reading as io; "
         "print(type(fsspec.filesystem('gs')).__module__, "
         f"io.check_input({_gs('corpus/*.parquet')!r}, io.Columns()))"
     )
@@ -211,7 +211,7 @@ def test_a_bucket_that_does_not_exist_is_refused_in_one_line(gcs, tmp_path, caps
 
 
 def test_the_run_lock_on_gs_is_exclusive_and_a_stale_one_is_taken_over(gcs):
-    from bertbeam.runlock import LOCK_FILE, OutputLockedError, RunLock
+    from bertbeam.run.runlock import LOCK_FILE, OutputLockedError, RunLock
 
     out = _gs("out/locked")
     with RunLock(out) as first:
@@ -231,7 +231,7 @@ def test_an_incremental_rerun_with_every_location_on_gs(gcs, tmp_path):
     """``--previous gs://…``: the rerun computes exactly the changed and new documents and
     equals a full recomputation, with corpus, model, outputs and earlier run on gs://."""
     from bertbeam.cli import main
-    from bertbeam.writing import read_table
+    from bertbeam.beam.writing import read_table
     from tests.test_incremental import assert_same_results, by_id, nightly_corpora
 
     yesterday, today, changes = nightly_corpora(100)

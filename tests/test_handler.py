@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from bertbeam.config import BatchSpec, ModelSpec, RunSpec, TokenizeSpec
-from bertbeam.deadletter import DeadLetter
-from bertbeam.handler import BertModelHandler
+from bertbeam.core.deadletter import DeadLetter
+from bertbeam.beam.handler import BertModelHandler
 from bertbeam.tasks.classify import ClassifyTask
 from bertbeam.tasks.embed import EmbedTask
 from bertbeam.tasks.qa import QATask
@@ -118,7 +118,7 @@ def test_long_examples_are_chunked_like_the_pipeline(tiny_model):
 def test_pair_examples_answer_like_the_pipeline(tmp_path, tiny_model):
     """(question, context) examples for QA, contexts of one and of several windows: the same
     answers, offsets and scores as InferDocuments on the same documents."""
-    from bertbeam.records import Document
+    from bertbeam.core.records import Document
     from tests.beam_helpers import run_spec, run_variants
 
     model = tiny_model("bert", "qa")

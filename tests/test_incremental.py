@@ -23,7 +23,7 @@ N_DOCS = 200
 def nightly_corpora(n: int = N_DOCS) -> tuple[dict, dict, dict[str, set[str]]]:
     """Yesterday's and today's corpus: today 5% of the texts changed, 2% new rows, 1% of the
     rows removed. Returns (yesterday, today, {"changed", "new", "removed"} ids)."""
-    from bertbeam.demo import demo_texts
+    from bertbeam.cli.demo import demo_texts
 
     texts = [t[:400] for t in demo_texts()[: n + n // 50]]
     ids = [f"doc-{i:05d}" for i in range(n)]
@@ -68,8 +68,8 @@ def assert_same_results(rerun: dict[str, dict], full: dict[str, dict], task: str
 
 def _spy_on_the_model(monkeypatch) -> list[str]:
     """Ids of the documents the engine encodes (the first step of the model path)."""
-    from bertbeam import engine
-    from bertbeam.incremental import _unkey
+    from bertbeam.core import engine
+    from bertbeam.beam.incremental import _unkey
 
     seen: list[str] = []
     original = engine.Engine.encode
@@ -186,8 +186,8 @@ def test_a_rerun_killed_part_way_then_rerun_yields_each_id_once(tmp_path, tiny_m
 
 
 def test_keys_carry_any_id_and_the_text_fingerprint_back():
-    from bertbeam.incremental import _keyed, _unkey
-    from bertbeam.records import Document
+    from bertbeam.beam.incremental import _keyed, _unkey
+    from bertbeam.core.records import Document
 
     for doc_id in ("a", "with\x1fseparator\x1f", "", "ünï 🙂"):
         keyed = _keyed(Document(id=doc_id, text="some text"))
@@ -198,7 +198,7 @@ def test_fingerprints():
     """Text fingerprints cover every input column; the job fingerprint changes with what
     changes results, not with batching."""
     from bertbeam.config import BatchSpec, ModelSpec, RunSpec, TokenizeSpec
-    from bertbeam.fingerprint import job_fingerprint, text_fingerprint
+    from bertbeam.core.fingerprint import job_fingerprint, text_fingerprint
     from bertbeam.tasks.classify import ClassifyTask
 
     assert text_fingerprint("ab", "c") != text_fingerprint("a", "bc") != text_fingerprint("abc")
@@ -218,7 +218,7 @@ def test_fingerprints():
 
 
 def test_model_fingerprint_follows_the_files_or_the_hub_revision(tmp_path):
-    from bertbeam.fingerprint import model_fingerprint
+    from bertbeam.core.fingerprint import model_fingerprint
 
     model = tmp_path / "model"
     model.mkdir()
@@ -241,7 +241,7 @@ def test_a_hub_model_pinned_with_at_revision(monkeypatch, tmp_path):
     """``org/model@REVISION`` asks the hub for that revision."""
     import huggingface_hub
 
-    from bertbeam.models import resolve_model_dir, split_revision
+    from bertbeam.core.models import resolve_model_dir, split_revision
 
     asked = {}
 
@@ -263,7 +263,8 @@ def test_only_the_join_with_previous_runs_shuffles_documents(tmp_path, tiny_mode
     import apache_beam as beam
     from apache_beam.portability import common_urns
 
-    from bertbeam.jobs import common, embed
+    from bertbeam.cli import embed
+    from bertbeam.run import job as common
 
     day1, _, _ = write_nightly_corpora(tmp_path, n=10)
     model = ["--model", tiny_model("bert", "base"), "--quiet"]
@@ -287,9 +288,9 @@ def test_only_the_join_with_previous_runs_shuffles_documents(tmp_path, tiny_mode
 def test_the_join_keeps_the_first_location_that_has_the_unchanged_row():
     """Per id: an unchanged text takes the earliest --previous location's row (rows left twice
     by a killed run count once); a changed text is computed; a removed id yields nothing."""
-    from bertbeam.fingerprint import text_fingerprint
-    from bertbeam.incremental import CARRIED, TEXT_FP, _ChooseFn
-    from bertbeam.records import Document
+    from bertbeam.core.fingerprint import text_fingerprint
+    from bertbeam.beam.incremental import CARRIED, TEXT_FP, _ChooseFn
+    from bertbeam.core.records import Document
 
     fp = text_fingerprint("same text")
     first, second = {"id": "a", TEXT_FP: fp, "n": 0}, {"id": "a", TEXT_FP: fp, "n": 1}

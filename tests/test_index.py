@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from bertbeam.index import (
+from bertbeam.index.search import (
     MANIFEST_FILE,
     ROWS_FILE,
     IndexSpec,
@@ -119,7 +119,7 @@ def test_cli_embed_build_search(embedded_corpus, capsys):
 def test_query_vector_is_the_pipelines_document_vector(embedded_corpus, model_dir):
     """Parity: the vector a search embeds a query text into is the vector `bertbeam embed`
     wrote for a document of the same text, a multi-window text included."""
-    from bertbeam.index import QueryEncoder
+    from bertbeam.index.search import QueryEncoder
     from tests.conftest import read_output
 
     rows = {r["id"]: r for r in read_output(embedded_corpus[0])}
@@ -159,7 +159,7 @@ def test_search_does_not_import_beams_runinference(embedded_corpus):
     import sys
 
     _, idx, _ = embedded_corpus
-    code = ("import sys; from bertbeam.index import SearchIndex\n"
+    code = ("import sys; from bertbeam.index.search import SearchIndex\n"
             f"with SearchIndex.open({str(idx)!r}) as index: index.search(['a query'], k=1)\n"
             "print(sorted(m for m in sys.modules if m.startswith('apache_beam.ml')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from bertbeam.jobs.label import make_job
+from bertbeam.cli.label import make_job
 from tests.conftest import SAMPLE_TEXTS, read_output, read_summary, run_cli, write_corpus
 
 
@@ -149,7 +149,7 @@ def test_zero_shot_labels_from_flag_and_file(tmp_path):
 
 
 def test_module_entry_point_prints_help():
-    done = subprocess.run([sys.executable, "-m", "bertbeam.jobs.label", "--help"], capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "bertbeam.cli.label", "--help"], capture_output=True,
                           text=True, timeout=120, check=False)
     assert done.returncode == 0
     assert "--task {classify,ner,qa,fill-mask,zero-shot}" in done.stdout

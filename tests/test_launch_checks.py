@@ -224,7 +224,7 @@ def two_window_tokenizers(tiny_model, monkeypatch) -> str:
     """tokenizers 0.23.1/0.23.2 return two overflow windows whatever the length; simulated
     by dropping the overflow windows the real library returns. Yields the model directory."""
     from bertbeam.config import ModelSpec
-    from bertbeam.models import load_tokenizer
+    from bertbeam.core.models import load_tokenizer
 
     model = tiny_model("bert", "base")
     cls = type(load_tokenizer(model, ModelSpec(uri=model)))
@@ -251,7 +251,7 @@ def test_a_tokenizers_library_that_cuts_windows_is_refused_at_launch(tmp_path, c
 def test_a_tokenizers_library_that_cuts_windows_fails_the_worker_loudly(two_window_tokenizers):
     """The worker checks its own library at setup (a worker image may ship another)."""
     from bertbeam.config import ModelSpec, TokenizeSpec
-    from bertbeam.engine import BrokenTokenizerError, Engine, EngineSpec
+    from bertbeam.core.engine import BrokenTokenizerError, Engine, EngineSpec
     from bertbeam.tasks.embed import EmbedTask
 
     spec = EngineSpec(ModelSpec(uri=two_window_tokenizers, device="cpu"), TokenizeSpec(),
@@ -274,7 +274,7 @@ def test_a_sound_checkpoint_of_every_head_passes_the_checks(tiny_model, arch, he
     """No false refusal: tied decoder weights (fill-mask) and each architecture's head names."""
     from transformers import AutoConfig
 
-    from bertbeam.checks import check_checkpoint_files, check_head_weights
+    from bertbeam.run.checks import check_checkpoint_files, check_head_weights
     from tests.conftest import HEADS
 
     model = tiny_model(arch, head)

@@ -30,7 +30,7 @@ def _window_embeddings_by_hand(model_dir: str, text: str, max_length: int, strid
 @pytest.mark.parametrize("chunk_pooling", ["mean", "first", "max"])
 def test_chunked_embedding_is_the_combination_of_window_embeddings(tmp_path, tiny_model,
                                                                   chunk_pooling):
-    from bertbeam.demo import demo_texts
+    from bertbeam.cli.demo import demo_texts
 
     directory = tiny_model("bert", "base")
     text = " ".join(demo_texts()[:40])
@@ -74,7 +74,7 @@ def test_truncate_keeps_the_first_window_and_says_so(tmp_path, tiny_model):
 @pytest.mark.slow
 def test_a_100k_word_document_and_1000_short_ones_in_one_run(tmp_path):
     """The embedded model, default options: every id written once, the long one chunked."""
-    from bertbeam.demo import demo_texts
+    from bertbeam.cli.demo import demo_texts
 
     texts = demo_texts()
     words = " ".join(texts).split()

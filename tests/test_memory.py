@@ -7,20 +7,20 @@ import platform
 
 import pytest
 
-from bertbeam.memory import HeapTrimmer
+from bertbeam.core.memory import HeapTrimmer
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")
 def test_trims_at_most_once_per_interval(monkeypatch):
     clock = iter([0.0, 0.5, 1.2, 1.3, 2.5])
-    monkeypatch.setattr("bertbeam.memory.time.monotonic", lambda: next(clock))
+    monkeypatch.setattr("bertbeam.core.memory.time.monotonic", lambda: next(clock))
     trimmer = HeapTrimmer(interval_s=1.0)  # created at t=0
     assert trimmer.available
     assert [trimmer.maybe_trim() for _ in range(4)] == [False, True, False, True]
 
 
 def test_without_malloc_trim_it_is_a_no_op(monkeypatch):
-    monkeypatch.setattr("bertbeam.memory._malloc_trim", lambda: None)
+    monkeypatch.setattr("bertbeam.core.memory._malloc_trim", lambda: None)
     trimmer = HeapTrimmer(interval_s=0.0)
     assert not trimmer.available and trimmer.maybe_trim() is False
 
@@ -28,7 +28,7 @@ def test_without_malloc_trim_it_is_a_no_op(monkeypatch):
 _FRAGMENTING_RUN = """
 import ctypes, json, sys, threading
 import numpy as np
-from bertbeam.memory import prepare_allocator
+from bertbeam.core.memory import prepare_allocator
 
 class Info(ctypes.Structure):
     _fields_ = [(n, ctypes.c_size_t) for n in
@@ -67,7 +67,7 @@ def test_the_allocator_settings_keep_a_streams_arena_from_growing_batch_after_ba
     import subprocess
     import sys
 
-    from bertbeam.memory import huge_pages_available
+    from bertbeam.core.memory import huge_pages_available
 
     if not huge_pages_available():
         pytest.skip("no transparent huge pages: prepare_allocator keeps glibc's defaults")
@@ -84,7 +84,7 @@ def test_the_allocator_settings_keep_a_streams_arena_from_growing_batch_after_ba
 
 
 def test_prepare_allocator_leaves_a_users_own_settings_alone(monkeypatch):
-    from bertbeam import memory
+    from bertbeam.core import memory
 
     calls = []
     monkeypatch.setattr(memory, "_libc_function", lambda name: lambda *a: calls.append(a) or 1)
@@ -104,7 +104,7 @@ def test_prepare_allocator_leaves_a_users_own_settings_alone(monkeypatch):
 
 
 def test_huge_pages_setting_is_read_from_the_kernels_file(tmp_path):
-    from bertbeam.memory import huge_pages_available
+    from bertbeam.core.memory import huge_pages_available
 
     setting = tmp_path / "enabled"
     setting.write_text("always madvise [never]\n")
@@ -119,7 +119,7 @@ def test_prepare_allocator_keeps_glibcs_default_when_torch_came_first(monkeypatc
     pages: a fixed mmap threshold would then cost ~12% of the speed, so none is set."""
     import sys
 
-    from bertbeam import memory
+    from bertbeam.core import memory
 
     calls = []
     monkeypatch.setattr(memory, "_libc_function", lambda name: lambda *a: calls.append(a) or 1)
@@ -153,7 +153,7 @@ def test_collector_paused_runs_the_block_without_collections_then_freezes_what_i
     import gc
     import weakref
 
-    from bertbeam.memory import collector_paused
+    from bertbeam.core.memory import collector_paused
 
     assert gc.isenabled()
     with collector_paused():
@@ -172,7 +172,7 @@ def test_collector_paused_runs_the_block_without_collections_then_freezes_what_i
 def test_collector_paused_restores_the_collector_when_the_block_fails():
     import gc
 
-    from bertbeam.memory import collector_paused
+    from bertbeam.core.memory import collector_paused
 
     with pytest.raises(RuntimeError), collector_paused():
         raise RuntimeError("load failed")
@@ -191,7 +191,7 @@ def test_a_loaded_model_is_frozen_and_the_collector_is_back_on(tiny_model):
     import weakref
 
     from bertbeam.config import ModelSpec
-    from bertbeam.models import load_model
+    from bertbeam.core.models import load_model
 
     loaded = load_model(ModelSpec(uri=tiny_model("bert", "base"), device="cpu"), "AutoModel")
     assert gc.isenabled()
@@ -205,7 +205,7 @@ def test_a_loaded_model_is_frozen_and_the_collector_is_back_on(tiny_model):
 
 def test_the_command_line_freezes_what_is_left_when_a_command_ends(monkeypatch):
     """Also when the command fails: the interpreter's exit must not walk the libraries."""
-    from bertbeam import memory
+    from bertbeam.core import memory
     from bertbeam.cli import main
 
     calls = []

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bertbeam.config import ModelSpec
-from bertbeam.models import ModelLoadError, check_weights, resolve_model_dir
+from bertbeam.core.models import ModelLoadError, check_weights, resolve_model_dir
 
 
 def test_local_dir_and_file_url_resolve_to_the_same_directory(tiny_model):
@@ -82,7 +82,7 @@ def test_pickle_weights_are_refused_unless_allowed(tmp_path, tiny_model):
 def test_checkpoint_without_the_task_head_is_refused(tiny_model):
     from transformers import AutoConfig
 
-    from bertbeam.models import check_task_fit
+    from bertbeam.core.models import check_task_fit
 
     config = AutoConfig.from_pretrained(tiny_model("bert", "base"))
     with pytest.raises(ModelLoadError, match="ForSequenceClassification"):
@@ -94,7 +94,7 @@ def test_checkpoint_without_the_task_head_is_refused(tiny_model):
 def test_cpu_streams_share_out_the_threads(tiny_model):
     import torch
 
-    from bertbeam.models import load_model, resolve_cpu_streams
+    from bertbeam.core.models import load_model, resolve_cpu_streams
 
     assert [resolve_cpu_streams("auto", n) for n in (1, 2, 16)] == [1, 2, 4]
     assert resolve_cpu_streams(3, 2) == 3

@@ -8,7 +8,7 @@ import pytest
 
 from bertbeam import ClassifyTask, EmbedTask, EntitiesTask, FillMaskTask, ModelSpec, QATask, RunSpec
 from bertbeam.config import BatchSpec, TokenizeSpec
-from bertbeam.records import Document
+from bertbeam.core.records import Document
 from tests.beam_helpers import documents, run_variants
 from tests.conftest import ARCHITECTURES, SAMPLE_TEXTS, read_output, run_cli, write_corpus
 
@@ -67,7 +67,7 @@ def test_every_head_gives_the_torch_results_on_onnx(tmp_path, tiny_model, arch):
 def test_embeddings_float32_and_int8_fidelity(tmp_path, embedded_model_dir):
     """all-MiniLM-L6-v2: float32 on ONNX has cosine >= 0.9999 with torch float32 per row;
     int8 (ONNX Runtime's per-channel dynamic quantization) has mean >= 0.99 and min >= 0.97."""
-    from bertbeam.demo import demo_texts
+    from bertbeam.cli.demo import demo_texts
 
     docs = documents(demo_texts()[:150])
     cache = str(tmp_path / "cache")
@@ -86,8 +86,8 @@ def test_embeddings_float32_and_int8_fidelity(tmp_path, embedded_model_dir):
 
 
 def test_the_export_is_cached_per_checkpoint_and_head(tmp_path, tiny_model, monkeypatch):
-    from bertbeam import onnx_backend
-    from bertbeam.models import load_model
+    from bertbeam.core import onnx_backend
+    from bertbeam.core.models import load_model
 
     exports = []
     real = onnx_backend._export
@@ -126,7 +126,7 @@ def test_cli_backend_onnx(tmp_path, tiny_model):
 def test_int8_labels_do_not_depend_on_the_thread_count(tmp_path, tiny_model, backend):
     """int8 kernels at 1, 2 and 4 threads (and streams) label every document alike and score
     it within 1e-6: a document's batch, not the thread count, sets its activation scales."""
-    from bertbeam.demo import demo_texts
+    from bertbeam.cli.demo import demo_texts
 
     docs = documents(demo_texts()[:120])
     model = tiny_model("bert", "classify")

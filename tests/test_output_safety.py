@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> tuple[str, list[str]]:
-    from bertbeam.demo import demo_texts
+    from bertbeam.cli.demo import demo_texts
 
     texts = demo_texts()
     ids = [f"s{i}" for i in range(200)]
@@ -75,7 +75,7 @@ def test_a_stale_lock_of_a_killed_run_is_taken_over(tmp_path, corpus, tiny_model
 
 
 def test_a_fresh_lock_of_another_host_is_respected():
-    from bertbeam.runlock import is_stale
+    from bertbeam.run.runlock import is_stale
 
     now = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
     assert not is_stale({"host": "another-host", "pid": 1, "heartbeat_at": now})
@@ -85,7 +85,7 @@ def test_a_fresh_lock_of_another_host_is_respected():
 
 @pytest.mark.parametrize("root", ["local", "memory"])
 def test_of_two_runs_starting_at_once_exactly_one_gets_the_lock(tmp_path, root):
-    from bertbeam.runlock import OutputLockedError, RunLock
+    from bertbeam.run.runlock import OutputLockedError, RunLock
 
     out = str(tmp_path / "out") if root == "local" else "memory://bertbeam-lock-race/out"
     Path(out).mkdir(exist_ok=True) if root == "local" else None
@@ -113,7 +113,7 @@ def test_of_two_runs_starting_at_once_exactly_one_gets_the_lock(tmp_path, root):
 
 
 def test_the_lock_is_refreshed_while_the_run_lasts(tmp_path):
-    from bertbeam.runlock import RunLock
+    from bertbeam.run.runlock import RunLock
 
     with RunLock(str(tmp_path), heartbeat_seconds=0.05) as lock:
         first = lock.read()["heartbeat_at"]
@@ -142,7 +142,7 @@ def small_disk(tmp_path):
 
 def test_a_full_disk_ends_in_one_line_without_partial_files(small_disk, tmp_path, tiny_model,
                                                             capsys):
-    from bertbeam.demo import demo_texts
+    from bertbeam.cli.demo import demo_texts
 
     texts = demo_texts()
     ids = [f"d{i}" for i in range(3000)]
@@ -166,7 +166,7 @@ def test_the_summary_is_never_left_partial(tmp_path, monkeypatch):
     partial one, on every file system bertbeam writes through."""
     import errno
 
-    from bertbeam import summary
+    from bertbeam.run import summary
 
     def failing_dump(value, f, **kwargs):
         f.write('{"read": 1')
@@ -198,7 +198,7 @@ WORKERS = ("--direct_num_workers=2", "--direct_running_mode=multi_processing")
 def test_an_interrupted_run_says_so_in_one_line_and_a_rerun_cleans_up(tmp_path, corpus,
                                                                        tiny_model, sig, code,
                                                                        workers):
-    from bertbeam.demo import demo_texts
+    from bertbeam.cli.demo import demo_texts
 
     texts = demo_texts()
     ids = [f"k{i}" for i in range(3000)]
@@ -241,7 +241,7 @@ def test_each_files_footer_is_parsed_once_per_worker(tmp_path, monkeypatch):
     read O(G²) (3,000 one-row groups took 73 s)."""
     import apache_beam as beam
 
-    from bertbeam.reading import ReadDocuments
+    from bertbeam.beam.reading import ReadDocuments
 
     groups = 300
     path = write_corpus(tmp_path / "many.parquet",
@@ -276,8 +276,8 @@ def test_results_stream_into_files_a_row_group_at_a_time(tmp_path):
     from apache_beam.options.pipeline_options import PipelineOptions
     from apache_beam.testing.test_pipeline import TestPipeline
 
-    from bertbeam import writing
-    from bertbeam.runners import resolve_runner
+    from bertbeam.beam import writing
+    from bertbeam.run.runners import resolve_runner
 
     schema = pa.schema({"id": pa.string(), "value": pa.float32()})
     batches = [pa.record_batch({"id": [f"r{i}" for i in range(s, s + 100)],

@@ -19,7 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from bertbeam import metrics, progress, tally
+from bertbeam.core import metrics, tally
+
+from bertbeam.run import progress
 from tests.conftest import SAMPLE_TEXTS, run_cli, write_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -165,9 +167,9 @@ def test_tally_sums_processes_and_threads(tmp_path, monkeypatch):
     (True, {"backend": "onnx"}, False),
 ])
 def test_the_start_line_points_cpu_runs_on_amx_to_bfloat16(monkeypatch, amx, options, hinted):
-    from bertbeam import models
+    from bertbeam.core import models
     from bertbeam.config import ModelSpec
-    from bertbeam.jobs.common import _bf16_hint
+    from bertbeam.run.job import _bf16_hint
 
     monkeypatch.setattr(models, "cpu_runs_bf16_natively", lambda: amx)
     runtime = {"device": "cpu", "dtype": "float32"}

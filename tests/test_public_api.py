@@ -44,8 +44,9 @@ def test_choosing_and_parsing_a_command_imports_no_model_library():
     heavy = MODEL_STACK + OTHER_COMMANDS
     code = (
         "import sys; import bertbeam.cli; "
-        "early = sorted(m for m in sys.modules if m.startswith('bertbeam.jobs')); "
-        "from bertbeam.jobs import embed, label; "
+        "early = sorted(m for m in sys.modules if m.startswith('bertbeam.run') "
+        "or m in ('bertbeam.cli.embed', 'bertbeam.cli.label')); "
+        "from bertbeam.cli import embed, label; "
         "embed.make_job(['--input', 'in/*.parquet', '--output', 'out']); "
         "label.make_job(['--task', 'zero-shot', '--labels', 'a,b', '--input', 'in/*.parquet', "
         "'--output', 'out']); "

@@ -16,7 +16,7 @@ import functools
 import numpy as np
 import pytest
 
-from bertbeam.records import Document, Window, WindowOutput
+from bertbeam.core.records import Document, Window, WindowOutput
 from bertbeam.tasks.qa import QATask
 from tests.beam_helpers import run_spec, run_variants
 from tests.conftest import ARCHITECTURES, SAMPLE_TEXTS

@@ -11,7 +11,7 @@ from tests.conftest import SAMPLE_TEXTS
 
 
 def _demo_texts(n: int) -> list[str]:
-    from bertbeam.demo import demo_texts
+    from bertbeam.cli.demo import demo_texts
 
     texts = demo_texts()
     random.Random(0).shuffle(texts)
@@ -37,7 +37,7 @@ def test_int8_embeddings_stay_close_to_float32(embedded_model_dir):
     bounds: mean cosine >= 0.99, minimum >= 0.97 (plain per-tensor quantization: ~0.94)."""
     from transformers import AutoModel, AutoTokenizer
 
-    from bertbeam.quantization import quantize_int8
+    from bertbeam.core.quantization import quantize_int8
 
     tokenizer = AutoTokenizer.from_pretrained(embedded_model_dir)
     model = AutoModel.from_pretrained(embedded_model_dir).eval()
@@ -56,7 +56,7 @@ def test_int8_classifier_agrees_with_float32_on_top_label(tiny_model):
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from bertbeam.quantization import quantize_int8
+    from bertbeam.core.quantization import quantize_int8
 
     directory = tiny_model("bert", "classify")
     tokenizer = AutoTokenizer.from_pretrained(directory)
@@ -87,7 +87,7 @@ def test_only_transformer_block_linears_are_quantized(tiny_model, arch):
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    from bertbeam.quantization import quantize_int8, quantized_layer_names
+    from bertbeam.core.quantization import quantize_int8, quantized_layer_names
 
     model = AutoModelForSequenceClassification.from_pretrained(tiny_model(arch, "classify")).eval()
     linears = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
@@ -104,7 +104,7 @@ def test_only_transformer_block_linears_are_quantized(tiny_model, arch):
 
 def test_load_model_applies_int8_on_cpu(tiny_model):
     from bertbeam.config import ModelSpec
-    from bertbeam.models import load_model
+    from bertbeam.core.models import load_model
 
     loaded = load_model(ModelSpec(uri=tiny_model("bert", "base"), device="cpu", quantize="int8"),
                         "AutoModel")

@@ -32,7 +32,7 @@ def _hostile_rows() -> list[tuple[object, object, str | None]]:
 @pytest.fixture(scope="module")
 def hostile_corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("hostile")
-    from bertbeam.demo import demo_texts
+    from bertbeam.cli.demo import demo_texts
 
     texts = demo_texts()
     good_ids = [f"g-{i}" for i in range(GOOD)]

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bertbeam.report import PANELS, REPORT_FILE, panels_for
+from bertbeam.run.report import PANELS, REPORT_FILE, panels_for
 from tests.conftest import SAMPLE_TEXTS, read_summary, run_cli, write_corpus
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -82,7 +82,7 @@ def test_every_panel_renders_in_headless_chromium(runs, run, tmp_path):
 
 
 def test_labels_that_moved_are_flagged():
-    from bertbeam.report import _labels
+    from bertbeam.run.report import _labels
 
     before = {"label_distribution": {"positive": 50, "negative": 45, "neutral": 5}}
     now = {"label_distribution": {"positive": 80, "negative": 16, "neutral": 4}}
@@ -113,7 +113,7 @@ def test_throughput_shows_documents_read_before_the_first_is_done():
     """The batcher holds the first windows back, so the first documents are done seconds into
     the run: the panel plots the documents read beside those done and says when the first were
     done. Samples without a read count (older runs) still plot."""
-    from bertbeam.report import _throughput
+    from bertbeam.run.report import _throughput
 
     samples = [[0.0, 0, 0, 0, 0], [2.0, 0, 0, 0, 900], [4.0, 0, 800, 0, 2000],
                [6.0, 300, 1500, 0, 2000], [8.0, 2000, 6000, 0, 2000]]
@@ -131,7 +131,7 @@ def test_throughput_shows_documents_read_before_the_first_is_done():
 def test_tokens_per_document_bins_are_even_on_a_log_axis():
     """Tokens per document span orders of magnitude (a title, a chapter): the histogram's x
     axis is logarithmic, its bins of equal width on it, from the shortest to the longest."""
-    from bertbeam.report import log_bins
+    from bertbeam.run.report import log_bins
 
     edges = log_bins(np.array([3, 10, 40, 500, 12000]))
     assert edges[0] == 3 and edges[-1] == pytest.approx(12000) and len(edges) == 41
@@ -146,7 +146,7 @@ def test_scores_are_read_leaf_only_and_sampled_past_a_bound(tmp_path, monkeypatc
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from bertbeam import report
+    from bertbeam.run import report
 
     entity = pa.struct([("word", pa.string()), ("score", pa.float32())])
     rows = [[{"word": "w" * 50, "score": (i * 7 + j) % 100 / 100} for j in range(i % 4)]

@@ -19,7 +19,7 @@ N_DOCS = 300
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    from bertbeam.demo import demo_texts
+    from bertbeam.cli.demo import demo_texts
 
     texts = demo_texts()
     ids = [f"r{i}" for i in range(N_DOCS)]
@@ -49,7 +49,8 @@ def test_a_bundle_retried_after_a_failure_writes_each_row_once(tmp_path, corpus,
                                                               monkeypatch, target):
     """BundleBasedDirectRunner retries failed bundles (Dataflow does too): the failed
     attempt's temporary file or outputs must not reach the final result set."""
-    from bertbeam import engine, writing
+    from bertbeam.core import engine
+    from bertbeam.beam import writing
 
     calls: list[str] = []
     if target == "write":

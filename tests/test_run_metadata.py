@@ -20,7 +20,7 @@ TIMING = {"run_id", "started_at", "finished_at", "pipeline_seconds", "process_se
 def validate(summary: dict) -> None:
     import jsonschema
 
-    from bertbeam.runinfo import summary_schema
+    from bertbeam.run.runinfo import summary_schema
 
     jsonschema.validate(summary, summary_schema(),
                         format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
@@ -109,7 +109,7 @@ def test_rows_missing_from_the_accounting_exit_3(tmp_path, tiny_model, corpus, m
                                                 capsys, wait):
     """read != computed + carried_forward + dead_lettered (here: one row more in the footers
     than the pipeline saw) is exit status 3, with the summary written to say so."""
-    from bertbeam import reading
+    from bertbeam.beam import reading
 
     # The launcher counts the footers once (the progress total and the summary's ``read``).
     real = reading.count_input_rows

@@ -14,8 +14,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from bertbeam.models import ModelLoadError, check_weights
-from bertbeam.sentence_transformers import read_stack
+from bertbeam.core.models import ModelLoadError, check_weights
+from bertbeam.core.sentence_transformers import read_stack
 from bertbeam.tasks.embed import EmbedTask
 from tests.beam_helpers import documents, run_spec, run_variants
 from tests.conftest import SAMPLE_TEXTS, read_output, run_cli, write_corpus
@@ -354,7 +354,7 @@ def test_run_inference_handler_applies_prompts_and_dense_layers(st_checkpoint):
     """BertModelHandler tokenizes through the same hook: a named prompt left out of pooling,
     then Dense layers, equal to encode's."""
     from bertbeam.config import ModelSpec, RunSpec
-    from bertbeam.handler import BertModelHandler
+    from bertbeam.beam.handler import BertModelHandler
 
     texts = SAMPLE_TEXTS[:4]
     for checkpoint, options in (("prompts", {"prompt_name": "passage"}), ("stacked", {})):

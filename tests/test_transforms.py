@@ -29,8 +29,8 @@ from bertbeam import (
     Tokenize,
     TokenizeSpec,
 )
-from bertbeam.records import DocumentChunk, OutputChunk, WindowChunk
-from bertbeam.runners import resolve_runner
+from bertbeam.core.records import DocumentChunk, OutputChunk, WindowChunk
+from bertbeam.run.runners import resolve_runner
 from tests.conftest import SAMPLE_TEXTS
 
 
@@ -132,7 +132,7 @@ def test_a_failing_batch_is_bisected_down_to_the_bad_rows(tiny_model):
 def test_a_document_missing_windows_is_dead_lettered(tiny_model):
     """A document whose windows did not all come back (not produced by bertbeam's own stages,
     which keep a document's windows in one plan) is reported, never half-merged."""
-    from bertbeam.engine import Engine
+    from bertbeam.core.engine import Engine
 
     spec = EngineSpec(ModelSpec(uri=tiny_model("bert", "base")), TokenizeSpec(max_length=16),
                       EmbedTask())

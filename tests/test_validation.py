@@ -8,7 +8,7 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from bertbeam import Document, ValidateDocuments
-from bertbeam.validation import check_document, text_or_reason
+from bertbeam.beam.validation import check_document, text_or_reason
 
 
 @pytest.mark.parametrize(("value", "reason"), [
@@ -56,7 +56,7 @@ def test_read_documents_in_chunks_checks_rows_as_one_by_one(tmp_path):
     the documents (ids, texts, carried values) the per-document read gives, and the same dead
     letters."""
     from bertbeam import Columns, DocumentChunk, ReadDocuments
-    from bertbeam.runners import resolve_runner
+    from bertbeam.run.runners import resolve_runner
     from tests.conftest import write_corpus
 
     ids = [f"d{i}" for i in range(10)] + ["d3", None]

@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from bertbeam.vectordb import (
+from bertbeam.beam.vectordb import (
     MakeChunks,
     MilvusSink,
     bigquery_schema_config,
@@ -80,7 +80,7 @@ def _milvus_round_trip(tmp_path, model: str, n_docs: int) -> float:
     each document's own text; returns the fraction found first. The demo corpus repeats a
     few paragraphs word for word (11 in its first 500); a repeated text cannot pick out one
     of its copies, so the documents are the first ``n_docs`` distinct texts."""
-    from bertbeam.demo import demo_texts
+    from bertbeam.cli.demo import demo_texts
 
     texts = list(dict.fromkeys(demo_texts()))[:n_docs]
     ids = [f"doc-{i:04d}" for i in range(n_docs)]

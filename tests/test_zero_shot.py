@@ -166,7 +166,7 @@ def test_labels_are_embedded_once_per_process_and_model(tiny_model, monkeypatch)
     import torch
 
     from bertbeam.config import ModelSpec, TokenizeSpec
-    from bertbeam.engine import Engine, EngineSpec
+    from bertbeam.core.engine import Engine, EngineSpec
     from bertbeam.tasks import zero_shot
 
     calls = []

@@ -14,7 +14,7 @@ from collections.abc import Iterator, Mapping
 from importlib import import_module
 from typing import Any
 
-from bertbeam.tasks.base import Task
+from bertbeam.core.task import Task
 
 _CLASSES = {
     "embed": "bertbeam.tasks.embed:EmbedTask",

@@ -14,8 +14,8 @@ import numpy as np
 import pyarrow as pa
 
 from bertbeam.config import _check_choice, _check_positive
-from bertbeam.records import ChunkOutputs, WindowOutput
-from bertbeam.tasks.base import (
+from bertbeam.core.records import ChunkOutputs, WindowOutput
+from bertbeam.core.task import (
     CHUNK_FIELDS,
     ID_FIELD,
     MODEL_FIELD,

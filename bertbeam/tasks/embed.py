@@ -1,6 +1,6 @@
 """Sentence embeddings, as ``SentenceTransformer.encode`` computes them for the same checkpoint.
 
-A sentence-transformers checkpoint runs its whole module stack (``bertbeam.sentence_transformers``):
+A sentence-transformers checkpoint runs its whole module stack (``bertbeam.core.sentence_transformers``):
 its prompt (``prompt_name`` / ``prompt``, default its ``default_prompt_name``) before each text,
 the transformer, Pooling in any of its modes (prompt tokens left out when the checkpoint says
 ``include_prompt: false``), its Dense layers on the device, Normalize, then ``truncate_dim``
@@ -26,8 +26,9 @@ import numpy as np
 import pyarrow as pa
 
 from bertbeam.config import _check_choice, _check_positive
-from bertbeam.records import ChunkOutputs, WindowOutput
-from bertbeam.sentence_transformers import (
+from bertbeam.core.fingerprint import STAMP_COLUMNS
+from bertbeam.core.records import ChunkOutputs, WindowOutput
+from bertbeam.core.sentence_transformers import (
     DenseLayer,
     PoolingMode,
     dense_layers,
@@ -37,7 +38,7 @@ from bertbeam.sentence_transformers import (
     read_stack,
     stack_dim,
 )
-from bertbeam.tasks.base import (
+from bertbeam.core.task import (
     CHUNK_FIELDS,
     ID_FIELD,
     MODEL_FIELD,
@@ -48,6 +49,9 @@ from bertbeam.tasks.base import (
 
 Pooling = Literal["auto", "mean", "cls", "max", "mean_sqrt_len_tokens", "weightedmean", "lasttoken"]
 ChunkPooling = Literal["mean", "first", "max"]
+
+#: The columns an embed result row has besides ``id`` and the carried ones.
+TASK_COLUMNS = ("embedding", "n_tokens", "n_chunks", "truncated", "model", *STAMP_COLUMNS)
 
 
 @dataclass(frozen=True)

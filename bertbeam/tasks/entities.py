@@ -20,8 +20,8 @@ import numpy as np
 import pyarrow as pa
 
 from bertbeam.config import _check_choice
-from bertbeam.records import WindowOutput
-from bertbeam.tasks.base import (
+from bertbeam.core.records import WindowOutput
+from bertbeam.core.task import (
     CHUNK_FIELDS,
     ID_FIELD,
     MODEL_FIELD,

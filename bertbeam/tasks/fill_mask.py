@@ -14,8 +14,8 @@ import numpy as np
 import pyarrow as pa
 
 from bertbeam.config import _check_positive
-from bertbeam.records import WindowOutput
-from bertbeam.tasks.base import ID_FIELD, MODEL_FIELD, Task, TaskInputError, option
+from bertbeam.core.records import WindowOutput
+from bertbeam.core.task import ID_FIELD, MODEL_FIELD, Task, TaskInputError, option
 
 PREDICTION = pa.struct([
     pa.field("token_str", pa.string()),

@@ -21,8 +21,8 @@ import numpy as np
 import pyarrow as pa
 
 from bertbeam.config import _check_positive
-from bertbeam.records import Window, WindowOutput
-from bertbeam.tasks.base import ID_FIELD, MODEL_FIELD, Task, option
+from bertbeam.core.records import Window, WindowOutput
+from bertbeam.core.task import ID_FIELD, MODEL_FIELD, Task, option
 
 _MASKED = -10000.0
 # The pipeline keeps top_k * 2 + 10 candidates per window before aligning them to words,

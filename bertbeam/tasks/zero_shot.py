@@ -22,8 +22,8 @@ import numpy as np
 import pyarrow as pa
 
 from bertbeam.config import _check_choice
-from bertbeam.records import ChunkOutputs, WindowOutput
-from bertbeam.tasks.base import Task, chunk_columns, option, softmax
+from bertbeam.core.records import ChunkOutputs, WindowOutput
+from bertbeam.core.task import Task, chunk_columns, option, softmax
 from bertbeam.tasks.classify import label_chunk_columns, label_columns, label_schema
 from bertbeam.tasks.embed import EmbedTask, Pooling
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from bertbeam.memory import collector_paused
+from bertbeam.core.memory import collector_paused
 from bertbeam.training.config import TrainConfig
 from bertbeam.training.data import (
     Examples,
@@ -99,7 +99,7 @@ def _batch_sampler(features: list[dict[str, Any]], cfg: TrainConfig, pad_multipl
     import torch
 
     from bertbeam.config import BatchSpec
-    from bertbeam.planning import plan_batches
+    from bertbeam.core.planning import plan_batches
 
     spec = BatchSpec()  # the pipeline's cost of one more batch
     lengths = np.array([len(f["input_ids"]) for f in features], dtype=np.int64)
@@ -267,8 +267,8 @@ def _load(cfg: TrainConfig, names: list[str]) -> tuple[Any, Any, int]:
     from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
 
     from bertbeam.config import ModelSpec, TokenizeSpec
-    from bertbeam.engine import resolve_max_length
-    from bertbeam.models import load_tokenizer, resolve_model_dir
+    from bertbeam.core.engine import resolve_max_length
+    from bertbeam.core.models import load_tokenizer, resolve_model_dir
 
     transformers.utils.logging.set_verbosity_error()  # "newly initialized head" is the point
     transformers.utils.logging.disable_progress_bar()  # weight loading and saving bars
@@ -321,7 +321,7 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
     if skips.total():
         print(f"bertbeam train: skipped {skips.total()} rows: {skips.describe()}", file=sys.stderr)
     device, bf16 = _device(cfg)
-    with collector_paused():  # the model classes' imports and the weights (bertbeam/memory.py)
+    with collector_paused():  # the model classes' imports and the weights (bertbeam/core/memory.py)
         tokenizer, model, max_length = _load(cfg, names)
     train_features = encode(train_rows, tokenizer, names, cfg, max_length)
     lengths = map(len, tokenizer(train_rows.texts)["input_ids"])

@@ -1,0 +1,98 @@
+"""The ``bertbeam`` command: ``embed``, ``label``, ``train``, ``evaluate``, ``index``,
+``search``, ``report``, ``demo-corpus``, ``check-gpu``."""
+
+from __future__ import annotations
+
+import difflib
+import sys
+
+_USAGE = """usage: bertbeam COMMAND [options]
+
+commands:
+  embed          embed a Parquet corpus            (bertbeam embed --help)
+  label          label a Parquet corpus with a task (bertbeam label --help)
+  train          fine-tune a classifier or tagger   (bertbeam train --help)
+  evaluate       score label results against gold   (bertbeam evaluate --help)
+  index build    build a search index from embeddings (bertbeam index build --help)
+  search         search an index: bertbeam search --index DIR "query" [-k 10] [--json]
+  report         write a finished run's _REPORT.html: bertbeam report OUTPUT [--previous OUTPUT]
+  demo-corpus    write a demo corpus: bertbeam demo-corpus DIR [--files N] [--limit N] [--labels]
+  check-gpu      fail fast when workers see no GPU (bertbeam check-gpu --help)
+
+options:
+  --version      print bertbeam's version
+"""
+
+_COMMANDS = {
+    "embed": "bertbeam.cli.embed:run",
+    "label": "bertbeam.cli.label:run",
+    "report": "bertbeam.run.report:report_command",
+    "check-gpu": "bertbeam.cli.check_gpu:run",
+    "train": "bertbeam.cli.train:run_train",
+    "evaluate": "bertbeam.cli.train:run_evaluate",
+    "index": "bertbeam.cli.index:run_index",
+    "search": "bertbeam.cli.index:run_search",
+    "demo-corpus": "bertbeam.cli.main:_demo_corpus",
+}
+
+
+def _demo_corpus(argv: list[str]) -> int:
+    import argparse
+
+    from bertbeam.cli.demo import write_demo_corpus
+
+    p = argparse.ArgumentParser(prog="bertbeam demo-corpus", allow_abbrev=False,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                description="Write a Parquet corpus made from Python's own docs.")
+    p.add_argument("directory")
+    p.add_argument("--files", type=int, default=2, help="Parquet files to write")
+    p.add_argument("--limit", type=int, default=None, help="at most this many documents")
+    p.add_argument("--labels", action="store_true",
+                   help="write labelled train.parquet and test.parquet (id, text, label) instead")
+    args = p.parse_args(argv)
+    if args.labels:
+        from bertbeam.cli.demo_labels import write_demo_labels
+
+        paths = write_demo_labels(args.directory, limit=args.limit)
+        print(f"wrote {', '.join(paths)}")
+        return 0
+    paths = write_demo_corpus(args.directory, files=args.files, limit=args.limit)
+    print(f"wrote {len(paths)} files to {args.directory}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_USAGE)
+        return 0 if argv else 2
+    if argv[0] == "--version":
+        from bertbeam import __version__
+
+        print(f"bertbeam {__version__}")
+        return 0
+    command, rest = argv[0], argv[1:]
+    from bertbeam.core.memory import prepare_allocator
+
+    prepare_allocator()  # before any command imports torch (memory.py)
+    target = _COMMANDS.get(command)
+    if target is None:
+        close = difflib.get_close_matches(command, list(_COMMANDS), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        print(f"bertbeam: unknown command {command!r}.{hint}\n\n{_USAGE}", file=sys.stderr)
+        return 2
+    from importlib import import_module
+
+    from bertbeam.core.memory import collector_paused, freeze_live_objects
+
+    module, name = target.split(":")
+    with collector_paused():  # the command's imports: Beam, pyarrow (memory.py)
+        run = getattr(import_module(module), name)
+    try:
+        return run(rest)
+    finally:
+        freeze_live_objects()  # a faster interpreter exit (memory.py)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

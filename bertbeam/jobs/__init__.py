@@ -1,1 +1,0 @@
-"""The ``bertbeam`` commands' jobs: argv -> a checked, running pipeline and its summary."""

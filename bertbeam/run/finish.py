@@ -1,0 +1,122 @@
+"""The end of a run: ``_SUMMARY.json`` and the report, once the outputs are committed.
+
+One :class:`FinishRun` object does it wherever it runs: on the launcher after the pipeline
+has finished (counters from Beam), or, with ``--no-wait``, inside the pipeline as its last
+stage (:class:`WriteSummary`, counters from the local tally, when there is one), so that
+the launcher can exit after ``run()``. Either way the summary is the same.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import apache_beam as beam
+
+from bertbeam.run import runinfo, summary
+
+_LOG = logging.getLogger("bertbeam")
+
+
+class AccountingError(RuntimeError):
+    """Some input rows are neither in the results nor in the dead letter."""
+
+
+@dataclass(frozen=True)
+class FinishRun:
+    """Writes the summary (and the report) of one run; plain data, so it travels to workers."""
+
+    input: str
+    output: str
+    task: str
+    model: str
+    run_id: str
+    meta: dict[str, Any]
+    pipeline_started: float
+    process_started: float
+    report: bool = True
+    tally_dir: str | None = None
+    previous_output: str | None = None
+    read: int | None = None  # input units from the footers, counted once on the launcher
+
+    def __call__(self, counters: dict[str, int] | None = None,
+                 samples: list[list[float]] | None = None) -> dict[str, Any]:
+        """Builds and writes ``_SUMMARY.json`` (and the report); returns the summary.
+
+        ``counters`` default to the tally's settled totals (the pipeline's last stage);
+        ``samples`` to the tally's throughput samples.
+        """
+        from bertbeam.run.progress import read_samples, summary_fields
+        from bertbeam.core.tally import settled_totals
+
+        tally_dir = self.tally_dir if self.tally_dir and os.path.isdir(self.tally_dir) else None
+        if counters is None:
+            from bertbeam.core.metrics import COUNTERS
+
+            # Unknown without a tally (a remote runner): None in the summary, not 0.
+            counters = {**dict.fromkeys(COUNTERS, 0), **settled_totals(tally_dir)} if tally_dir else {}
+        if samples is None:
+            samples = read_samples(tally_dir) if tally_dir else []
+        meta = runinfo.finished(self.meta, pipeline_started=self.pipeline_started,
+                                process_started=self.process_started)
+        meta.update(summary_fields(samples))
+        report = summary.build_summary(
+            counters, input_pattern=self.input, output_dir=self.output,
+            wall_seconds=meta["pipeline_seconds"], model=self.model, task=self.task,
+            run_id=self.run_id, metadata=meta, read=self.read)
+        summary.write_summary(self.output, report)
+        if self.report:
+            self._write_report()
+        return report
+
+    def _write_report(self) -> None:
+        try:
+            from bertbeam.run.report import write_report
+        except ImportError as exc:
+            _LOG.warning("No report: %s (pip install matplotlib).", exc)
+            return
+        from bertbeam.core.memory import collector_paused
+
+        with collector_paused():  # matplotlib's imports (memory.py)
+            write_report(self.output, previous=self.previous_output)
+
+
+def check_accounting(report: dict[str, Any]) -> None:
+    """Raises AccountingError unless read = computed + carried_forward + dead_lettered."""
+    if not report["accounted"]:
+        raise AccountingError(
+            f"{report['read']} rows read but {report['computed']} computed + "
+            f"{report['carried_forward']} carried forward + {report['dead_lettered']} "
+            "dead-lettered: rows are missing or duplicated.")
+
+
+def _finish_in_pipeline(_: object, files: list[str], finish: FinishRun) -> str:
+    report = finish()
+    if finish.tally_dir is None:
+        check_accounting(report)  # fails a remote job: nobody waits for an exit status
+    return f"{finish.output.rstrip('/')}/{summary.SUMMARY_FILE}"
+
+
+class WriteSummary(beam.PTransform):
+    """(final results files, final dead-letter files) -> the ``_SUMMARY.json`` URL: the last
+    stage of a ``--no-wait`` job, run once both writes have committed their files.
+
+    Example::
+
+        (written, dead_written) | WriteSummary(finish)
+    """
+
+    def __init__(self, finish: FinishRun):
+        super().__init__()
+        self._finish = finish
+
+    def expand(self, written: tuple[beam.PCollection, ...]) -> beam.PCollection:
+        files = written | "CommittedFiles" >> beam.Flatten()
+        return (
+            files.pipeline
+            | "Once" >> beam.Create([None])
+            | "Finish" >> beam.Map(_finish_in_pipeline, files=beam.pvalue.AsList(files),
+                                   finish=self._finish)
+        )

@@ -1,0 +1,95 @@
+"""Run metadata for ``_SUMMARY.json``: versions, timestamps, locations, the model and where it
+runs, every option. Built on the launcher before the pipeline starts (:func:`run_metadata`)
+and completed with the timings when it has finished (:func:`finished`), by the launcher or
+by the pipeline's last stage (``--no-wait``)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+import uuid
+from datetime import datetime, timezone
+from importlib import metadata as importlib_metadata
+from typing import Any
+
+from bertbeam.config import ModelSpec
+
+SUMMARY_SCHEMA_VERSION = 2
+"""``schema_version`` of ``_SUMMARY.json`` (``bertbeam/run/schemas/summary.schema.json``)."""
+
+_IMPORTED_AT = time.time()
+
+
+def summary_schema() -> dict[str, Any]:
+    """The JSON Schema of ``_SUMMARY.json``, shipped in the package."""
+    import json
+    from importlib.resources import files
+
+    return json.loads((files("bertbeam.run") / "schemas" / "summary.schema.json").read_text())
+
+
+def utc_iso(epoch: float) -> str:
+    """``2026-11-28T21:14:42.123Z``: UTC, ISO 8601, milliseconds."""
+    return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z")
+
+
+def new_run_id(epoch: float) -> str:
+    """A sortable, unique run id: ``20261128T211442Z-1a2b3c4d``."""
+    stamp = datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return f"{stamp}-{uuid.uuid4().hex[:8]}"
+
+
+def process_started() -> float:
+    """When this process started (epoch seconds): from ``/proc`` on Linux, else when bertbeam
+    was first imported."""
+    try:
+        with open("/proc/self/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/stat") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith("btime"))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return _IMPORTED_AT
+
+
+def versions() -> dict[str, str | None]:
+    """Versions of bertbeam and what its results depend on."""
+    out: dict[str, str | None] = {}
+    for key, dist in (("bertbeam", "bertbeam"), ("apache_beam", "apache-beam"), ("torch", "torch"),
+                      ("transformers", "transformers"), ("tokenizers", "tokenizers")):
+        try:
+            out[key] = importlib_metadata.version(dist)
+        except importlib_metadata.PackageNotFoundError:
+            out[key] = None
+    out["python"] = platform.python_version()
+    return out
+
+
+def resolve_runtime(spec: ModelSpec, *, local: bool) -> dict[str, Any]:
+    """Device, dtype, torch threads and CPU streams as a local worker resolves them; for a
+    remote runner, the requested values (each worker resolves ``auto`` itself)."""
+    if not local:
+        return {"device": spec.device, "dtype": spec.dtype, "threads": spec.num_threads,
+                "streams": None if spec.cpu_streams == "auto" else spec.cpu_streams}
+    import torch
+
+    from bertbeam.core.models import resolve_cpu_streams, resolve_device, resolve_dtype
+
+    device = resolve_device(spec.device)
+    threads = spec.num_threads or torch.get_num_threads()
+    streams = resolve_cpu_streams(spec.cpu_streams, threads) if device.type == "cpu" else 1
+    dtype = str(resolve_dtype(spec.dtype, device)).removeprefix("torch.")
+    if spec.quantize == "int8":
+        dtype = f"{dtype} (int8 linear layers)"
+    return {"device": device.type, "dtype": dtype, "threads": threads, "streams": streams}
+
+
+def finished(meta: dict[str, Any], *, pipeline_started: float, process_started: float,
+             now: float | None = None) -> dict[str, Any]:
+    """``meta`` with ``finished_at`` and the pipeline's and the process's seconds."""
+    now = time.time() if now is None else now
+    return {**meta, "finished_at": utc_iso(now),
+            "pipeline_seconds": round(now - pipeline_started, 3),
+            "process_seconds": round(now - process_started, 3)}
