@@ -19,7 +19,7 @@ from tests.conftest import SAMPLE_TEXTS, run_cli, write_corpus
 from tests.test_dataflow_graph import SHELL_VARS, job_environment, unpickle_dofns
 from tests.test_docker import _hadolint, args_of, instructions
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "docker" / "Dockerfile.flex"
 METADATA = ROOT / "docker" / "flex-template-metadata.json"
 VARS = {**SHELL_VARS, "FLEX_IMAGE": "us-central1-docker.pkg.dev/my-project/bertbeam/bertbeam-flex:0.1.0"}

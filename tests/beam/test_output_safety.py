@@ -19,7 +19,7 @@ import pytest
 
 from tests.conftest import read_output, read_summary, run_cli, write_corpus
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

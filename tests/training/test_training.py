@@ -25,7 +25,7 @@ from tests.test_entities import _assert_entities_match
 from tests.test_entities import _pipeline as ner_pipeline
 from tests.test_gcs import BAD_ROWS, BUCKET, GOOD_IDS, _gs, gcs  # noqa: F401, F811 (a fixture)
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PEOPLE = ["John Smith", "Maria Garcia", "Guido van Rossum", "Ada Lovelace", "Alan Turing"]
 PLACES = ["London", "Paris", "New York", "Amsterdam", "Berlin"]
 FILLERS = ["the", "report", "said", "that", "today", "a", "new", "library", "was", "released"]

@@ -24,7 +24,7 @@ from bertbeam.core import metrics, tally
 from bertbeam.run import progress
 from tests.conftest import SAMPLE_TEXTS, run_cli, write_corpus
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 LINE = re.compile(r"^bertbeam embed: (\d+)/(\d+) documents \([\d.]+%\)(?:, [\d,]+ read)?, [\d.]+ docs/s, [\d,]+ "
                   r"tokens/s, (\d+) dead-lettered, ETA \S+$")
 START = re.compile(r"^bertbeam embed: 11 documents; model .+ \([0-9a-f]{16}\); device cpu, "

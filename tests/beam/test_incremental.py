@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import read_output, read_summary, run_cli, write_corpus
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 N_DOCS = 200
 
 

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.gcs
 BUCKET = "bertbeam-test"
 GOOD_IDS = [f"doc-{i:02d}" for i in range(len(SAMPLE_TEXTS))]
 BAD_ROWS = {"bad-null": None, "bad-empty": "   "}
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import SAMPLE_TEXTS, write_corpus
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "README.md"
 LAUNCHER = "bertbeam_in_image"
 SHELL_VARS = {

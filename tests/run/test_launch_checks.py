@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import run_cli, write_corpus
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture()
