@@ -13,7 +13,7 @@ from bertbeam.tasks.classify import ClassifyTask
 from bertbeam.tasks.embed import EmbedTask
 from bertbeam.tasks.qa import QATask
 from tests.conftest import ARCHITECTURES, SAMPLE_TEXTS
-from tests.test_transforms import _NaNOnMarker
+from tests.beam.test_transforms import _NaNOnMarker
 
 TOLERANCE = 1e-4
 

@@ -27,7 +27,7 @@ from bertbeam import (
 )
 from bertbeam.run.runners import resolve_runner
 from tests.conftest import SAMPLE_TEXTS, read_output, run_cli, write_corpus
-from tests.test_transforms import _FailsOnMarker, _NaNOnMarker
+from tests.beam.test_transforms import _FailsOnMarker, _NaNOnMarker
 
 
 def _counting(monkeypatch, module, name, calls):

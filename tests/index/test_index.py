@@ -22,7 +22,7 @@ from bertbeam.index.search import (
 )
 from tests.conftest import SAMPLE_TEXTS, run_cli, write_corpus
 from tests.search_helpers import embed_texts, results_table, write_results
-from tests.test_gcs import gcs  # noqa: F401  (the emulator fixture)
+from tests.integration.test_gcs import gcs  # noqa: F401  (the emulator fixture)
 
 TEXTS = SAMPLE_TEXTS[:5] + SAMPLE_TEXTS[6:]  # "short" is too close to other short texts
 IDS = [f"doc-{i:02d}" for i in range(len(TEXTS))]
@@ -254,7 +254,7 @@ def test_not_an_index_and_bad_arguments(tmp_path, capsys):
 @pytest.mark.gcs
 def test_build_and_search_on_gcs(gcs, embeddings):  # noqa: F811  (the fixture imported above)
     """Embeddings read from gs:// and the index written to and searched from gs:// (emulator)."""
-    from tests.test_gcs import BUCKET
+    from tests.integration.test_gcs import BUCKET
 
     gcs.put(embeddings.rsplit("/", 1)[0] + "/", f"{BUCKET}/index-test/results/", recursive=True)
     manifest = build_index(f"gs://{BUCKET}/index-test/results/results-*.parquet",

@@ -232,7 +232,7 @@ def test_an_incremental_rerun_with_every_location_on_gs(gcs, tmp_path):
     equals a full recomputation, with corpus, model, outputs and earlier run on gs://."""
     from bertbeam.cli import main
     from bertbeam.beam.writing import read_table
-    from tests.test_incremental import assert_same_results, by_id, nightly_corpora
+    from tests.beam.test_incremental import assert_same_results, by_id, nightly_corpora
 
     yesterday, today, changes = nightly_corpora(100)
     for day, columns in (("day-1", yesterday), ("day-2", today)):

@@ -19,11 +19,11 @@ from bertbeam.training import TrainConfig, train
 from bertbeam.cli.demo_labels import FAMILIES, demo_labelled, write_demo_labels
 from bertbeam.training.loop import IGNORE, first_subtoken_labels
 from tests.conftest import read_output, run_cli, write_corpus
-from tests.test_classify import _assert_labels_match
-from tests.test_classify import _pipeline as classify_pipeline
-from tests.test_entities import _assert_entities_match
-from tests.test_entities import _pipeline as ner_pipeline
-from tests.test_gcs import BAD_ROWS, BUCKET, GOOD_IDS, _gs, gcs  # noqa: F401, F811 (a fixture)
+from tests.tasks.test_classify import _assert_labels_match
+from tests.tasks.test_classify import _pipeline as classify_pipeline
+from tests.tasks.test_entities import _assert_entities_match
+from tests.tasks.test_entities import _pipeline as ner_pipeline
+from tests.integration.test_gcs import BAD_ROWS, BUCKET, GOOD_IDS, _gs, gcs  # noqa: F401, F811 (a fixture)
 
 ROOT = Path(__file__).resolve().parents[2]
 PEOPLE = ["John Smith", "Maria Garcia", "Guido van Rossum", "Ada Lovelace", "Alan Turing"]
