@@ -6,18 +6,21 @@ the row is still valid.
 * the **model fingerprint**: the hub revision of a hub model, else a digest of the files of
   the checkpoint directory (weights, config, tokenizer);
 * the **job fingerprint**: the model fingerprint and every option that changes results (task
-  and its options, window length, long-document policy, stride, device, dtype, quantization)
+  and its options, window length, long-document policy, stride, device, dtype, quantization,
+  backend)
   plus :data:`RESULTS_FORMAT`. Batching options, threads and streams are left out: they
   never change results.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import os
 import re
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +35,7 @@ TEXT_FINGERPRINT_CHARS = 32
 STAMP_COLUMNS = ("text_fingerprint", "model_fingerprint", "job_fingerprint", "run_id")
 """The columns a job stamps on every result row it computes (after the task's columns)."""
 _HUB_SNAPSHOT = re.compile(r"/snapshots/([0-9a-f]{40})/?$")
-_PARTIAL_HASH_BYTES = 1 << 20
+_HASH_BLOCK_BYTES = 1 << 20
 
 
 def _digest(parts: list[bytes]) -> str:
@@ -64,10 +67,15 @@ def text_fingerprint(text: str, text_pair: str | None = None,
 
 
 def model_fingerprint(local_dir: str) -> str:
-    """``rev:<commit>`` for a hub snapshot, else 16 hex digits of SHA-256 over the checkpoint
-    directory's files: names, sizes and contents (files over 2 MiB by their size and first
-    and last MiB, which any retraining changes), hidden files and folders left out. It
-    costs milliseconds even for large checkpoints.
+    """``rev:<commit>`` for a hub snapshot (the hub's own content address), else 16 hex digits
+    of SHA-256 over the checkpoint directory's files: names, sizes and whole contents (read
+    in a stream), hidden files and folders left out.
+
+    Hashing a large checkpoint takes seconds, so the result is cached in the user's cache
+    (``$BERTBEAM_CACHE/fingerprints``, never in the model directory, which may be read-only
+    or shared) under the directory's path, keyed by every file's name, size, modification
+    and change times and inode: any write to a file makes the next call hash again. An
+    unwritable cache only costs the hashing.
 
     The search index's manifest (``bertbeam.index``) records this digest too, so an index and
     the rows it was built from name a model alike.
@@ -76,25 +84,69 @@ def model_fingerprint(local_dir: str) -> str:
 
         model_fingerprint(resolve_model_dir("gs://bucket/models/minilm"))
     """
-    revision = _HUB_SNAPSHOT.search(str(Path(local_dir).resolve()).replace(os.sep, "/"))
+    resolved = Path(local_dir).resolve()
+    revision = _HUB_SNAPSHOT.search(str(resolved).replace(os.sep, "/"))
     if revision:
         return f"rev:{revision.group(1)}"
-    digest = hashlib.sha256()
-    root = Path(local_dir)
+    files = _model_files(resolved)
+    signature = _digest([json.dumps([[rel, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+                                     for rel, _, st in files]).encode()])
+    entry = _cache_entry(resolved)
+    cached = _read_cache(entry, signature)
+    if cached:
+        return cached
+    fingerprint = _hash_files(files)
+    _write_cache(entry, signature, fingerprint)
+    return fingerprint
+
+
+def _model_files(root: Path) -> list[tuple[str, Path, os.stat_result]]:
+    files = []
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         rel = path.relative_to(root).as_posix()
         if any(part.startswith(".") for part in rel.split("/")):
             continue  # cache markers and locks are not the model
-        size = path.stat().st_size
-        digest.update(f"{rel}\0{size}\0".encode())
+        files.append((rel, path, path.stat()))
+    return files
+
+
+def _hash_files(files: list[tuple[str, Path, os.stat_result]]) -> str:
+    digest = hashlib.sha256()
+    for rel, path, st in files:
+        digest.update(f"{rel}\0{st.st_size}\0".encode())
         with path.open("rb") as f:
-            if size <= 2 * _PARTIAL_HASH_BYTES:
-                digest.update(f.read())
-            else:
-                digest.update(f.read(_PARTIAL_HASH_BYTES))
-                f.seek(-_PARTIAL_HASH_BYTES, os.SEEK_END)
-                digest.update(f.read())
+            while block := f.read(_HASH_BLOCK_BYTES):
+                digest.update(block)
     return digest.hexdigest()[:16]
+
+
+def _cache_entry(resolved: Path) -> Path:
+    from bertbeam.core.models import default_cache_dir
+
+    name = hashlib.sha256(str(resolved).encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    return default_cache_dir() / "fingerprints" / f"{name}.json"
+
+
+def _read_cache(entry: Path, signature: str) -> str | None:
+    try:
+        data = json.loads(entry.read_text())
+    except (OSError, ValueError):
+        return None
+    if isinstance(data, dict) and data.get("signature") == signature:
+        value = data.get("fingerprint")
+        return value if isinstance(value, str) and re.fullmatch(r"[0-9a-f]{16}", value) else None
+    return None
+
+
+def _write_cache(entry: Path, signature: str, fingerprint: str) -> None:
+    temp = entry.with_name(f".{entry.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        temp.write_text(json.dumps({"signature": signature, "fingerprint": fingerprint}))
+        os.replace(temp, entry)
+    except OSError:  # a read-only home: the next run hashes again
+        with contextlib.suppress(OSError):
+            temp.unlink()
 
 
 def job_fingerprint(task: Task, run: RunSpec, model_fp: str) -> str:
@@ -110,7 +162,7 @@ def job_fingerprint(task: Task, run: RunSpec, model_fp: str) -> str:
         "task": task.name,
         "task_options": {f.name: getattr(task, f.name) for f in dataclasses.fields(task)},
         "model": model_fp,
-        "device": m.device, "dtype": m.dtype, "quantize": m.quantize,
+        "device": m.device, "dtype": m.dtype, "quantize": m.quantize, "backend": m.backend,
         "max_length": t.max_length, "long_docs": t.long_docs, "stride": t.stride,
     }
     text = json.dumps(described, sort_keys=True, default=_plain)
