@@ -24,6 +24,11 @@ class AccountingError(RuntimeError):
     """Some input rows are neither in the results nor in the dead letter."""
 
 
+class DeadLetterLimitError(RuntimeError):
+    """More rows were dead-lettered than ``--max-dead-letter-fraction`` / ``--max-dead-letters``
+    allow (the outputs and the summary are written all the same)."""
+
+
 @dataclass(frozen=True)
 class FinishRun:
     """Writes the summary (and the report) of one run; plain data, so it travels to workers."""
@@ -40,6 +45,8 @@ class FinishRun:
     tally_dir: str | None = None
     previous_output: str | None = None
     read: int | None = None  # input units from the footers, counted once on the launcher
+    max_dead_letter_fraction: float | None = None
+    max_dead_letters: int | None = None
 
     def __call__(self, counters: dict[str, int] | None = None,
                  samples: list[list[float]] | None = None) -> dict[str, Any]:
@@ -65,7 +72,9 @@ class FinishRun:
         report = summary.build_summary(
             counters, input_pattern=self.input, output_dir=self.output,
             wall_seconds=meta["pipeline_seconds"], model=self.model, task=self.task,
-            run_id=self.run_id, metadata=meta, read=self.read)
+            run_id=self.run_id, metadata=meta, read=self.read,
+            max_dead_letter_fraction=self.max_dead_letter_fraction,
+            max_dead_letters=self.max_dead_letters)
         summary.write_summary(self.output, report)
         if self.report:
             self._write_report()
@@ -92,10 +101,18 @@ def check_accounting(report: dict[str, Any]) -> None:
             "dead-lettered: rows are missing or duplicated.")
 
 
+def check_dead_letters(report: dict[str, Any]) -> None:
+    """Raises DeadLetterLimitError when the summary's verdict is ``too_many_dead_letters``."""
+    line = summary.verdict_line(report)
+    if line is not None:
+        raise DeadLetterLimitError(line)
+
+
 def _finish_in_pipeline(_: object, files: list[str], finish: FinishRun) -> str:
     report = finish()
     if finish.tally_dir is None:
         check_accounting(report)  # fails a remote job: nobody waits for an exit status
+        check_dead_letters(report)
     return f"{finish.output.rstrip('/')}/{summary.SUMMARY_FILE}"
 
 

@@ -22,7 +22,14 @@ from bertbeam.beam import writing
 from bertbeam.config import EMBEDDED_MODEL, BatchSpec, ModelSpec, RunSpec, TokenizeSpec
 from bertbeam.core.deadletter import DEAD_LETTER, DEAD_LETTER_SCHEMA
 from bertbeam.filesystems import url_to_fs
-from bertbeam.run.finish import AccountingError, FinishRun, WriteSummary, check_accounting
+from bertbeam.run.finish import (
+    AccountingError,
+    DeadLetterLimitError,
+    FinishRun,
+    WriteSummary,
+    check_accounting,
+    check_dead_letters,
+)
 from bertbeam.beam.incremental import CARRIED, JoinPrevious, KeyByText, Stamp, StampResults
 from bertbeam.run.control import RunControl, add_control_args
 from bertbeam.beam.reading import Columns, InputError, ReadDocuments, carried_fields, check_input
@@ -274,7 +281,9 @@ def execute(job: Job, beam_args: list[str],
     ``--no-wait`` on a remote runner, returns ``None`` once the job is submitted (its last
     stage writes the summary).
 
-    Raises AccountingError when read != computed + carried_forward + dead_lettered.
+    Raises AccountingError when read != computed + carried_forward + dead_lettered, and
+    DeadLetterLimitError when more rows were dead-lettered than the job's limits allow (the
+    outputs and the summary are written first either way).
     """
     from bertbeam.core.memory import collector_paused
 
@@ -316,7 +325,8 @@ def _run(job: Job, options: PipelineOptions, prepared: Prepared) -> dict | None:
             process_started=runinfo.process_started(), report=job.control.report,
             tally_dir=live.directory if local else None,
             previous_output=job.control.previous[0] if job.control.previous else None,
-            read=total)
+            read=total, max_dead_letter_fraction=job.control.max_dead_letter_fraction,
+            max_dead_letters=job.control.max_dead_letters)
         p = beam.Pipeline(runner=resolve_runner(options), options=options)
         build(p, job, prepared, None if job.control.wait else finish)
         result = p.run()
@@ -328,12 +338,14 @@ def _run(job: Job, options: PipelineOptions, prepared: Prepared) -> dict | None:
             result.wait_until_finish()
             report = summary.read_summary(job.output)
             check_accounting(report)  # a local launcher is still here to exit with status 3
+            check_dead_letters(report)
             return report
         result.wait_until_finish()
     job_id = result.job_id() if callable(getattr(result, "job_id", None)) else None
     finish = dataclasses.replace(finish, meta={**meta, "job_id": job_id})
     report = finish(metrics.query_counters(result), live.samples if local else [])
     check_accounting(report)
+    check_dead_letters(report)
     return report
 
 
@@ -413,6 +425,9 @@ def main(make_job: Callable[[list[str] | None], tuple[Job, list[str]]], argv: li
     except AccountingError as exc:
         print(f"bertbeam: error: {exc}", file=sys.stderr)
         return 3
+    except DeadLetterLimitError as exc:
+        print(f"bertbeam: error: {exc}", file=sys.stderr)
+        return 4
     except KeyboardInterrupt as exc:
         return stopping.interrupted(exc)
     except Exception as exc:

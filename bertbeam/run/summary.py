@@ -24,12 +24,17 @@ def build_summary(
     run_id: str | None = None,
     metadata: dict | None = None,
     read: int | None = None,
+    max_dead_letter_fraction: float | None = None,
+    max_dead_letters: int | None = None,
 ) -> dict:
     """The run summary: ``read`` from the input files' footers, ``written`` and
     ``dead_lettered`` from the finalized output files, ``computed`` from their ``run_id``
     column (``carried_forward`` is the rest), tokens and windows from ``counters`` (``None``
     where a counter is unknown), then ``metadata``. ``read`` is the footers' count when the
     launcher has taken it already (for the progress total), else it is counted here.
+    ``dead_letter_fraction`` is dead_lettered / read and ``verdict`` says whether the run
+    stayed within ``max_dead_letter_fraction`` and ``max_dead_letters`` (``"passed"`` or
+    ``"too_many_dead_letters"``; :func:`verdict_line` is the one line for a failed one).
 
     The accounting invariant: read = computed + carried_forward + dead_lettered.
     """
@@ -63,6 +68,15 @@ def build_summary(
         "tokens_per_second": (round(real / wall_seconds, 1)
                               if wall_seconds > 0 and real is not None else None),
     }
+    fraction = dead / read if read else 0.0
+    over = ((max_dead_letter_fraction is not None and fraction > max_dead_letter_fraction)
+            or (max_dead_letters is not None and dead > max_dead_letters))
+    summary.update({
+        "dead_letter_fraction": round(fraction, 6),
+        "max_dead_letter_fraction": max_dead_letter_fraction,
+        "max_dead_letters": max_dead_letters,
+        "verdict": "too_many_dead_letters" if over else "passed",
+    })
     if dead:
         reasons = read_table(output_dir, "dead_letter", ["reason"]).column("reason").to_pylist()
         summary["dead_letter_reasons"] = {r: reasons.count(r) for r in sorted(set(reasons))}
@@ -72,6 +86,25 @@ def build_summary(
             v["values"]: v["counts"] for v in sorted(labels.to_pylist(), key=lambda v: -v["counts"])}
     summary.update(metadata or {})
     return summary
+
+
+def verdict_line(summary: dict) -> str | None:
+    """The one line a run over its dead-letter limits ends with (the top reasons named), or
+    ``None`` for a run within them."""
+    if summary.get("verdict") != "too_many_dead_letters":
+        return None
+    dead, read = summary["dead_lettered"], summary["read"]
+    limits = []
+    if summary.get("max_dead_letter_fraction") is not None and \
+            summary["dead_letter_fraction"] > summary["max_dead_letter_fraction"]:
+        limits.append(f"--max-dead-letter-fraction {summary['max_dead_letter_fraction']:g}")
+    if summary.get("max_dead_letters") is not None and dead > summary["max_dead_letters"]:
+        limits.append(f"--max-dead-letters {summary['max_dead_letters']}")
+    reasons = sorted((summary.get("dead_letter_reasons") or {}).items(), key=lambda kv: (-kv[1], kv[0]))
+    top = ", ".join(f"{reason} {count}" for reason, count in reasons[:3])
+    return (f"{dead} of {read} rows dead-lettered ({100 * summary['dead_letter_fraction']:.1f}%), "
+            f"over {' and '.join(limits)}; top reasons: {top or 'unknown'}; every row is "
+            f"accounted for in {summary['output'].rstrip('/')}/dead_letter-*.parquet.")
 
 
 def write_summary(output_dir: str, summary: dict) -> str:
