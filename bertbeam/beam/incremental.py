@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import apache_beam as beam
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -213,11 +214,53 @@ class _ReadPreviousFn(beam.DoFn):
     def process(self, element: tuple[int, str, int]) -> Iterator[tuple[str, tuple[int, dict]]]:
         index, url, group = element
         fs, path = url_to_fs(url)
-        with fs.open(path, "rb") as f:
-            table = pq.ParquetFile(f).read_row_group(group)
+        # A carried row is checked like an input (issue 27): a data page whose checksum fails
+        # or that cannot be decoded carries nothing, nor does a row with a non-finite value;
+        # their documents are computed again.
+        try:
+            with fs.open(path, "rb") as f:
+                table = pq.ParquetFile(f, page_checksum_verification=True).read_row_group(group)
+        except (OSError, pa.ArrowException) as exc:
+            _LOG.warning("Row group %d of %s cannot be read (%s): its documents are computed "
+                         "again, not carried forward.", group, url, str(exc).splitlines()[0])
+            return
         table = table.filter(pc.equal(table.column(JOB_FP), self._job_fp))
+        finite = finite_rows(table)
+        if not finite.all():
+            _LOG.warning("%d rows of row group %d of %s hold non-finite values: their documents "
+                         "are computed again, not carried forward.", int((~finite).sum()), group, url)
+            table = table.filter(pa.array(finite))
         for row in table_rows(table):
             yield row["id"], (index, row)
+
+
+def finite_rows(table: pa.Table) -> np.ndarray:
+    """A boolean per row of ``table``: no floating value in it (at any depth: the embedding, a
+    score, the scores of a label list) is NaN or infinite. Nulls count as finite."""
+    ok = np.ones(table.num_rows, dtype=bool)
+    for column in table.columns:
+        ok &= _finite(column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column)
+    return ok
+
+
+def _finite(array: pa.Array) -> np.ndarray:
+    kind = array.type
+    if pa.types.is_floating(kind):
+        values = array.to_numpy(zero_copy_only=False)
+        return np.isfinite(values) | np.asarray(array.is_null(), dtype=bool)
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
+        child_ok = _finite(array.flatten())
+        ok = np.ones(len(array), dtype=bool)
+        if not child_ok.all():
+            parents = np.asarray(pc.list_parent_indices(array))
+            ok[parents[~child_ok]] = False
+        return ok
+    if pa.types.is_struct(kind):
+        ok = np.ones(len(array), dtype=bool)
+        for i in range(kind.num_fields):
+            ok &= _finite(array.field(i))
+        return ok
+    return np.ones(len(array), dtype=bool)
 
 
 class _ChooseFn(beam.DoFn):

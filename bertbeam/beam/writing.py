@@ -197,7 +197,8 @@ class _ShardFile:
         self._fs.makedirs(root, exist_ok=True)
         self._path = f"{root.rstrip('/')}/{prefix}-{uuid.uuid4().hex}.parquet"
         self._stream = self._fs.open(self._path, "wb")
-        self._writer = pq.ParquetWriter(self._stream, schema, compression="zstd")
+        self._writer = pq.ParquetWriter(self._stream, schema, compression="zstd",
+                                         write_page_checksum=True)  # --previous verifies them
         self.rows = 0
 
     def write(self, table: pa.Table) -> None:
@@ -228,7 +229,7 @@ def write_table(fs: Any, path: str, table: pa.Table) -> None:
     """Writes ``table`` to ``path``; a failed write (a full disk) leaves no partial file."""
     try:
         with fs.open(path, "wb") as f:
-            pq.write_table(table, f, compression="zstd")
+            pq.write_table(table, f, compression="zstd", write_page_checksum=True)
     except BaseException:
         try:
             if fs.exists(path):

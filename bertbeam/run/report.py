@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from bertbeam.filesystems import expand_glob, url_to_fs
+from bertbeam.filesystems import expand_glob, url_to_fs, write_file_safely
 
 _LOG = logging.getLogger("bertbeam")
 
@@ -106,12 +106,11 @@ def write_report(output_dir: str, previous: str | None = None,
     panels = [builders[key]() for key in panels_for(summary["task"])]
     fs, root = url_to_fs(output_dir)
     root = root.rstrip("/")
+    # Through a temporary file and a rename, refusing a link planted in the output (issue 27).
     for panel in panels:
         if panel.png is not None:
-            with fs.open(f"{root}/_REPORT-{panel.key}.png", "wb") as f:
-                f.write(panel.png)
-    with fs.open(f"{root}/{REPORT_FILE}", "w", encoding="utf-8") as f:
-        f.write(render(summary, panels, previous))
+            write_file_safely(fs.unstrip_protocol(f"{root}/_REPORT-{panel.key}.png"), panel.png)
+    write_file_safely(fs.unstrip_protocol(f"{root}/{REPORT_FILE}"), render(summary, panels, previous))
     return fs.unstrip_protocol(f"{root}/{REPORT_FILE}")
 
 
