@@ -3,6 +3,10 @@
 Importing bertbeam does not import torch; models load on workers.
 """
 
+import time as _time
+
+_IMPORTED_AT = _time.time()  # before any import below: bertbeam.run.runinfo.process_started
+
 from bertbeam.beam.batching import BatchByTokens
 from bertbeam.config import EMBEDDED_MODEL, BatchSpec, ModelSpec, RunSpec, TokenizeSpec
 from bertbeam.core.deadletter import (

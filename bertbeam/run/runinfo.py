@@ -42,8 +42,29 @@ def new_run_id(epoch: float) -> str:
 
 
 def process_started() -> float:
-    """When this process started (epoch seconds): from ``/proc`` on Linux, else when bertbeam
-    was first imported."""
+    """When bertbeam's own process started (epoch seconds).
+
+    The kernel's start time of this process (``/proc``) is that of whatever was exec'd
+    into it first: the last command of ``bash -c "... && bertbeam ..."`` (cron, Airflow)
+    runs in the shell's process, which started at the first command. So the start time
+    holds only when it is close to when ``bertbeam`` was first imported (Python's own
+    start-up, under a second, is then counted too); otherwise, and off Linux, the import
+    time is the start.
+    """
+    import bertbeam
+
+    imported = getattr(bertbeam, "_IMPORTED_AT", _IMPORTED_AT)
+    kernel = _kernel_start_time()
+    if kernel is None or not 0 <= imported - kernel <= _STARTUP_SECONDS:
+        return imported
+    return kernel
+
+
+_STARTUP_SECONDS = 3.0
+"""The longest Python start-up (interpreter, site-packages) before ``import bertbeam``."""
+
+
+def _kernel_start_time() -> float | None:
     try:
         with open("/proc/self/stat") as f:
             ticks = int(f.read().rsplit(")", 1)[1].split()[19])
@@ -51,7 +72,7 @@ def process_started() -> float:
             boot = next(int(line.split()[1]) for line in f if line.startswith("btime"))
         return boot + ticks / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError, StopIteration):
-        return _IMPORTED_AT
+        return None
 
 
 def versions() -> dict[str, str | None]:
@@ -68,10 +89,12 @@ def versions() -> dict[str, str | None]:
 
 
 def resolve_runtime(spec: ModelSpec, *, local: bool) -> dict[str, Any]:
-    """Device, dtype, torch threads and CPU streams as a local worker resolves them; for a
-    remote runner, the requested values (each worker resolves ``auto`` itself)."""
+    """Backend (torch or onnx), quantization, device, dtype, torch threads and CPU streams as a
+    local worker resolves them; for a remote runner, the requested values (each worker
+    resolves ``auto`` itself)."""
+    backend = {"backend": spec.backend, "quantization": spec.quantize}
     if not local:
-        return {"device": spec.device, "dtype": spec.dtype, "threads": spec.num_threads,
+        return {**backend, "device": spec.device, "dtype": spec.dtype, "threads": spec.num_threads,
                 "streams": None if spec.cpu_streams == "auto" else spec.cpu_streams}
     import torch
 
@@ -83,7 +106,8 @@ def resolve_runtime(spec: ModelSpec, *, local: bool) -> dict[str, Any]:
     dtype = str(resolve_dtype(spec.dtype, device)).removeprefix("torch.")
     if spec.quantize == "int8":
         dtype = f"{dtype} (int8 linear layers)"
-    return {"device": device.type, "dtype": dtype, "threads": threads, "streams": streams}
+    return {**backend, "device": device.type, "dtype": dtype, "threads": threads,
+            "streams": streams}
 
 
 def finished(meta: dict[str, Any], *, pipeline_started: float, process_started: float,

@@ -27,7 +27,7 @@ from tests.conftest import SAMPLE_TEXTS, run_cli, write_corpus
 ROOT = Path(__file__).resolve().parents[2]
 LINE = re.compile(r"^bertbeam embed: (\d+)/(\d+) documents \([\d.]+%\)(?:, [\d,]+ read)?, [\d.]+ docs/s, [\d,]+ "
                   r"tokens/s, (\d+) dead-lettered, ETA \S+$")
-START = re.compile(r"^bertbeam embed: 11 documents; model .+ \([0-9a-f]{16}\); device cpu, "
+START = re.compile(r"^bertbeam embed: 11 documents; model .+ \([0-9a-f]{16}\); backend torch, device cpu, "
                    r"dtype float32, \d+ threads, \d+ streams(; this CPU has AMX: .+)?$")
 
 

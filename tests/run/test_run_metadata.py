@@ -120,3 +120,23 @@ def test_rows_missing_from_the_accounting_exit_3(tmp_path, tiny_model, corpus, m
     assert "12 rows read but 10 computed + 0 carried forward + 1 dead-lettered" in (
         capsys.readouterr().err)
     assert read_summary(tmp_path)["accounted"] is False
+
+
+def test_process_seconds_are_bertbeams_own_under_an_execing_shell(tmp_path):
+    """``bash -c "sleep 3 && exec bertbeam ..."`` (cron, Airflow) runs bertbeam in the shell's
+    process: the kernel's start time is the shell's, 3 s too early; the start is then when
+    bertbeam was imported."""
+    import subprocess
+    import sys
+
+    code = "from bertbeam.run.runinfo import process_started; print(process_started())"
+    out = subprocess.run(["bash", "-c", f"sleep 3 && date +%s.%N && exec {sys.executable} -c '{code}'"],
+                         capture_output=True, text=True, check=True, timeout=120)
+    exec_at, started = map(float, out.stdout.split())
+    assert 0 <= started - exec_at < 1.0, out
+    # Without the shell in front, the kernel's start time (Python's start-up included) holds.
+    code = ("from bertbeam.run.runinfo import _kernel_start_time, process_started; "
+            "print(process_started() == _kernel_start_time())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         timeout=120)
+    assert out.stdout.strip() == "True", out
