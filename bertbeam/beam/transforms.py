@@ -44,7 +44,9 @@ class InferChunks(beam.PTransform):
     of :meth:`schema` (the task's, then the carried ones).
 
     Args:
-        task, run, carry: as for :class:`InferDocuments`.
+        task: as for :class:`InferDocuments`.
+        run: as for :class:`InferDocuments`.
+        carry: as for :class:`InferDocuments`.
         config: the checkpoint's transformers config, when the caller has it (saves reading
             it again on the launcher).
 

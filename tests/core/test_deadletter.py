@@ -1,4 +1,4 @@
-"""The dead letter as a type: one reason table (README's), typed rows, previews."""
+"""The dead letter as a type: one reason table (docs/reliability.md's), typed rows, previews."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from bertbeam.core.deadletter import (
 )
 from bertbeam.core.records import rows_to_table
 
-README = Path(__file__).parents[1] / "README.md"
+REASON_TABLE = Path(__file__).parents[2] / "docs" / "reliability.md"
 
 
 def test_every_reason_has_a_stage_and_a_meaning():
@@ -27,8 +27,8 @@ def test_every_reason_has_a_stage_and_a_meaning():
 
 
 def test_readme_documents_exactly_the_reason_table():
-    rows = re.findall(r"^\| `(\w+)` \| ([\w, ]+) \|", README.read_text(), flags=re.MULTILINE)
-    assert rows, "README has no reason table"
+    rows = re.findall(r"^\| `(\w+)` \| ([\w, ]+) \|", REASON_TABLE.read_text(), flags=re.MULTILINE)
+    assert rows, "docs/reliability.md has no reason table"
     # The first stage listed is the one that reports the reason by default.
     documented = {code: stages.split(",")[0].strip() for code, stages in rows}
     assert documented == {r.value: stage.value for r, (stage, _) in REASONS.items()}

@@ -103,7 +103,7 @@ def test_versions_move_together():
         name = re.sub(r"[-_.]+", "-", req.name).lower()
         assert name in pins(), f"{name} is not pinned in docker/constraints.txt"
         assert req.specifier.contains(pins()[name], prereleases=True), (name, pins()[name])
-    doc = (ROOT / "README.md").read_text()
+    doc = (ROOT / "docs" / "dataflow.md").read_text()
     assert f"apache/beam_python{gpu['PYTHON_VERSION']}_sdk:{gpu['BEAM_VERSION']}" in doc
 
 

@@ -1,0 +1,103 @@
+"""MkDocs hook: the CLI reference pages, written at build time from ``bertbeam CMD --help``.
+
+Each page under ``cli/`` is generated (never committed) from the installed command's own help
+text, so a flag added, renamed or given a new default shows up in the next build. It reads the
+``--help`` output rather than the parser objects, so it does not depend on how the flags are
+declared (argparse or Beam ``PipelineOptions``). A command whose ``--help`` fails stops the build.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+from mkdocs.structure.files import File
+
+log = logging.getLogger("mkdocs.plugins.cli_reference")
+
+# page -> (title, what the command does, the guide that explains it, the commands on the page)
+PAGES: dict[str, tuple[str, str, str, list[list[str]]]] = {
+    "cli/embed.md": (
+        "bertbeam embed",
+        "Embed a Parquet corpus: one vector per document, written as typed Parquet.",
+        "../embedding.md",
+        [["embed"]],
+    ),
+    "cli/label.md": (
+        "bertbeam label",
+        "Label a Parquet corpus with a task: classify, ner, qa, fill-mask or zero-shot.",
+        "../labeling.md",
+        [["label"]],
+    ),
+    "cli/index-search.md": (
+        "bertbeam index / search",
+        "Build an approximate-nearest-neighbour index from embeddings, and search it.",
+        "../search-and-sinks.md",
+        [["index", "build"], ["search"]],
+    ),
+    "cli/train-evaluate.md": (
+        "bertbeam train / evaluate",
+        "Fine-tune a classifier or a token tagger, and score label results against gold labels.",
+        "../training.md",
+        [["train"], ["evaluate"]],
+    ),
+    "cli/report.md": (
+        "bertbeam report",
+        "Write a finished run's `_REPORT.html` (and its PNG charts).",
+        "../nightly.md",
+        [["report"]],
+    ),
+    "cli/check-gpu.md": (
+        "bertbeam check-gpu",
+        "A short job that fails fast when the workers see no GPU.",
+        "../dataflow.md",
+        [["check-gpu"]],
+    ),
+    "cli/demo-corpus.md": (
+        "bertbeam demo-corpus",
+        "Write a demo Parquet corpus made from Python's own docs (offline).",
+        "../getting-started.md",
+        [["demo-corpus"]],
+    ),
+}
+
+_RUN = "import sys; from bertbeam.cli import main; sys.exit(main(sys.argv[1:]))"
+
+
+def _help(argv: list[str]) -> str:
+    """The text ``bertbeam ARGV --help`` prints, at a fixed width so builds are reproducible."""
+    env = dict(os.environ, COLUMNS="100", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
+    done = subprocess.run([sys.executable, "-c", _RUN, *argv, "--help"], capture_output=True,
+                          text=True, env=env, timeout=300, check=False)
+    if done.returncode != 0 or not done.stdout.strip():
+        raise RuntimeError(f"`bertbeam {' '.join(argv)} --help` failed (exit {done.returncode}): "
+                           f"{(done.stderr or done.stdout).strip().splitlines()[-1:]}")
+    return done.stdout.rstrip()
+
+
+def _page(title: str, what: str, guide: str, helps: list[tuple[list[str], str]]) -> str:
+    out = [f"# {title}", "", what, "",
+           f"This page is generated from the command's `--help` when the site is built. "
+           f"For how to use it, see [the guide]({guide}).", ""]
+    for argv, text in helps:
+        if len(helps) > 1:
+            out += [f"## bertbeam {' '.join(argv)}", ""]
+        out += ["```text", f"$ bertbeam {' '.join(argv)} --help", text, "```", ""]
+    return "\n".join(out)
+
+
+def on_files(files, config):
+    argvs = [argv for *_, cmds in PAGES.values() for argv in cmds]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        texts = dict(zip(map(tuple, argvs), pool.map(_help, argvs), strict=True))
+    for path, (title, what, guide, cmds) in PAGES.items():
+        content = _page(title, what, guide, [(argv, texts[tuple(argv)]) for argv in cmds])
+        existing = files.get_file_from_path(path)
+        if existing is not None:
+            files.remove(existing)
+        files.append(File.generated(config, path, content=content))
+    log.debug("wrote %d CLI reference pages", len(PAGES))
+    return files
