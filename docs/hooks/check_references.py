@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 _PATH = re.compile(r"(?<![\w/.-])((?:bertbeam|benchmarks|docker|pipelines|tests)/[\w./-]*\w"
                    r"|docs/[\w./-]*\.\w+)")  # docs/ needs a suffix: "docs/s" is a rate
 # A dotted module name: bertbeam.core.engine (an attribute after the module is allowed).
-_MODULE = re.compile(r"(?<![\w/.-])(bertbeam(?:\.[a-z_][a-z0-9_]*)+)")
+_MODULE = re.compile(r"(?<![\w/.-])(bertbeam(?:\.[A-Za-z_]\w*)+)")
 
 
 def _module_exists(dotted: str) -> bool:
