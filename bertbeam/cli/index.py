@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
@@ -160,8 +159,9 @@ def _lines(stream: TextIO, prompt: str | None) -> Iterator[str]:
 
 def _print_hits(query: str, hits: list[Hit], *, as_json: bool, heading: bool) -> None:
     if as_json:
-        print(json.dumps({"query": query, "hits": [h.as_dict() for h in hits]},
-                         ensure_ascii=False, default=str))
+        from bertbeam.index.search import hits_json  # strict JSON: no NaN, no overwritten keys
+
+        print(hits_json(query, hits))
         return
     if heading:
         print(f"# {query}")

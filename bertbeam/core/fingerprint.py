@@ -100,6 +100,34 @@ def model_fingerprint(local_dir: str) -> str:
     return fingerprint
 
 
+def fingerprint_matches(local_dir: str, recorded: str) -> bool:
+    """Whether the checkpoint at ``local_dir`` is the one ``recorded`` names: its
+    :func:`model_fingerprint`, or the digest an older bertbeam recorded (files over 2 MiB by
+    their size and first and last MiB), so that indexes and results of an older bertbeam stay
+    usable with an unchanged model."""
+    current = model_fingerprint(local_dir)
+    if recorded == current:
+        return True
+    if current.startswith("rev:") or not re.fullmatch(r"[0-9a-f]{16}", recorded or ""):
+        return False
+    return recorded == _legacy_fingerprint(Path(local_dir).resolve())
+
+
+def _legacy_fingerprint(root: Path) -> str:
+    digest = hashlib.sha256()
+    edge = _HASH_BLOCK_BYTES
+    for rel, path, st in _model_files(root):
+        digest.update(f"{rel}\0{st.st_size}\0".encode())
+        with path.open("rb") as f:
+            if st.st_size <= 2 * edge:
+                digest.update(f.read())
+            else:
+                digest.update(f.read(edge))
+                f.seek(-edge, os.SEEK_END)
+                digest.update(f.read())
+    return digest.hexdigest()[:16]
+
+
 def _model_files(root: Path) -> list[tuple[str, Path, os.stat_result]]:
     files = []
     for path in sorted(p for p in root.rglob("*") if p.is_file()):

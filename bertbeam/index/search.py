@@ -19,8 +19,10 @@ import bisect
 import datetime
 import json
 import logging
+import os
 import shutil
 import tempfile
+import uuid
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -46,6 +48,8 @@ ROWS_FILE = "rows.parquet"
 task's own and the run's stamp); the index keeps ``id`` and every other (carried) column."""
 _ROWS_PER_GROUP = 1024
 _CACHED_GROUPS = 64
+_BUILD_ID_KEY = b"bertbeam.index.build_id"
+_EDGE_BYTES = 1 << 20
 
 
 class SearchIndexError(ValueError):
@@ -101,6 +105,10 @@ class Manifest:
         document_prompt: the prompt the documents were embedded with, when the run recorded it.
         metric: always ``cosine``.
         library: ``faiss`` and its version; ``hnsw``: the graph's parameters.
+        build_id: the build's id, also in ``rows.parquet``'s metadata; ``vectors_bytes`` and
+            ``vectors_digest``: the size and edge digest of ``vectors.faiss``. Together they
+            tell files of another build (or a truncated file) at open.
+        skipped_non_finite: vectors left out because they hold NaN or infinite values.
     """
 
     model: str
@@ -116,6 +124,10 @@ class Manifest:
     library_version: str = ""
     hnsw: dict[str, int] = field(default_factory=dict)
     built_at: str = ""
+    build_id: str = ""
+    vectors_bytes: int = 0
+    vectors_digest: str = ""
+    skipped_non_finite: int = 0
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
 
@@ -151,7 +163,35 @@ class Hit:
     columns: dict[str, Any]
 
     def as_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "score": self.score, **self.columns}
+        """``{"id", "score", carried columns...}``; a carried column named like one of the
+        hit's own keys (``id``, ``score``) is put under ``carried_<name>`` instead, so it never
+        overwrites them."""
+        out: dict[str, Any] = {"id": self.id, "score": self.score}
+        clashing = {name for name in self.columns if name in out}
+        out.update((name, value) for name, value in self.columns.items() if name not in clashing)
+        for name in sorted(clashing):
+            key = f"carried_{name}"
+            while key in out or key in self.columns:
+                key = f"carried_{key}"
+            out[key] = self.columns[name]
+        return out
+
+
+def hits_json(query: str, hits: Sequence[Hit]) -> str:
+    """One query's hits as a line of strict JSON (``search --json``): NaN and infinite values
+    become ``null`` (JSON has no NaN), values JSON cannot hold become their text."""
+    return json.dumps({"query": query, "hits": [_json_safe(h.as_dict()) for h in hits]},
+                      ensure_ascii=False, default=str, allow_nan=False)
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float | np.floating):
+        return float(value) if np.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | np.ndarray):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 def query_prompt(local_dir: str) -> str | None:
@@ -196,12 +236,19 @@ def _document_prompt(files: Sequence[str]) -> str | None:
     return options.get("prompt") or options.get("prompt_name") or None
 
 
-def _batches(files: Sequence[str], columns: list[str], rows: int) -> Iterator[tuple[str, pa.RecordBatch]]:
-    for url in files:
+def _batches(files: Sequence[str], columns: list[str], rows: int) -> Iterator[tuple[int, pa.RecordBatch]]:
+    for number, url in enumerate(files):
         fs, path = url_to_fs(url)
-        with fs.open(path, "rb") as f:
-            for batch in pq.ParquetFile(f).iter_batches(batch_size=rows, columns=columns):
-                yield url, batch
+        try:
+            with fs.open(path, "rb") as f:
+                for batch in pq.ParquetFile(f, page_checksum_verification=True).iter_batches(
+                        batch_size=rows, columns=columns):
+                    yield number, batch
+        except (OSError, pa.ArrowException) as exc:
+            if isinstance(exc, FileNotFoundError):
+                raise
+            raise SearchIndexError(f"{url} cannot be read (a damaged or partly written file?): "
+                                   f"{str(exc).splitlines()[0]}") from exc
 
 
 def _vectors(batch: pa.RecordBatch, dim: int, url: str) -> np.ndarray:
@@ -213,21 +260,101 @@ def _vectors(batch: pa.RecordBatch, dim: int, url: str) -> np.ndarray:
     return vectors.reshape(len(batch), dim)
 
 
+def _id_hashes(ids: pa.Array) -> np.ndarray:
+    return np.fromiter((hash(i) for i in ids.to_pylist()), dtype=np.int64, count=len(ids))
+
+
+def _refuse_duplicates(hashes: np.ndarray, rows_path: Path, files: Sequence[str],
+                       file_starts: list[int]) -> None:
+    """Refuses the build when an id is indexed twice (its hits would come back twice), naming
+    the id and the files that hold it."""
+    order = np.argsort(hashes, kind="stable")
+    same = np.flatnonzero(hashes[order][1:] == hashes[order][:-1])
+    if not len(same):
+        return
+    ids = pq.read_table(rows_path, columns=["id"]).column("id")
+    pairs = sorted((int(order[k + 1]), int(order[k])) for k in same)  # the first repeat read
+    for second, first in pairs:  # a hash collision of two different ids is not a duplicate
+        if ids[first].as_py() == ids[second].as_py():
+            where = sorted({files[bisect.bisect_right(file_starts, r) - 1] for r in (first, second)})
+            raise SearchIndexError(
+                f"The id {ids[first].as_py()!r} is in the embeddings more than once ({' and '.join(where)}); "
+                "an index holds each document once: index one run's results (an incremental run's "
+                "output already holds every document of its day).")
+
+
+def _model_pairs(batch: pa.RecordBatch, model_columns: list[str]) -> list[tuple[Any, ...]]:
+    """The distinct (model URI[, model fingerprint]) pairs of a batch."""
+    table = pa.Table.from_batches([batch.select(model_columns)])
+    unique = table.group_by(model_columns).aggregate([])
+    return list(zip(*(unique.column(c).to_pylist() for c in model_columns), strict=True))
+
+
+def _the_model(pairs: dict[tuple[Any, ...], None], source: str) -> tuple[str, str, str]:
+    """(URI, local directory, fingerprint) of the one model that made the embeddings.
+
+    The rows' recorded model fingerprints decide, not their URIs: the same checkpoint under
+    a new path (a nightly run's carried and computed rows) is one model. Rows without a
+    recorded fingerprint are fingerprinted by the model their URI names now."""
+    from bertbeam.core.fingerprint import fingerprint_matches
+    from bertbeam.core.models import ModelLoadError, resolve_model_dir
+
+    uris = list(dict.fromkeys(pair[0] for pair in pairs))
+    if not uris or None in uris:
+        raise SearchIndexError(f"{source} has no 'model' column values: the index needs the "
+                               "model that made the embeddings, to embed queries the same way.")
+    recorded = {pair[1] for pair in pairs if len(pair) > 1}
+    if len(recorded) > 1 or None in recorded:
+        raise SearchIndexError(
+            f"The embeddings come from more than one model (fingerprints "
+            f"{', '.join(sorted(map(str, recorded)))} of {', '.join(map(str, uris))}); an index "
+            "holds vectors of one model.")
+    found: dict[str, tuple[str, str]] = {}
+    errors = []
+    for uri in reversed(uris):  # the last file's model first: a nightly run's newest rows
+        try:
+            local_dir = resolve_model_dir(uri)
+        except ModelLoadError as exc:
+            errors.append(f"{uri!r}: {exc}")
+            continue
+        if recorded:
+            if fingerprint_matches(local_dir, next(iter(recorded))):
+                return uri, local_dir, model_fingerprint(local_dir)
+            errors.append(f"{uri!r} has changed since the embeddings were made (fingerprint "
+                          f"{model_fingerprint(local_dir)}, the rows record {next(iter(recorded))})")
+            continue
+        found[uri] = (local_dir, model_fingerprint(local_dir))
+    fingerprints = {fp for _, fp in found.values()}
+    if len(fingerprints) > 1:
+        raise SearchIndexError(
+            f"The embeddings come from more than one model ({', '.join(sorted(found))} have "
+            f"fingerprints {', '.join(sorted(fingerprints))}); an index holds vectors of one model.")
+    if found and not errors:
+        uri = next(iter(found))
+        return uri, *found[uri]
+    raise SearchIndexError(f"The embeddings were made by {' or '.join(map(repr, uris))}, which cannot "
+                           f"be used here to embed queries: {'; '.join(errors)}")
+
+
 def build_index(embeddings: str, output: str, *, spec: IndexSpec | None = None) -> Manifest:
     """Builds an index from ``bertbeam embed`` results, streaming them batch by batch.
+
+    Vectors with a NaN or infinite value are left out (they could never be found), counted in
+    the manifest's ``skipped_non_finite`` and in a warning.
 
     Args:
         embeddings: glob of results Parquet files (local, ``gs://``, any fsspec URL).
         output: index directory to write (local, ``gs://``, any fsspec URL); an index
-            already there is replaced.
+            already there is replaced whole (locally by renaming a new directory into place).
         spec: HNSW parameters and the read batch size.
 
     Returns:
         The manifest written to ``output``.
 
     Raises:
-        SearchIndexError: no files match, a file is not embed results, the files mix
-            dimensions, carried columns or models, or the model cannot be found.
+        SearchIndexError: no files match, a file is not embed results or is damaged, the files
+            mix dimensions, carried columns or models, an id is there twice, ``output`` holds
+            other files, or the model cannot be found.
 
     Example::
 
@@ -235,7 +362,6 @@ def build_index(embeddings: str, output: str, *, spec: IndexSpec | None = None) 
         hits = SearchIndex.open("idx/").search(["how do I open a file?"], k=5)[0]
     """
     from bertbeam.filesystems import expand_glob
-    from bertbeam.core.models import ModelLoadError, resolve_model_dir
 
     faiss = _require_faiss()
     spec = spec or IndexSpec()
@@ -245,73 +371,184 @@ def build_index(embeddings: str, output: str, *, spec: IndexSpec | None = None) 
     first_schema = None
     for url in files:
         fs, path = url_to_fs(url)
-        with fs.open(path, "rb") as f:
-            schema = pq.ParquetFile(f).schema_arrow
+        try:
+            with fs.open(path, "rb") as f:
+                schema = pq.ParquetFile(f).schema_arrow
+        except (OSError, pa.ArrowException) as exc:
+            if isinstance(exc, FileNotFoundError):
+                raise
+            raise SearchIndexError(f"{url} is not a readable Parquet file: "
+                                   f"{str(exc).splitlines()[0]}") from exc
         dim = _check_results_schema(url, schema, first_schema)
         first_schema = first_schema or schema
     carried = [n for n in first_schema.names if n not in TASK_COLUMNS and n != "id"]
-    has_model = "model" in first_schema.names
-    columns = ["id", "embedding", *carried, *(["model"] if has_model else [])]
+    model_columns = [c for c in ("model", "model_fingerprint") if c in first_schema.names]
+    columns = ["id", "embedding", *carried, *model_columns]
 
+    staging = _Staging(output)
     index = faiss.IndexHNSWFlat(dim, spec.m, faiss.METRIC_INNER_PRODUCT)
     index.hnsw.efConstruction = spec.ef_construction
     threads_before = faiss.omp_get_max_threads()
     if spec.threads:
         faiss.omp_set_num_threads(spec.threads)
-    workdir = Path(tempfile.mkdtemp(prefix="bertbeam-index-"))
-    models: set[str] = set()
+    build_id = uuid.uuid4().hex
+    pairs: dict[tuple[Any, ...], None] = {}
+    hashes: list[np.ndarray] = []
+    file_starts = [0] * len(files)
+    skipped = 0
     try:
-        rows_schema = pa.schema([first_schema.field(n) for n in ["id", *carried]])
+        workdir = staging.directory
+        rows_schema = pa.schema([first_schema.field(n) for n in ["id", *carried]],
+                                metadata={_BUILD_ID_KEY: build_id})
         with pq.ParquetWriter(workdir / ROWS_FILE, rows_schema) as rows:
-            for url, batch in _batches(files, columns, spec.batch_rows):
-                vectors = _vectors(batch, dim, url)
+            current = -1
+            for number, batch in _batches(files, columns, spec.batch_rows):
+                while current < number:  # where each file's rows start (for error messages)
+                    current += 1
+                    file_starts[current] = int(index.ntotal)
+                vectors = _vectors(batch, dim, files[number])
+                finite = np.isfinite(vectors).all(axis=1)
+                if not finite.all():
+                    skipped += int((~finite).sum())
+                    vectors = np.ascontiguousarray(vectors[finite])
+                    batch = batch.filter(pa.array(finite))
+                if model_columns:
+                    pairs.update(dict.fromkeys(_model_pairs(batch, model_columns)))
+                if not len(batch):
+                    continue
                 faiss.normalize_L2(vectors)
                 index.add(vectors)
+                hashes.append(_id_hashes(batch.column("id")))
                 rows.write_table(pa.Table.from_batches([batch]).select(["id", *carried]),
                                  row_group_size=_ROWS_PER_GROUP)
-                if has_model:
-                    models.update(batch.column("model").unique().to_pylist())
-                    if len(models) > 1:
-                        raise SearchIndexError(
-                            f"The embeddings come from more than one model ({sorted(map(str, models))}); "
-                            "an index holds vectors of one model.")
+        if skipped:
+            _LOG.warning("%d vectors with NaN or infinite values left out of the index (their "
+                         "documents cannot be found): recompute them with `bertbeam embed`.", skipped)
         if index.ntotal == 0:
-            raise SearchIndexError(f"--embeddings {embeddings!r} holds no rows.")
-        if not models or None in models:
-            raise SearchIndexError(f"{files[0]} has no 'model' column values: the index needs the "
-                                   "model that made the embeddings, to embed queries the same way.")
-        model = models.pop()
-        try:
-            local_dir = resolve_model_dir(model)
-        except ModelLoadError as exc:
-            raise SearchIndexError(f"The embeddings were made by {model!r}, which cannot be loaded "
-                                   f"here to fingerprint it: {exc}") from exc
+            raise SearchIndexError(f"--embeddings {embeddings!r} holds no rows" + (
+                f" with finite vectors ({skipped} hold NaN or infinite values)." if skipped else "."))
+        _refuse_duplicates(np.concatenate(hashes), workdir / ROWS_FILE, files, file_starts)
+        model, local_dir, fingerprint = _the_model(pairs, files[0])
         faiss.write_index(index, str(workdir / VECTORS_FILE))
         manifest = Manifest(
-            model=model, model_fingerprint=model_fingerprint(local_dir), dimension=dim,
+            model=model, model_fingerprint=fingerprint, dimension=dim,
             count=int(index.ntotal), columns=tuple(carried), query_prompt=query_prompt(local_dir),
             document_prompt=_document_prompt(files), embeddings=embeddings,
             library_version=faiss.__version__,
             hnsw={"m": spec.m, "ef_construction": spec.ef_construction, "ef_search": spec.ef_search},
-            built_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+            built_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            build_id=build_id, vectors_bytes=(workdir / VECTORS_FILE).stat().st_size,
+            vectors_digest=_edges_digest(workdir / VECTORS_FILE),
+            skipped_non_finite=skipped)
         (workdir / MANIFEST_FILE).write_text(manifest.to_json())
-        _publish(workdir, output)
+        staging.publish()
     finally:
         faiss.omp_set_num_threads(threads_before)
-        shutil.rmtree(workdir, ignore_errors=True)
+        staging.discard()
     return manifest
 
 
-def _publish(workdir: Path, output: str) -> None:
-    """Copies the built files to ``output``, the manifest last (and an old one removed first),
-    so a reader never sees a manifest beside files it does not describe."""
-    fs, root = url_to_fs(output)
-    root = root.rstrip("/")
-    fs.makedirs(root, exist_ok=True)
-    if fs.exists(f"{root}/{MANIFEST_FILE}"):
-        fs.rm(f"{root}/{MANIFEST_FILE}")
-    for name in (VECTORS_FILE, ROWS_FILE, MANIFEST_FILE):
-        fs.put_file(str(workdir / name), f"{root}/{name}")
+def _edges_digest(path: Path) -> str:
+    """SHA-256 of a file's size, first and last MiB: tells a vectors file of another build
+    (the graph's header and the last vectors differ) at the cost of 2 MiB read."""
+    import hashlib
+
+    size = path.stat().st_size
+    digest = hashlib.sha256(str(size).encode())
+    with path.open("rb") as f:
+        digest.update(f.read(_EDGE_BYTES))
+        if size > _EDGE_BYTES:
+            f.seek(max(_EDGE_BYTES, size - _EDGE_BYTES))
+            digest.update(f.read())
+    return digest.hexdigest()[:32]
+
+
+class _Staging:
+    """Where a build writes its files, and how they are published to ``output``.
+
+    Local: a new directory beside ``output`` (same file system), renamed into place whole,
+    the old index moved aside first and removed after, so a reader sees the old index or the
+    new one, never a mix, and no file is written through a link planted in ``output``.
+    Elsewhere (``gs://``): a local temporary directory whose files are copied up, the manifest
+    removed first and written last; every file carries the build's id, which
+    :meth:`SearchIndex.open` checks."""
+
+    _INDEX_FILES = frozenset({MANIFEST_FILE, VECTORS_FILE, ROWS_FILE})
+
+    def __init__(self, output: str):
+        from fsspec.implementations.local import LocalFileSystem
+
+        self._fs, root = url_to_fs(output)
+        self._root = root.rstrip("/") or "/"
+        self._local = isinstance(self._fs, LocalFileSystem)
+        if self._local:
+            target = Path(self._root)
+            if target.is_symlink():
+                raise SearchIndexError(f"--output {output} is a symbolic link; give the index "
+                                       "directory itself.")
+            if target.exists() and not target.is_dir():
+                raise SearchIndexError(f"--output {output} is a file, not a directory.")
+            others = sorted(p.name for p in target.iterdir()
+                            if p.name not in self._INDEX_FILES) if target.exists() else []
+            if others:
+                raise SearchIndexError(
+                    f"--output {output} holds files other than an index ({', '.join(others[:3])}"
+                    f"{', ...' if len(others) > 3 else ''}); an index build replaces its directory "
+                    "whole: give an empty directory, a new one, or an earlier index.")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self.directory = Path(tempfile.mkdtemp(prefix=f".{target.name}.building-",
+                                                   dir=target.parent))
+        else:
+            self.directory = Path(tempfile.mkdtemp(prefix="bertbeam-index-"))
+
+    def publish(self) -> None:
+        if self._local:
+            target = Path(self._root)
+            old = None
+            if target.exists():
+                old = target.parent / f".{target.name}.replaced-{uuid.uuid4().hex[:12]}"
+                os.rename(target, old)
+            os.rename(self.directory, target)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+            return
+        fs, root = self._fs, self._root
+        fs.makedirs(root, exist_ok=True)
+        if fs.exists(f"{root}/{MANIFEST_FILE}"):
+            fs.rm(f"{root}/{MANIFEST_FILE}")
+        for name in (VECTORS_FILE, ROWS_FILE, MANIFEST_FILE):
+            fs.put_file(str(self.directory / name), f"{root}/{name}")
+
+    def discard(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _check_files(local: Path, manifest: Manifest, location: str) -> None:
+    """Refuses an index whose files are not the manifest's: truncated, or of another build
+    (an index written by a bertbeam that recorded no build id is taken as it is)."""
+    for name in (VECTORS_FILE, ROWS_FILE):
+        if not (local / name).is_file():
+            raise SearchIndexError(f"{location} is not a complete bertbeam index (no {name}); "
+                                   "rebuild it.")
+    if manifest.vectors_bytes:
+        size = (local / VECTORS_FILE).stat().st_size
+        if size != manifest.vectors_bytes:
+            raise SearchIndexError(
+                f"{location}/{VECTORS_FILE} is {size} bytes but {MANIFEST_FILE} says "
+                f"{manifest.vectors_bytes} (truncated, or of another build): rebuild the index.")
+        if manifest.vectors_digest and _edges_digest(local / VECTORS_FILE) != manifest.vectors_digest:
+            raise SearchIndexError(f"{location}/{VECTORS_FILE} is not the file this index's "
+                                   f"{MANIFEST_FILE} describes (another build's?): rebuild the index.")
+    if manifest.build_id:
+        try:
+            meta = pq.read_metadata(local / ROWS_FILE)
+        except (OSError, pa.ArrowException) as exc:
+            raise SearchIndexError(f"{location}/{ROWS_FILE} cannot be read (damaged or truncated): "
+                                   "rebuild the index.") from exc
+        theirs = (meta.metadata or {}).get(_BUILD_ID_KEY, b"").decode()
+        if theirs != manifest.build_id or meta.num_rows != manifest.count:
+            raise SearchIndexError(f"{location}/{ROWS_FILE} is not the file this index's "
+                                   f"{MANIFEST_FILE} describes (another build's?): rebuild the index.")
 
 
 class SearchIndex:
@@ -362,13 +599,24 @@ class SearchIndex:
             for name in (VECTORS_FILE, ROWS_FILE):
                 fs.get_file(f"{root}/{name}", f"{workdir}/{name}")
             local = workdir
-        vectors = faiss.read_index(f"{local}/{VECTORS_FILE}")
-        vectors.hnsw.efSearch = int(manifest.hnsw.get("ef_search", IndexSpec.ef_search))
-        if vectors.d != manifest.dimension or vectors.ntotal != manifest.count:
-            raise SearchIndexError(
-                f"{location}: {VECTORS_FILE} holds {vectors.ntotal} vectors of dimension {vectors.d} "
-                f"but {MANIFEST_FILE} says {manifest.count} of {manifest.dimension}; rebuild it.")
-        return cls(location, manifest, vectors, f"{local}/{ROWS_FILE}", workdir)
+        try:
+            _check_files(Path(local), manifest, location)
+            try:
+                vectors = faiss.read_index(f"{local}/{VECTORS_FILE}")
+            except RuntimeError as exc:  # FAISS's own error: a damaged file
+                raise SearchIndexError(f"{location}/{VECTORS_FILE} cannot be read (damaged or "
+                                       f"truncated): rebuild the index.") from exc
+            vectors.hnsw.efSearch = int(manifest.hnsw.get("ef_search", IndexSpec.ef_search))
+            if vectors.d != manifest.dimension or vectors.ntotal != manifest.count:
+                raise SearchIndexError(
+                    f"{location}: {VECTORS_FILE} holds {vectors.ntotal} vectors of dimension "
+                    f"{vectors.d} but {MANIFEST_FILE} says {manifest.count} of "
+                    f"{manifest.dimension}; rebuild it.")
+            return cls(location, manifest, vectors, f"{local}/{ROWS_FILE}", workdir)
+        except BaseException:
+            if workdir:
+                shutil.rmtree(workdir, ignore_errors=True)
+            raise
 
     def close(self) -> None:
         """Closes the rows file and removes the local copy of a remote index."""
@@ -489,6 +737,7 @@ class QueryEncoder:
         Raises:
             SearchIndexError: the model cannot be loaded or is not the one that built the index.
         """
+        from bertbeam.core.fingerprint import fingerprint_matches
         from bertbeam.core.models import ModelLoadError, resolve_model_dir
 
         uri = model or manifest.model
@@ -496,8 +745,8 @@ class QueryEncoder:
             local_dir = resolve_model_dir(uri)
         except ModelLoadError as exc:
             raise SearchIndexError(f"Cannot load the model {uri!r} to embed the query: {exc}") from exc
-        fingerprint = model_fingerprint(local_dir)
-        if fingerprint != manifest.model_fingerprint:
+        if not fingerprint_matches(local_dir, manifest.model_fingerprint):
+            fingerprint = model_fingerprint(local_dir)
             what = "the model at that URI has changed since" if uri == manifest.model else "another model"
             raise SearchIndexError(
                 f"The index was built with {manifest.model!r} (fingerprint "
