@@ -14,6 +14,7 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
+from mkdocs.exceptions import PluginError
 from mkdocs.structure.files import File
 
 log = logging.getLogger("mkdocs.plugins.cli_reference")
@@ -73,8 +74,8 @@ def _help(argv: list[str]) -> str:
     done = subprocess.run([sys.executable, "-c", _RUN, *argv, "--help"], capture_output=True,
                           text=True, env=env, timeout=300, check=False)
     if done.returncode != 0 or not done.stdout.strip():
-        raise RuntimeError(f"`bertbeam {' '.join(argv)} --help` failed (exit {done.returncode}): "
-                           f"{(done.stderr or done.stdout).strip().splitlines()[-1:]}")
+        raise PluginError(f"`bertbeam {' '.join(argv)} --help` failed (exit {done.returncode}): "
+                          f"{((done.stderr or done.stdout).strip().splitlines() or [''])[-1]}")
     return done.stdout.rstrip()
 
 
