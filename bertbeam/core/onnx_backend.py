@@ -17,23 +17,35 @@ Measured on the 2-core machine (all-MiniLM-L6-v2, 512 demo texts in length-sorte
 torch float32 mean 0.992, min 0.982; static (calibrated) activations were not needed to meet
 the fidelity bar. The model then runs through :class:`OnnxModel`, which answers like a
 transformers model (``model(**inputs).logits``), so the tasks' ``forward`` is unchanged.
+
+The cache under faults: an export records its ``model.onnx``'s size and SHA-256 last
+(``export.json``), so a damaged or partial entry is exported again; a complete one is read
+without taking the lock (a read-only cache serves), and an unwritable cache exports to a
+temporary directory. ``--backend onnx`` exports at launch (:func:`check_export`), so a
+checkpoint the exporter cannot handle fails in one line before any worker starts.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import logging
 import os
+import tempfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 _LOG = logging.getLogger(__name__)
 
-EXPORT_VERSION = 1  # bump when the export steps change: old cache entries are then ignored
+EXPORT_VERSION = 2  # bump when the export steps change: old cache entries are then ignored
 OPSET = 17
+MODEL_FILE = "model.onnx"
+RECORD_FILE = "export.json"  # size and SHA-256 of model.onnx, written last: the export is complete
 
 # The outputs each head's ONNX graph returns, in order.
 OUTPUTS = {
@@ -69,26 +81,140 @@ def export_dir(local_dir: str, model_class: str, quantize: str, cache_root: Path
     return cache_root / "onnx" / hashlib.sha256(key.encode()).hexdigest()[:24]
 
 
+class OnnxExportError(ValueError):
+    """The ONNX exporter (or ONNX Runtime) cannot handle this checkpoint: a user's choice of
+    ``--backend onnx`` for a model it does not fit, reported in one line at launch."""
+
+
 def load_onnx(local_dir: str, model_class: str, *, quantize: str, config: Any, tokenizer: Any,
               threads: int, cache_root: Path, allow_pickle_weights: bool,
               trust_remote_code: bool) -> OnnxModel:
     """The ONNX Runtime model for a checkpoint and head, exported on first use (under a file
-    lock, so parallel workers export once) and read from the cache afterwards."""
-    from filelock import FileLock
+    lock, so parallel workers export once) and read from the cache afterwards.
 
+    A cached export is used only when it is complete and intact (its size and SHA-256 as
+    recorded at export time): a damaged one is exported again. Reading a complete export
+    takes no lock, so a read-only cache serves; where the cache cannot be written, the export
+    goes to a temporary directory for this process."""
     ort = _require_onnxruntime()
-    target = export_dir(local_dir, model_class, quantize, cache_root)
-    target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with FileLock(str(target) + ".lock"):
-        if not (target / "model.onnx").exists():
-            _export(local_dir, model_class, quantize, config, tokenizer, target,
-                    allow_pickle_weights=allow_pickle_weights, trust_remote_code=trust_remote_code)
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    session = ort.InferenceSession(str(target / "model.onnx"), options,
-                                   providers=["CPUExecutionProvider"])
+    with exported(local_dir, model_class, quantize=quantize, config=config, tokenizer=tokenizer,
+                  cache_root=cache_root, allow_pickle_weights=allow_pickle_weights,
+                  trust_remote_code=trust_remote_code) as path:
+        session = _session(ort, path, options, local_dir, model_class)
     return OnnxModel(session, config, OUTPUTS[model_class])
+
+
+def check_export(local_dir: str, uri: str, model_class: str, *, quantize: str, config: Any,
+                 tokenizer: Any, cache_root: Path, allow_pickle_weights: bool,
+                 trust_remote_code: bool) -> None:
+    """Launch check of ``--backend onnx``: exports the checkpoint now (into the cache the
+    workers read, so a local run exports once) and opens it with ONNX Runtime.
+
+    Raises:
+        OnnxExportError: the exporter or ONNX Runtime cannot handle the checkpoint.
+    """
+    ort = _require_onnxruntime()
+    try:
+        with exported(local_dir, model_class, quantize=quantize, config=config,
+                      tokenizer=tokenizer, cache_root=cache_root,
+                      allow_pickle_weights=allow_pickle_weights,
+                      trust_remote_code=trust_remote_code) as path:
+            _session(ort, path, ort.SessionOptions(), local_dir, model_class)
+    except OnnxExportError as exc:
+        raise OnnxExportError(str(exc).replace(local_dir, uri)) from exc.__cause__
+
+
+def _session(ort: Any, path: Path, options: Any, local_dir: str, model_class: str) -> Any:
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ONNX Runtime's errors have no common base class
+        raise OnnxExportError(f"ONNX Runtime cannot run the export of {local_dir} ({model_class}): "
+                              f"{_first_line(exc)}. Run this model with --backend torch.") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[0][:300] if lines else ''}"
+
+
+@contextlib.contextmanager
+def exported(local_dir: str, model_class: str, *, quantize: str, config: Any, tokenizer: Any,
+             cache_root: Path, allow_pickle_weights: bool, trust_remote_code: bool
+             ) -> Iterator[Path]:
+    """The path of an intact ``model.onnx`` of this checkpoint, head and quantization: from
+    the cache, exported there (under a lock) when missing or damaged, or exported to a
+    temporary directory (removed after the block) when the cache cannot be written."""
+    target = export_dir(local_dir, model_class, quantize, cache_root)
+    if _intact(target):  # no lock to read: a read-only cache serves
+        yield target / MODEL_FILE
+        return
+    args = (local_dir, model_class, quantize, config, tokenizer)
+    flags = {"allow_pickle_weights": allow_pickle_weights, "trust_remote_code": trust_remote_code}
+    from filelock import FileLock
+
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        lock = FileLock(str(target) + ".lock")
+        lock.acquire()
+    except OSError as exc:
+        _LOG.warning("The ONNX cache %s cannot be written (%s): exporting %s to a temporary "
+                     "directory for this process.", target.parent, exc, local_dir)
+        with tempfile.TemporaryDirectory(prefix="bertbeam-onnx-") as temp:
+            _guarded_export(*args, Path(temp) / "export", **flags)
+            yield Path(temp) / "export" / MODEL_FILE
+        return
+    try:
+        if not _intact(target):
+            if (target / MODEL_FILE).exists():
+                _LOG.warning("The cached ONNX export %s is incomplete or damaged: exporting "
+                             "again.", target)
+            _guarded_export(*args, target, **flags)
+    finally:
+        lock.release()
+    yield target / MODEL_FILE
+
+
+def _guarded_export(local_dir: str, model_class: str, quantize: str, config: Any, tokenizer: Any,
+                    target: Path, **flags: bool) -> None:
+    try:
+        _export(local_dir, model_class, quantize, config, tokenizer, target, **flags)
+    except (ImportError, MemoryError, KeyboardInterrupt):
+        raise
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+            raise  # the machine, not the checkpoint
+        raise OnnxExportError(_cannot_export(local_dir, model_class, config, exc)) from exc
+    except Exception as exc:  # the exporter's failures have no common base class
+        raise OnnxExportError(_cannot_export(local_dir, model_class, config, exc)) from exc
+
+
+def _cannot_export(local_dir: str, model_class: str, config: Any, exc: BaseException) -> str:
+    return (f"The ONNX exporter cannot handle {local_dir} (model type "
+            f"{getattr(config, 'model_type', '?')!r}, {model_class}): {_first_line(exc)}. Run "
+            "this model with --backend torch.")
+
+
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _intact(target: Path) -> bool:
+    """Whether ``target`` holds a complete export whose ``model.onnx`` has the size and
+    SHA-256 recorded when it was written (a truncated or altered file does not)."""
+    try:
+        record = json.loads((target / RECORD_FILE).read_text())
+        model = target / MODEL_FILE
+        return (isinstance(record, dict) and model.stat().st_size == record.get("bytes")
+                and _digest(model) == record.get("sha256"))
+    except (OSError, ValueError):
+        return False
 
 
 def _export(local_dir: str, model_class: str, quantize: str, config: Any, tokenizer: Any,
@@ -99,6 +225,7 @@ def _export(local_dir: str, model_class: str, quantize: str, config: Any, tokeni
     import torch
     import transformers
 
+    target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     staging = target.parent / f".{target.name}.{uuid.uuid4().hex}"
     staging.mkdir(mode=0o700)
     try:
@@ -135,6 +262,8 @@ def _export(local_dir: str, model_class: str, quantize: str, config: Any, tokeni
             leftover.unlink(missing_ok=True)
         for extra in staging.glob("*.data"):  # external weights of the raw export
             extra.unlink()
+        (staging / RECORD_FILE).write_text(json.dumps(
+            {"bytes": final.stat().st_size, "sha256": _digest(final)}))
         if target.exists():
             shutil.rmtree(target)
         os.replace(staging, target)

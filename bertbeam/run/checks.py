@@ -7,7 +7,8 @@ line that names the problem, so that no compute is spent on a job bound to fail 
   ``*.safetensors`` file complete (its header read, not its tensors), the task's head weights
   present with the shapes the config implies;
 * settings against the resolved model: the window leaves room for text, the stride fits the
-  window, ``--device cuda`` where the local machine has no CUDA device.
+  window, ``--device cuda`` where the local machine has no CUDA device, ``--backend onnx``
+  for a checkpoint the exporter can handle.
 """
 
 from __future__ import annotations
@@ -216,6 +217,22 @@ def load_tokenizer(local_dir: str, spec: Any) -> Any:
         raise
     except Exception as exc:
         raise ModelLoadError(_model_error(spec.uri, exc)) from exc
+
+
+def check_onnx_export(local_dir: str, spec: Any, config: Any, tokenizer: Any,
+                      model_class: str) -> None:
+    """``--backend onnx``: the checkpoint is exported now (into the cache the workers read)
+    and opened with ONNX Runtime, so a model the exporter cannot handle fails here in one
+    line, not on every worker (:func:`bertbeam.core.onnx_backend.check_export`)."""
+    if spec.backend != "onnx":
+        return
+    from bertbeam.core.models import default_cache_dir
+    from bertbeam.core.onnx_backend import check_export
+
+    check_export(local_dir, spec.uri, model_class, quantize=spec.quantize, config=config,
+                 tokenizer=tokenizer, cache_root=Path(spec.cache_dir or default_cache_dir()),
+                 allow_pickle_weights=spec.allow_pickle_weights,
+                 trust_remote_code=spec.trust_remote_code)
 
 
 # -- settings against the resolved model --------------------------------------------------------

@@ -227,6 +227,7 @@ def preflight(job: Job, options: PipelineOptions | None = None) -> Prepared:
     check_task_fit(config, job.task.model_class, spec.uri)
     checks.check_head_weights(local_dir, spec.uri, config, job.task.model_class)
     tokenizer = checks.load_tokenizer(local_dir, spec)
+    checks.check_onnx_export(local_dir, spec, config, tokenizer, job.task.model_class)
     max_length = resolve_max_length(tokenizer, config, local_dir, job.run.tokenize)
     checks.check_window(tokenizer, max_length, job.run.tokenize, pairs=job.task.pair_input)
     if job.run.tokenize.long_docs == "chunk":

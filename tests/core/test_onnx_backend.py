@@ -140,3 +140,87 @@ def test_int8_labels_do_not_depend_on_the_thread_count(tmp_path, tiny_model, bac
     assert labels["t1"] == labels["t2"] == labels["t4"] and len(labels["t1"]) == 120
     for name in ("t2", "t4"):
         _close(out[name][0], out["t1"][0], atol=1e-6)
+
+
+# -- the export cache under faults (issue 27) ---------------------------------------------------
+
+
+def _spy_exports(monkeypatch) -> list[str]:
+    from bertbeam.core import onnx_backend
+
+    exports: list[str] = []
+    real = onnx_backend._export
+    monkeypatch.setattr(onnx_backend, "_export",
+                        lambda *a, **k: exports.append(str(a[5])) or real(*a, **k))
+    return exports
+
+
+def _embed(model, cache) -> np.ndarray:
+    from bertbeam.core.models import load_model
+
+    loaded = load_model(ModelSpec(uri=model, backend="onnx", cache_dir=str(cache)), "AutoModel")
+    inputs = loaded.tokenizer(SAMPLE_TEXTS[:3], padding=True, return_tensors="pt")
+    return loaded.model(**inputs).last_hidden_state.numpy()
+
+
+def test_a_damaged_cached_export_is_detected_and_rebuilt(tmp_path, tiny_model, monkeypatch):
+    """Bytes of the cached model.onnx altered (same size) or the file cut short: the next
+    load exports again instead of failing (or running altered weights) forever."""
+    model = tiny_model("bert", "base")
+    exports = _spy_exports(monkeypatch)
+    expected = _embed(model, tmp_path)
+    (onnx,) = (tmp_path / "onnx").glob("*/model.onnx")
+    data = bytearray(onnx.read_bytes())
+    for i in range(len(data) // 2, len(data) // 2 + 16):
+        data[i] ^= 0xFF
+    onnx.write_bytes(bytes(data))
+    np.testing.assert_allclose(_embed(model, tmp_path), expected, atol=1e-5)
+    onnx.write_bytes(onnx.read_bytes()[:1000])
+    np.testing.assert_allclose(_embed(model, tmp_path), expected, atol=1e-5)
+    assert len(exports) == 3
+    np.testing.assert_allclose(_embed(model, tmp_path), expected, atol=1e-5)
+    assert len(exports) == 3  # an intact export is read, not made again
+
+
+def test_a_complete_export_is_read_without_a_lock_and_an_unwritable_cache_still_runs(
+        tmp_path, tiny_model, monkeypatch):
+    """Reading a complete export takes no lock (no lock file appears: a read-only cache
+    serves); a cache that cannot be written at all exports to a temporary directory."""
+    import filelock
+
+    model = tiny_model("bert", "base")
+    expected = _embed(model, tmp_path)
+    for lock in (tmp_path / "onnx").glob("*.lock"):
+        lock.unlink()
+
+    def unwritable(self, *args, **kwargs):
+        raise PermissionError(13, "Read-only file system", self.lock_file)
+
+    monkeypatch.setattr(filelock.FileLock, "acquire", unwritable)
+    exports = _spy_exports(monkeypatch)
+    np.testing.assert_allclose(_embed(model, tmp_path), expected, atol=1e-5)
+    assert exports == [] and not list((tmp_path / "onnx").glob("*.lock"))
+    np.testing.assert_allclose(_embed(model, tmp_path / "elsewhere"), expected, atol=1e-5)
+    assert len(exports) == 1 and "bertbeam-onnx-" in exports[0]
+    assert not list((tmp_path / "elsewhere" / "onnx").glob("*/model.onnx"))
+
+
+def test_a_checkpoint_the_exporter_cannot_handle_fails_at_launch_in_one_line(
+        tmp_path, tiny_model, monkeypatch, capsys):
+    from bertbeam.core import onnx_backend
+
+    def exporter_fails(*args, **kwargs):
+        raise RuntimeError("Exporting the operator 'aten::unknown' to ONNX opset 17 is not "
+                           "supported.\n" + "\n".join(f"  frame {i}" for i in range(200)))
+
+    monkeypatch.setattr(onnx_backend, "_export", exporter_fails)
+    corpus = write_corpus(tmp_path / "in.parquet", {"id": ["a", "b"], "text": SAMPLE_TEXTS[:2]})
+    model = tiny_model("bert", "base")
+    capsys.readouterr()
+    assert run_cli("embed", "--input", corpus, "--output", tmp_path / "o", "--model", model,
+                   "--backend", "onnx", "--model-cache-dir", tmp_path / "cache") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert "ONNX exporter cannot handle" in err and "aten::unknown" in err and model in err
+    assert "--backend torch" in err
+    assert not list((tmp_path / "o").glob("results-*"))
