@@ -29,12 +29,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from bertbeam.beam.reading import InputError
 from bertbeam.core import metrics
 from bertbeam.core.deadletter import DEAD_LETTER, DeadLetter
-from bertbeam.filesystems import expand_glob, url_to_fs
 from bertbeam.core.fingerprint import STAMP_COLUMNS, TEXT_FINGERPRINT_CHARS, text_fingerprint
-from bertbeam.beam.reading import InputError
 from bertbeam.core.records import Document, DocumentChunk, table_rows
+from bertbeam.filesystems import expand_glob, url_to_fs
 
 _LOG = logging.getLogger("bertbeam")
 
@@ -43,6 +43,7 @@ STAMP_FIELDS = [pa.field(name, pa.string(), nullable=False) for name in STAMP_CO
 """The columns every job result row ends with."""
 
 CARRIED = "carried"
+REMOVED = "removed"
 _KEY_SEPARATOR = "\x1f"
 
 
@@ -265,12 +266,14 @@ def _finite(array: pa.Array) -> np.ndarray:
 
 class _ChooseFn(beam.DoFn):
     """One id's document and earlier rows -> its earlier row (tagged ``carried``) when the
-    text is unchanged, else the document (to compute); nothing when the id left the corpus."""
+    text is unchanged, else the document (to compute); the id (tagged ``removed``) when it
+    left the corpus."""
 
     def process(self, element: tuple[str, dict[str, list]]) -> Iterator[Any]:
-        _, joined = element
+        doc_id, joined = element
         docs, previous = joined["documents"], joined["previous"]
         if not docs:
+            yield beam.pvalue.TaggedOutput(REMOVED, doc_id)
             return
         doc = docs[0]
         fp = text_fingerprint(doc.text, doc.text_pair, doc.extra)
@@ -283,7 +286,8 @@ class _ChooseFn(beam.DoFn):
 
 
 class JoinPrevious(beam.PTransform):
-    """Document -> ``{"documents": Document to compute, "carried": earlier row dict}``.
+    """Document -> ``{"documents": Document to compute, "carried": earlier row dict,
+    "removed": id of an earlier row whose document left the corpus}``.
 
     Joins the corpus by id with the rows of earlier runs' results files (``files``, from
     :func:`previous_result_files`) that have this job's fingerprint: an unchanged document's
@@ -314,9 +318,39 @@ class JoinPrevious(beam.PTransform):
         out = (
             {"documents": keyed, "previous": previous}
             | "JoinById" >> beam.CoGroupByKey()
-            | "Choose" >> beam.ParDo(_ChooseFn()).with_outputs(CARRIED, main="documents")
+            | "Choose" >> beam.ParDo(_ChooseFn()).with_outputs(CARRIED, REMOVED, main="documents")
         )
-        return {"documents": out.documents, CARRIED: out[CARRIED]}
+        return {"documents": out.documents, CARRIED: out[CARRIED], REMOVED: out[REMOVED]}
+
+
+def changes(previous_files: Iterable[str], output_dir: str) -> dict[str, Any]:
+    """What changed since the earlier run(s): ids ``added`` (no earlier row), ``changed``
+    (another text fingerprint), ``unchanged`` and ``removed`` (earlier rows whose id is
+    neither in this run's results nor in its dead letter), from the files alone."""
+    from bertbeam.beam.writing import read_table
+
+    before: dict[str, str] = {}
+    for url in previous_files:
+        fs, path = url_to_fs(url)
+        with fs.open(path, "rb") as f:
+            table = pq.read_table(f, columns=["id", TEXT_FP])
+        for doc_id, fp in zip(table.column("id").to_pylist(), table.column(TEXT_FP).to_pylist(),
+                              strict=True):
+            before.setdefault(doc_id, fp)
+    now = read_table(output_dir, "results", ["id", TEXT_FP])
+    out: dict[str, list[str]] = {"added": [], "changed": [], "unchanged": []}
+    current = set()
+    if now.num_rows:
+        for doc_id, fp in zip(now.column("id").to_pylist(), now.column(TEXT_FP).to_pylist(),
+                              strict=True):
+            current.add(doc_id)
+            key = "added" if doc_id not in before else "unchanged" if before[doc_id] == fp else "changed"
+            out[key].append(doc_id)
+    dead = read_table(output_dir, "dead_letter", ["id"])
+    if dead.num_rows:
+        current.update(d for d in dead.column("id").to_pylist() if d is not None)
+    out["removed"] = sorted(i for i in before if i not in current)
+    return out
 
 
 def count_computed(output_dir: str, run_id: str) -> int:

@@ -3,12 +3,10 @@
 :class:`MakeChunks` turns the rows ``bertbeam embed`` writes (``id``, ``embedding``, the
 task's columns and any carried columns) into Beam RAG ``Chunk``\\ s, which every
 ``VectorDatabaseWriteTransform`` configuration takes: Milvus, Qdrant, BigQuery, AlloyDB,
-Cloud SQL, Spanner, ... The helpers below derive the schema each of three writers needs
-from the results' Arrow schema:
+Cloud SQL, Spanner, ... The helpers below derive the schema each of two writers needs
+from the results' Arrow schema (``bertbeam embed --sink`` keeps Milvus and Qdrant
+collections in sync itself: :mod:`bertbeam.beam.sinks`):
 
-* :class:`MilvusSink`: ``bertbeam embed --sink milvus:PATH.db`` (Milvus Lite, a local
-  file) or ``--sink milvus:http://host:19530``; it creates the collection on the launcher
-  and writes through Beam's ``MilvusVectorWriterConfig``.
 * :func:`bigquery_schema_config`: a typed BigQuery table (one column per carried column)
   for ``BigQueryVectorWriterConfig``.
 * :func:`postgres_column_specs` / :func:`postgres_create_table`: columns and pgvector DDL
@@ -17,8 +15,6 @@ from the results' Arrow schema:
 
 from __future__ import annotations
 
-import argparse
-import datetime
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,34 +24,23 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 
+from bertbeam.beam.sinks import (  # noqa: F401  (the sinks moved; their old home still works)
+    ID_COLUMN,
+    SINK_KINDS,
+    TEXT_COLUMN,
+    MilvusSink,
+    QdrantSink,
+    add_sink_args,
+    parse_sink,
+    sink_from_args,
+)
+from bertbeam.beam.sinks import plain as _plain
 from bertbeam.tasks.embed import TASK_COLUMNS
-from bertbeam.core.records import iter_rows
-
-ID_COLUMN = "id"
-TEXT_COLUMN = "text"
-SINK_KINDS = ("milvus",)
 
 
 def metadata_columns(schema: pa.Schema, text_column: str | None = TEXT_COLUMN) -> list[str]:
     """The carried columns of a results schema: all but ``id``, the text and the task's own."""
     return [n for n in schema.names if n not in (ID_COLUMN, text_column, *TASK_COLUMNS)]
-
-
-def _plain(value: Any) -> Any:
-    """A metadata value as plain JSON-able Python (numpy and dates included)."""
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, datetime.datetime | datetime.date | datetime.time):
-        return value.isoformat()
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace")
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
 
 
 def to_chunk(row: Any, *, text_column: str | None = TEXT_COLUMN,
@@ -108,135 +93,6 @@ class MakeChunks(beam.PTransform):
     def expand(self, rows: beam.PCollection) -> beam.PCollection:
         text_column, metadata = self._text_column, self._metadata
         return rows | "ToChunk" >> beam.Map(to_chunk, text_column=text_column, metadata=metadata)
-
-
-@dataclass(frozen=True, kw_only=True)
-class MilvusSink:
-    """A Milvus collection to write embeddings to, through Beam's ``MilvusVectorWriterConfig``.
-
-    Attributes:
-        uri: a local ``*.db`` file (Milvus Lite, embedded; one writing process at a time)
-            or a server URL ``http(s)://host:19530``.
-        collection: collection name; created on the launcher when it does not exist.
-        token: credentials for a server (``user:password`` or an API key), if any.
-    """
-
-    uri: str
-    collection: str = "bertbeam"
-    token: str = ""
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.uri, str) or not self.uri.strip():
-            raise ValueError(f"Milvus URI must be a local .db file or http(s):// URL, got {self.uri!r}.")
-        if not self.uri.startswith(("http://", "https://")) and not self.uri.endswith(".db"):
-            raise ValueError(f"Milvus URI {self.uri!r} is neither a Milvus Lite file (ending in .db) "
-                             "nor a server URL (http://host:19530).")
-        if not self.collection.replace("_", "a").isalnum() or self.collection[0].isdigit():
-            raise ValueError(f"Milvus collection names are letters, digits and underscores, not "
-                             f"starting with a digit; got {self.collection!r}.")
-
-    def client(self) -> Any:
-        """A ``pymilvus.MilvusClient`` on this sink (Milvus Lite starts in-process)."""
-        try:
-            from pymilvus import MilvusClient
-        except ImportError as exc:
-            raise ValueError("--sink milvus needs pymilvus (and milvus-lite for a .db file): "
-                             "pip install 'bertbeam[milvus]'.") from exc
-        return MilvusClient(uri=self.uri, token=self.token)
-
-    def prepare(self, schema: pa.Schema, text_column: str | None = TEXT_COLUMN) -> None:
-        """Creates the collection for ``schema`` (launcher side), or checks the existing one:
-        ``id`` VARCHAR primary key, ``embedding`` FLOAT_VECTOR(dim) with a cosine index,
-        ``content`` VARCHAR when the results carry text, ``metadata`` JSON.
-
-        Raises:
-            ValueError: the collection exists with another embedding dimension.
-        """
-        from pymilvus import DataType, MilvusClient
-
-        dim = schema.field("embedding").type.list_size
-        client = self.client()
-        try:
-            if client.has_collection(self.collection):
-                fields = client.describe_collection(self.collection)["fields"]
-                have = next(f["params"].get("dim") for f in fields if f["name"] == "embedding")
-                if int(have) != dim:
-                    raise ValueError(
-                        f"Milvus collection {self.collection!r} at {self.uri} holds {have}-dimensional "
-                        f"embeddings; these results have {dim}. Use another --sink-collection.")
-                return
-            fields = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
-            fields.add_field("id", DataType.VARCHAR, is_primary=True, max_length=1024)
-            fields.add_field("embedding", DataType.FLOAT_VECTOR, dim=dim)
-            if text_column in schema.names:
-                fields.add_field("content", DataType.VARCHAR, max_length=65535)
-            fields.add_field("metadata", DataType.JSON)
-            client.create_collection(self.collection, schema=fields)
-            index = client.prepare_index_params()
-            index.add_index("embedding", index_type="AUTOINDEX", metric_type="COSINE")
-            # Not waited for: the collection is empty, and the wait asks for a timestamp that
-            # Milvus Lite does not serve (it logs a gRPC traceback and carries on).
-            client.create_index(self.collection, index, sync=False)
-        finally:
-            client.close()
-
-    def writer_config(self, schema: pa.Schema, text_column: str | None = TEXT_COLUMN) -> Any:
-        """Beam's ``MilvusVectorWriterConfig`` for this sink and a results schema."""
-        from apache_beam.ml.rag.ingestion.milvus_search import (
-            MilvusVectorWriterConfig,
-            MilvusWriteConfig,
-        )
-        from apache_beam.ml.rag.ingestion.postgres_common import ColumnSpecsBuilder
-        from apache_beam.ml.rag.utils import MilvusConnectionParameters
-
-        specs = ColumnSpecsBuilder().with_id_spec().with_embedding_spec(convert_fn=list)
-        if text_column in schema.names:
-            specs = specs.with_content_spec()
-        specs = specs.with_metadata_spec(convert_fn=dict)
-        return MilvusVectorWriterConfig(
-            connection_params=MilvusConnectionParameters(uri=self.uri, token=self.token),
-            write_config=MilvusWriteConfig(collection_name=self.collection),
-            column_specs=specs.build())
-
-
-def parse_sink(value: str, collection: str = "bertbeam") -> MilvusSink:
-    """``--sink`` to a sink: ``milvus:PATH.db`` or ``milvus:http://host:19530``.
-
-    Raises:
-        ValueError: an unknown kind or a malformed location.
-    """
-    kind, _, location = value.partition(":")
-    if kind not in SINK_KINDS or not location:
-        raise ValueError(f"Invalid --sink {value!r}. Valid forms are: milvus:PATH.db (Milvus Lite) "
-                         "and milvus:http://HOST:19530 (a Milvus server).")
-    return MilvusSink(uri=location, collection=collection)
-
-
-def add_sink_args(parser: argparse.ArgumentParser) -> None:
-    """``--sink`` and ``--sink-collection`` for ``bertbeam embed``."""
-    parser.add_argument("--sink", default=None,
-                        help="also write the embeddings to a vector database through Beam's "
-                             "writer: milvus:PATH.db (Milvus Lite) or milvus:http://HOST:19530")
-    parser.add_argument("--sink-collection", default="bertbeam", help="collection for --sink")
-
-
-def sink_from_args(args: argparse.Namespace) -> MilvusSink | None:
-    return parse_sink(args.sink, args.sink_collection) if args.sink else None
-
-
-def write_to_sink(results: beam.PCollection, sink: MilvusSink | None, schema: pa.Schema) -> None:
-    """Hooks a results PCollection into ``sink`` (launcher side: the collection is created
-    now); does nothing when ``sink`` is ``None``."""
-    if sink is None:
-        return
-    from apache_beam.ml.rag.ingestion.base import VectorDatabaseWriteTransform
-
-    sink.prepare(schema)
-    text = TEXT_COLUMN if TEXT_COLUMN in schema.names else None
-    _ = (results
-         | "ResultRows" >> beam.FlatMap(iter_rows)
-         | "MakeChunks" >> MakeChunks(text_column=text, metadata=tuple(metadata_columns(schema)))
-         | "WriteToVectorDatabase" >> VectorDatabaseWriteTransform(sink.writer_config(schema)))
 
 
 # BigQuery and Postgres (AlloyDB, Cloud SQL): a typed column per carried column.

@@ -31,6 +31,7 @@ class Stage(str, enum.Enum):
     TOKENIZE = "tokenize"
     MODEL = "model"
     POSTPROCESS = "postprocess"
+    SINK = "sink"
 
 
 class Reason(str, enum.Enum):
@@ -51,6 +52,7 @@ class Reason(str, enum.Enum):
     NAN_OUTPUT = "nan_output"
     BAD_TASK_INPUT = "bad_task_input"
     POSTPROCESS_ERROR = "postprocess_error"
+    SINK_LIMIT = "sink_limit"
 
 
 REASONS: Mapping[Reason, tuple[Stage, str]] = {
@@ -76,6 +78,8 @@ REASONS: Mapping[Reason, tuple[Stage, str]] = {
     Reason.BAD_TASK_INPUT: (Stage.POSTPROCESS, "the row can't serve the task (fill-mask text "
                                                "without a mask token)"),
     Reason.POSTPROCESS_ERROR: (Stage.POSTPROCESS, "post-processing failed for this document"),
+    Reason.SINK_LIMIT: (Stage.SINK, "the id or the kept text is over a field limit of the --sink "
+                                    "collection (Milvus: ids of 1,024 bytes, texts of 65,535)"),
 }
 """Reason -> (the stage that reports it, what it means); README's table is this one."""
 

@@ -20,8 +20,13 @@ from bertbeam.run import runinfo, summary
 _LOG = logging.getLogger("bertbeam")
 
 
+EXAMPLE_IDS = 5
+"""Example ids the summary keeps for each kind of change since the previous run."""
+
+
 class AccountingError(RuntimeError):
-    """Some input rows are neither in the results nor in the dead letter."""
+    """Some input rows are neither in the results nor in the dead letter (or the ``--sink``
+    collection does not hold exactly the results)."""
 
 
 class DeadLetterLimitError(RuntimeError):
@@ -47,6 +52,9 @@ class FinishRun:
     read: int | None = None  # input units from the footers, counted once on the launcher
     max_dead_letter_fraction: float | None = None
     max_dead_letters: int | None = None
+    previous_files: tuple[str, ...] = ()  # the earlier runs' results files the join read
+    joined: bool = False  # whether the run joined the corpus with earlier runs
+    sink: Any = None  # the --sink collection, read back after the write
 
     def __call__(self, counters: dict[str, int] | None = None,
                  samples: list[list[float]] | None = None) -> dict[str, Any]:
@@ -55,8 +63,8 @@ class FinishRun:
         ``counters`` default to the tally's settled totals (the pipeline's last stage);
         ``samples`` to the tally's throughput samples.
         """
-        from bertbeam.run.progress import read_samples, summary_fields
         from bertbeam.core.tally import settled_totals
+        from bertbeam.run.progress import read_samples, summary_fields
 
         tally_dir = self.tally_dir if self.tally_dir and os.path.isdir(self.tally_dir) else None
         if counters is None:
@@ -75,10 +83,45 @@ class FinishRun:
             run_id=self.run_id, metadata=meta, read=self.read,
             max_dead_letter_fraction=self.max_dead_letter_fraction,
             max_dead_letters=self.max_dead_letters)
+        report.update(self._since_previous())
+        mismatch = None
+        if self.sink is not None:
+            report["sink"], mismatch = self._reconcile_sink()
         summary.write_summary(self.output, report)
         if self.report:
             self._write_report()
+        if mismatch is not None:
+            raise AccountingError(mismatch)
         return report
+
+    def _since_previous(self) -> dict[str, Any]:
+        """``removed`` and ``since_previous`` (added / changed / unchanged / removed: counts
+        and a few example ids) when the run joined earlier runs; ``removed`` is ``None``
+        otherwise."""
+        if not self.joined:
+            return {"removed": None}
+        from bertbeam.beam.incremental import changes
+
+        found = changes(self.previous_files, self.output)
+        return {"removed": len(found["removed"]),
+                "since_previous": {key: {"count": len(ids), "examples": ids[:EXAMPLE_IDS]}
+                                   for key, ids in found.items()}}
+
+    def _reconcile_sink(self) -> tuple[dict[str, Any], str | None]:
+        from bertbeam.beam.incremental import TEXT_FP
+        from bertbeam.beam.sinks import SinkMismatchError, reconcile
+        from bertbeam.beam.writing import read_table
+
+        sink = self.sink
+        where = {"kind": sink.kind, "location": getattr(sink, "uri", None) or sink.location,
+                 "collection": sink.collection}
+        table = read_table(self.output, "results", ["id", TEXT_FP])
+        expected = (dict(zip(table.column("id").to_pylist(), table.column(TEXT_FP).to_pylist(),
+                             strict=True)) if table.num_rows else {})
+        try:
+            return {**where, **reconcile(sink, expected)}, None
+        except SinkMismatchError as exc:
+            return {**where, "points": None, "leftovers_deleted": None, "verified": False}, str(exc)
 
     def _write_report(self) -> None:
         try:

@@ -42,6 +42,14 @@ def local_parallelism(options: PipelineOptions) -> int:
     return (os.cpu_count() or 1) if n == 0 else max(1, n or 1)
 
 
+def local_processes(options: PipelineOptions) -> int:
+    """How many processes a local run opens its outputs from (1 unless multi_processing)."""
+    if not is_local(options):
+        return 1
+    mode = options.view_as(DirectOptions).direct_running_mode
+    return local_parallelism(options) if mode == "multi_processing" else 1
+
+
 def torch_threads(options: PipelineOptions) -> int | None:
     """Intra-op threads per worker so that local workers together use each core once."""
     if not is_local(options):

@@ -4,10 +4,10 @@ pipeline's last stage with ``--no-wait``), with the run's metadata (:mod:`bertbe
 
 from __future__ import annotations
 
-from bertbeam.core import metrics
-from bertbeam.filesystems import write_json_atomically
 from bertbeam.beam.reading import count_input_rows
 from bertbeam.beam.writing import count_rows, read_table
+from bertbeam.core import metrics
+from bertbeam.filesystems import write_json_atomically
 
 LABEL_TASKS = ("classify", "zero-shot")
 SUMMARY_FILE = "_SUMMARY.json"
