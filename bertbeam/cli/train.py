@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from collections.abc import Callable
@@ -12,40 +13,79 @@ from bertbeam.config import EMBEDDED_MODEL
 
 
 def _train_parser() -> argparse.ArgumentParser:
+    from bertbeam.training.config import TrainConfig
+    from bertbeam.training.plan import DEFAULT_EPOCHS, MAX_EPOCHS, MAX_STEPS, MIN_STEPS
+
+    d = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     p = argparse.ArgumentParser(
-        prog="bertbeam train",
+        prog="bertbeam train", allow_abbrev=False, formatter_class=_DefaultsHelpFormatter,
         description="Fine-tune a sequence classifier (classify) or a token tagger (ner) from "
-                    "Parquet; the checkpoint works with `bertbeam label --model DIR`.")
-    p.add_argument("--task", required=True, choices=["classify", "ner"])
+                    "Parquet; the checkpoint works with `bertbeam label --model DIR`. The "
+                    "schedule is planned from the data and the model and printed before "
+                    "training starts.")
+    p.add_argument("--task", required=True, choices=["classify", "ner"],
+                   help="classify: a label per row; ner: a BIO tag per word")
     p.add_argument("--train", required=True, help="Parquet glob of training rows")
     split = p.add_mutually_exclusive_group()
     split.add_argument("--eval", default=None, help="Parquet glob of evaluation rows")
-    split.add_argument("--eval-fraction", type=float, default=0.1,
-                       help="share of --train held out for evaluation when there is no --eval; "
-                            "0: no evaluation (default 0.1)")
-    p.add_argument("--output", required=True, help="checkpoint directory (local or gs://...)")
-    p.add_argument("--model", default=EMBEDDED_MODEL, help=f"start checkpoint (default {EMBEDDED_MODEL})")
-    p.add_argument("--id-column", default="id")
-    p.add_argument("--text-column", default="text")
-    p.add_argument("--label-column", default="label")
+    split.add_argument("--eval-fraction", type=float, default=d["eval_fraction"],
+                       help="share of --train held out for evaluation when there is no --eval "
+                            "(0: no evaluation, the last step is kept)")
+    p.add_argument("--max-eval-rows", type=int, default=d["max_eval_rows"],
+                   help="held-out rows at most, whatever --eval-fraction says")
+    p.add_argument("--output", required=True,
+                   help="checkpoint directory (local or gs://...): new, empty, or an earlier "
+                        "bertbeam train output, which is replaced")
+    p.add_argument("--model", default=EMBEDDED_MODEL, help="start checkpoint")
+    p.add_argument("--allow-pickle-weights", action="store_true",
+                   help="accept a start checkpoint with only .bin/.pt weights (pickle can run code)")
+    p.add_argument("--id-column", default="id", help="row ids (messages name skipped rows by id)")
+    p.add_argument("--text-column", default="text", help="the text the model reads")
+    p.add_argument("--label-column", default="label", help="classify: a label, or a list of labels")
     p.add_argument("--tokens-column", default="tokens", help="ner: list<string> of words")
     p.add_argument("--tags-column", default="tags", help="ner: list<string> of BIO tags")
     p.add_argument("--multi-label", action="store_true", help="classify: label column is a list")
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--max-steps", type=int, default=None)
-    p.add_argument("--learning-rate", type=float, default=5e-5)
-    p.add_argument("--warmup-fraction", type=float, default=0.1)
-    p.add_argument("--weight-decay", type=float, default=0.01)
-    p.add_argument("--token-budget", type=int, default=4096, help="padded tokens per batch")
-    p.add_argument("--max-batch-size", type=int, default=64)
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--max-steps", type=int, default=None,
+                        help=f"optimizer steps (default: {DEFAULT_EPOCHS} epochs, at least "
+                             f"{MIN_STEPS:,} steps and at most {MAX_EPOCHS} epochs, never more "
+                             f"than {MAX_STEPS:,})")
+    length.add_argument("--epochs", type=int, default=None,
+                        help="passes over the training rows, instead of --max-steps")
+    p.add_argument("--learning-rate", type=float, default=None,
+                   help="peak learning rate (default: by the model's hidden size: 1e-4 up to "
+                        "512, 5e-5 up to 768, 2e-5 above)")
+    p.add_argument("--batch-size", type=int, default=d["batch_size"], help="rows per optimizer step")
+    p.add_argument("--token-budget", type=int, default=d["token_budget"],
+                   help="padded tokens per batch at most (fewer rows per batch when "
+                        "--batch-size rows of --max-length tokens would exceed it)")
     p.add_argument("--max-length", type=int, default=None, help="tokens per row (default: the model's)")
-    p.add_argument("--patience", type=int, default=2, help="evaluations without improvement before stopping")
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--warmup-fraction", type=float, default=d["warmup_fraction"],
+                   help="share of the steps the learning rate climbs for, then decays linearly to 0")
+    p.add_argument("--weight-decay", type=float, default=d["weight_decay"], help="AdamW weight decay")
+    p.add_argument("--eval-every", type=int, default=None,
+                   help="steps between evaluations (default: an epoch, or an eighth of the "
+                        "steps when that is sooner)")
+    p.add_argument("--patience", type=int, default=d["patience"],
+                   help="evaluations without improvement before stopping")
+    p.add_argument("--seed", type=int, default=d["seed"],
+                   help="seeds the new head, the held-out split and the batch order")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="auto: CUDA with bf16 autocast where there is a GPU, else CPU float32")
     p.add_argument("--num-threads", type=int, default=None,
                    help="torch CPU threads (default: all cores; 1 is faster on a busy shared machine)")
-    p.add_argument("--model-cache-dir", default=None)
+    p.add_argument("--model-cache-dir", default=None, help="local cache for a remote --model")
     return p
+
+
+class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows ``(default: X)`` after each flag's help, except where there is none (the help
+    says what happens then)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.default is False or action.required:
+            return action.help or ""
+        return super()._get_help_string(action)
 
 
 def _evaluate_parser() -> argparse.ArgumentParser:
@@ -63,17 +103,24 @@ def _evaluate_parser() -> argparse.ArgumentParser:
                    help="ner: gold text the tokens are found in, when present (else tokens joined by spaces)")
     p.add_argument("--multi-label", action="store_true")
     p.add_argument("--output", default=None, help="directory for _EVAL.json (default: beside the predictions)")
+    p.add_argument("--reference", default=None,
+                   help="Parquet glob of another model's label results on the same documents "
+                        "(e.g. the teacher of a distilled student): adds agreement and both speeds")
     return p
 
 
 def _run(prog: str, work: Callable[[], Any]) -> int:
-    """Runs ``work``; a user error becomes one line on stderr and exit code 2."""
+    """Runs ``work``; a user error becomes one line on stderr and exit code 2, Ctrl-C or
+    SIGTERM one line and 130 / 143 (the staging folder removed on the way out), a full disk
+    or a refused write one line and 1."""
     from bertbeam.core.models import ModelLoadError
+    from bertbeam.run import stopping
     from bertbeam.training.data import TrainingDataError
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        work()
+        with stopping.interrupts():
+            work()
     except (TrainingDataError, ModelLoadError, ValueError, FileNotFoundError) as exc:
         print(f"bertbeam {prog}: error: {exc}", file=sys.stderr)
         return 2
@@ -81,6 +128,20 @@ def _run(prog: str, work: Callable[[], Any]) -> int:
         print(f"bertbeam {prog}: error: {exc.name!r} is not installed; bertbeam {prog} needs the "
               "train extra: pip install 'bertbeam[train]'.", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:
+        import signal
+
+        terminated = isinstance(exc, stopping.Terminated)
+        signum = stopping.interrupted_by() or (signal.SIGTERM if terminated else signal.SIGINT)
+        print(f"bertbeam {prog}: interrupted; the output is as it was before this run.",
+              file=sys.stderr)
+        return 128 + signum
+    except OSError as exc:
+        line = stopping.environment_error(exc)
+        if line is None:
+            raise
+        print(f"bertbeam {prog}: error: {line}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -99,10 +160,12 @@ def run_train(argv: list[str]) -> int:
             tokens_column=args.tokens_column, tags_column=args.tags_column,
             multi_label=args.multi_label, epochs=args.epochs, max_steps=args.max_steps,
             learning_rate=args.learning_rate, warmup_fraction=args.warmup_fraction,
-            weight_decay=args.weight_decay, token_budget=args.token_budget,
-            max_batch_size=args.max_batch_size, max_length=args.max_length,
+            weight_decay=args.weight_decay, batch_size=args.batch_size,
+            token_budget=args.token_budget, max_length=args.max_length,
+            max_eval_rows=args.max_eval_rows, eval_every=args.eval_every,
             patience=args.patience, seed=args.seed, device=args.device,
-            num_threads=args.num_threads, cache_dir=args.model_cache_dir))
+            num_threads=args.num_threads, cache_dir=args.model_cache_dir,
+            allow_pickle_weights=args.allow_pickle_weights))
 
     return _run("train", work)
 
@@ -119,6 +182,7 @@ def run_evaluate(argv: list[str]) -> int:
             task=args.task, predictions=args.predictions, gold=args.gold,
             label_column=args.label_column, id_column=args.id_column,
             tokens_column=args.tokens_column, tags_column=args.tags_column,
-            text_column=args.text_column, multi_label=args.multi_label, output=args.output)))
+            text_column=args.text_column, multi_label=args.multi_label, output=args.output,
+            reference=args.reference)))
 
     return _run("evaluate", work)

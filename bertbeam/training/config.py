@@ -57,22 +57,32 @@ class _LabelledData:
 class TrainConfig(_LabelledData):
     """What to fine-tune, on which data, and how (the task and columns: ``_LabelledData``).
 
+    Every schedule option left at ``None`` is chosen from the data and the model by
+    :mod:`bertbeam.training.plan` and printed before training starts.
+
     Attributes:
         train: Parquet glob of the training rows (local, ``gs://``, any fsspec URL).
-        output: directory of the checkpoint (local or any fsspec URL).
+        output: directory of the checkpoint (local or any fsspec URL): empty, new, or the
+            output of an earlier ``bertbeam train`` (whose checkpoint is replaced).
         eval: Parquet glob of the evaluation rows; ``None`` holds out ``eval_fraction`` of
-            ``train`` (stratified by label for ``classify``, seeded).
+            ``train`` (at most ``max_eval_rows``, stratified by label for ``classify``, seeded).
         eval_fraction: held-out share when ``eval`` is ``None``; 0 trains without evaluation
-            (no early stopping: the last epoch's model is kept).
+            (no early stopping: the last step's model is kept).
+        max_eval_rows: the held-out rows at most, whatever ``eval_fraction`` says (an
+            evaluation of millions of rows would cost more than the training between two).
         model: the checkpoint to start from; the embedded all-MiniLM-L6-v2 by default.
-        epochs: passes over the training rows.
-        max_steps: stop after this many optimizer steps (overrides ``epochs``).
+        epochs: passes over the training rows; ``None``: as many as the planned steps make.
+        max_steps: optimizer steps; ``None``: planned from the rows (``epochs`` passes when
+            given, else 4 epochs, at least 500 steps and at most 30 epochs, at most 10,000).
         learning_rate: peak AdamW learning rate, reached after ``warmup_fraction`` of the
-            steps and decayed linearly to 0.
-        token_budget: padded tokens per training batch (length-sorted batches, as
-            ``bertbeam label`` cuts them).
-        max_batch_size: rows per batch at most, whatever their length.
+            steps and decayed linearly to 0; ``None``: by the model's hidden size (1e-4 up
+            to 512, 5e-5 up to 768, 2e-5 above).
+        batch_size: rows per optimizer step (fewer when ``token_budget`` says so).
+        token_budget: padded tokens per batch at most: a batch has at most
+            ``token_budget // max_length`` rows, so no batch can exceed it.
         max_length: tokens per row; longer rows are truncated. ``None``: the model's limit.
+        eval_every: optimizer steps between evaluations; ``None``: an epoch, or an eighth
+            of the steps when that is sooner.
         patience: stop after this many evaluations without improvement; the best
             checkpoint is the one written.
         seed: seeds the head's initialisation, the split and the batch order.
@@ -81,27 +91,32 @@ class TrainConfig(_LabelledData):
         num_threads: torch CPU threads; ``None`` keeps torch's default (all cores). On a
             machine shared with other busy processes, 1 can be several times faster: each
             step waits for its slowest thread.
+        allow_pickle_weights: accept a start checkpoint whose only weights are pickle-based
+            (``pytorch_model.bin``), which can run code when loaded.
     """
 
     train: str
     output: str
     eval: str | None = None
     eval_fraction: float = 0.1
+    max_eval_rows: int = 2000
     model: str = EMBEDDED_MODEL
-    epochs: int = 3
+    epochs: int | None = None
     max_steps: int | None = None
-    learning_rate: float = 5e-5
+    learning_rate: float | None = None
     warmup_fraction: float = 0.1
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
-    token_budget: int = 4096
-    max_batch_size: int = 64
+    batch_size: int = 16
+    token_budget: int = 8192
     max_length: int | None = None
-    patience: int = 2
+    eval_every: int | None = None
+    patience: int = 3
     seed: int = 42
     device: TrainDevice = "auto"
     num_threads: int | None = None
     cache_dir: str | None = None
+    allow_pickle_weights: bool = False
 
     def __post_init__(self) -> None:
         self._check_data("train", "output", "model")
@@ -111,12 +126,14 @@ class TrainConfig(_LabelledData):
             _check_text("eval", self.eval)
         _check_fraction("eval_fraction", self.eval_fraction)
         _check_fraction("warmup_fraction", self.warmup_fraction)
-        for name in ("epochs", "token_budget", "max_batch_size", "patience"):
+        for name in ("token_budget", "batch_size", "patience", "max_eval_rows"):
             _check_positive(name, getattr(self, name))
-        _check_positive("max_steps", self.max_steps, allow_none=True)
-        _check_positive("max_length", self.max_length, allow_none=True)
+        for name in ("epochs", "max_steps", "max_length", "eval_every"):
+            _check_positive(name, getattr(self, name), allow_none=True)
         for name in ("learning_rate", "max_grad_norm"):
             value = getattr(self, name)
+            if value is None and name == "learning_rate":
+                continue
             if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
                 raise ValueError(f"{name} must be a positive number, got {value!r}.")
         if isinstance(self.weight_decay, bool) or not isinstance(self.weight_decay, int | float) \
@@ -124,10 +141,12 @@ class TrainConfig(_LabelledData):
             raise ValueError(f"weight_decay must be a non-negative number, got {self.weight_decay!r}.")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}.")
+        if self.epochs is not None and self.max_steps is not None:
+            raise ValueError("Give epochs or max_steps, not both: each sets the length of training.")
 
     @property
     def evaluates(self) -> bool:
-        """Whether the model is evaluated each epoch (an eval glob or a held-out share)."""
+        """Whether the model is evaluated while it trains (an eval glob or a held-out share)."""
         return self.eval is not None or self.eval_fraction > 0
 
 
@@ -143,13 +162,18 @@ class EvalConfig(_LabelledData):
         gold: Parquet glob of the gold rows, joined to predictions on ``id_column``.
         output: directory for ``_EVAL.json`` (and ``confusion_matrix.png`` for
             ``classify``); ``None`` writes beside the predictions.
+        reference: Parquet glob of another model's ``bertbeam label`` results on the same
+            documents (a distilled student's teacher): the report adds the agreement of the
+            two and both models' speed.
     """
 
     predictions: str
     gold: str
     output: str | None = None
+    reference: str | None = None
 
     def __post_init__(self) -> None:
         self._check_data("predictions", "gold")
-        if self.output is not None:
-            _check_text("output", self.output)
+        for name in ("output", "reference"):
+            if getattr(self, name) is not None:
+                _check_text(name, getattr(self, name))

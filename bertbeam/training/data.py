@@ -99,6 +99,45 @@ def _usable_text(value: Any) -> bool:
     return isinstance(value, str) and bool(value.strip())
 
 
+class _NotUtf8:
+    """A string value whose bytes are not valid UTF-8 (the row is skipped and counted)."""
+
+
+NOT_UTF8 = _NotUtf8()
+
+
+def strings(column: pa.ChunkedArray) -> list[Any]:
+    """The column's values as Python objects; a string whose bytes are not valid UTF-8
+    becomes :data:`NOT_UTF8` instead of failing the whole column."""
+    try:
+        return column.to_pylist()
+    except UnicodeDecodeError:
+        pass
+    binary = pa.large_binary() if pa.types.is_large_string(column.type) else pa.binary()
+    out: list[Any] = []
+    for chunk in column.chunks:
+        for value in chunk.view(binary).to_pylist():
+            try:
+                out.append(None if value is None else value.decode("utf-8"))
+            except UnicodeDecodeError:
+                out.append(NOT_UTF8)
+    return out
+
+
+def _check_label_type(table: pa.Table, label_column: str, multi_label: bool) -> None:
+    """Labels are names: strings or integers (lists of them with ``multi_label``). A float
+    column would make every label a different-looking number, so it is refused."""
+    kind = table.schema.field(label_column).type
+    inner = kind.value_type if pa.types.is_list(kind) or pa.types.is_large_list(kind) else kind
+    if pa.types.is_dictionary(inner):
+        inner = inner.value_type
+    if pa.types.is_floating(inner) or pa.types.is_decimal(inner):
+        raise TrainingDataError(
+            f"Label column {label_column!r} holds {kind} numbers; labels must be strings or "
+            f"integers{' (lists of them with --multi-label)' if multi_label else ''}. Cast the "
+            "column first, e.g. 1.0 -> 1 or 'class-1'.")
+
+
 @dataclass
 class Examples:
     """Rows ready to tokenize: a text each, and a label (``classify``: a name, or a list of
@@ -122,13 +161,17 @@ class Examples:
 def classify_examples(table: pa.Table, *, text_column: str, label_column: str, id_column: str,
                       multi_label: bool, skips: Skips) -> Examples:
     """Rows with a usable text and a non-empty label (a list of them when ``multi_label``)."""
+    _check_label_type(table, label_column, multi_label)
     ids = _row_ids(table, id_column)
     out = Examples([], [], [])
-    for row_id, text, label in zip(ids, table.column(text_column).to_pylist(),
-                                   table.column(label_column).to_pylist(), strict=True):
+    for row_id, text, label in zip(ids, strings(table.column(text_column)),
+                                   strings(table.column(label_column)), strict=True):
+        if text is NOT_UTF8 or label is NOT_UTF8:
+            skips.add(f"{'text' if text is NOT_UTF8 else 'label'} not valid UTF-8", row_id)
+            continue
         if multi_label:
             label = [label] if isinstance(label, str) else label
-            label = sorted({x for x in label or () if _usable_text(x)})
+            label = sorted({str(x) for x in label or () if _usable_text(x) or isinstance(x, int)})
             bad = not label
         else:
             bad = not _usable_text(label) if not isinstance(label, int) else False
@@ -162,11 +205,14 @@ def ner_examples(table: pa.Table, *, tokens_column: str, tags_column: str, text_
     """Rows whose tokens and BIO tags are lists of the same, non-zero length; the text is the
     text column when the table has one, else the tokens joined by single spaces."""
     ids = _row_ids(table, id_column)
-    texts = (table.column(text_column).to_pylist() if text_column in table.column_names
+    texts = (strings(table.column(text_column)) if text_column in table.column_names
              else [None] * table.num_rows)
     out = Examples([], [], [], [])
     for row_id, tokens, tags, text in zip(ids, table.column(tokens_column).to_pylist(),
                                           table.column(tags_column).to_pylist(), texts, strict=True):
+        if text is NOT_UTF8:
+            skips.add("text not valid UTF-8", row_id)
+            continue
         if not tokens or not all(_usable_text(t) for t in tokens):
             skips.add("null or empty tokens", row_id)
             continue

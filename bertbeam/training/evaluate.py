@@ -12,7 +12,15 @@ character spans are found in the gold text column when there is one, else in
 ``" ".join(tokens)``: the text ``bertbeam label`` was given must be that text.
 
 Ids present on one side only are counted, listed (the first few) and left out of the
-scores; so are gold rows without a label.
+scores; so are gold rows without a label. Predictions whose labels share none with the gold
+rows (a model trained on other label names) are an error, not accuracy 0.
+
+With ``reference`` (another model's ``bertbeam label`` results on the same documents, e.g. a
+distilled student's teacher), the report adds ``agreement``: the share of the compared rows
+where both models predict the same (classify: the same label, or the same set with
+``multi_label``; ner: the same tag on each word). Each side's speed comes from the
+``_SUMMARY.json`` beside its results: ``docs_per_second`` through ``bertbeam label``, and
+the ratio when both ran on the same input.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import re
 import sys
 from typing import Any
 
+from bertbeam.filesystems import replacing
 from bertbeam.training.config import EvalConfig
 from bertbeam.training.data import Skips, TrainingDataError, read_columns, word_spans
 
@@ -62,28 +71,38 @@ def entities_to_tags(spans: list[tuple[int, int]], entities: list[dict[str, Any]
     return tags
 
 
-def _classify_pairs(cfg: EvalConfig, gold: dict, predicted: dict, ids: list[str],
-                    skips: Skips) -> tuple[list, list]:
-    g_out, p_out = [], []
+def _classify_pairs(cfg: EvalConfig, gold: dict, sides: list[dict], ids: list[str],
+                    skips: Skips) -> tuple[list, list[list]]:
+    """Gold labels and, for each side (the predictions, then the reference), its labels on
+    the same rows (``None`` where a side has no row for the id)."""
+    g_out: list = []
+    s_out: list[list] = [[] for _ in sides]
     for key in ids:
         label = gold[key][cfg.label_column]
         if cfg.multi_label:
             label = [label] if isinstance(label, str) else [x for x in label or () if x]
-            guess = [x["label"] for x in predicted[key]["labels"] or ()]
         else:
             label = None if label is None or str(label).strip() == "" else str(label)
-            guess = predicted[key]["label"]
         if not label:
             skips.add("gold rows without a label", key)
             continue
         g_out.append(label)
-        p_out.append(guess if guess is not None else "")
-    return g_out, p_out
+        for side, out in zip(sides, s_out, strict=True):
+            row = side.get(key)
+            if row is None:
+                out.append(None)
+            elif cfg.multi_label:
+                out.append([x["label"] for x in row["labels"] or ()])
+            else:
+                out.append(row["label"] if row["label"] is not None else "")
+    return g_out, s_out
 
 
-def _ner_pairs(cfg: EvalConfig, gold: dict, predicted: dict, ids: list[str],
-               skips: Skips) -> tuple[list, list]:
-    g_out, p_out = [], []
+def _ner_pairs(cfg: EvalConfig, gold: dict, sides: list[dict], ids: list[str],
+               skips: Skips) -> tuple[list, list[list]]:
+    """Gold word tags and, for each side, its entities as word tags on the same rows."""
+    g_out: list = []
+    s_out: list[list] = [[] for _ in sides]
     for key in ids:
         row = gold[key]
         tokens, tags = row[cfg.tokens_column], row[cfg.tags_column]
@@ -96,18 +115,65 @@ def _ner_pairs(cfg: EvalConfig, gold: dict, predicted: dict, ids: list[str],
             skips.add(f"gold rows whose tokens are not in {cfg.text_column!r}", key)
             continue
         g_out.append(list(tags))
-        p_out.append(entities_to_tags(spans, predicted[key]["entities"] or []))
-    return g_out, p_out
+        for side, out in zip(sides, s_out, strict=True):
+            hit = side.get(key)
+            out.append(None if hit is None else entities_to_tags(spans, hit["entities"] or []))
+    return g_out, s_out
+
+
+def _agreement(predicted: list, reference: list, task: str, multi_label: bool) -> dict[str, Any]:
+    """The share of rows (of those both sides have) where the two predict the same; ner:
+    of words with the same tag."""
+    pairs = [(p, r) for p, r in zip(predicted, reference, strict=True) if r is not None]
+    if task == "ner":
+        words = [(a, b) for p, r in pairs for a, b in zip(p, r, strict=True)]
+        same = sum(a == b for a, b in words)
+        return {"agreement": same / len(words) if words else None, "rows": len(pairs),
+                "words": len(words)}
+    same = sum((sorted(p) == sorted(r)) if multi_label else p == r for p, r in pairs)
+    return {"agreement": same / len(pairs) if pairs else None, "rows": len(pairs)}
+
+
+def _results_dir(pattern: str) -> str:
+    """The directory of a results glob (its part before the first wildcard)."""
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(pattern)
+    fixed = re.split(r"[*?\[]", path, maxsplit=1)[0]
+    return fs.unstrip_protocol(posixpath.dirname(fixed) or ".")
+
+
+def _speed(pattern: str) -> dict[str, Any] | None:
+    """What the ``_SUMMARY.json`` beside a ``bertbeam label`` output says of its speed, or
+    None when there is none."""
+    import fsspec
+
+    url = f"{_results_dir(pattern).rstrip('/')}/_SUMMARY.json"
+    try:
+        with fsspec.open(url, "r") as f:
+            summary = json.load(f)
+    except (OSError, ValueError):
+        return None
+    keys = ("model", "input", "written", "wall_seconds", "docs_per_second", "tokens_per_second",
+            "device", "dtype", "threads")
+    return {k: summary.get(k) for k in keys}
+
+
+def _speeds(cfg: EvalConfig) -> dict[str, Any]:
+    """Each model's docs/s through ``bertbeam label`` and, when both ran on the same input,
+    how many times faster the predictions' model is."""
+    speeds: dict[str, Any] = {"predictions": _speed(cfg.predictions)}
+    if cfg.reference is not None:
+        speeds["reference"] = ref = _speed(cfg.reference)
+        mine = speeds["predictions"]
+        if mine and ref and mine.get("docs_per_second") and ref.get("docs_per_second"):
+            speeds["same_input"] = mine.get("input") == ref.get("input")
+            speeds["speedup"] = mine["docs_per_second"] / ref["docs_per_second"]
+    return speeds
 
 
 def _output_dir(cfg: EvalConfig) -> str:
-    if cfg.output:
-        return cfg.output
-    import fsspec
-
-    fs, path = fsspec.core.url_to_fs(cfg.predictions)
-    fixed = re.split(r"[*?\[]", path, maxsplit=1)[0]
-    return fs.unstrip_protocol(posixpath.dirname(fixed) or ".")
+    return cfg.output or _results_dir(cfg.predictions)
 
 
 def _confusion_png(gold: list[str], predicted: list[str], path: str) -> None:
@@ -132,15 +198,27 @@ def _confusion_png(gold: list[str], predicted: list[str], path: str) -> None:
                     color="white" if matrix[i, j] > matrix.max() / 2 else "black", fontsize=8)
     fig.colorbar(image, ax=ax)
     fig.tight_layout()
-    with _open(path, "wb") as f:
+    with replacing(path, "wb") as f:  # never through a link planted in the output (issue 27)
         fig.savefig(f, format="png", dpi=120)
     plt.close(fig)
 
 
-def _open(url: str, mode: str) -> Any:
-    import fsspec
+def _check_label_overlap(gold: list, predicted: list, multi_label: bool) -> None:
+    """Fails when no predicted label is a gold label: the model's label names are not the
+    gold rows' (``LABEL_0`` against ``cat``), and every score would be 0 for that reason."""
+    def names(values: list) -> set[str]:
+        return {x for v in values for x in (v if multi_label else [v]) if x}
 
-    return fsspec.open(url, mode)
+    g, p = names(gold), names(predicted)
+    if p and not g & p:
+        def shown(values: set[str]) -> str:
+            listed = sorted(values)
+            return ", ".join(listed[:6]) + (", …" if len(listed) > 6 else "")
+
+        raise TrainingDataError(
+            f"None of the predicted labels ({shown(p)}) occurs in the gold labels ({shown(g)}): "
+            "the model was trained on other label names, so every score would be 0. Label "
+            "with a model trained on these labels, or map the names first.")
 
 
 def evaluate(cfg: EvalConfig) -> dict[str, Any]:
@@ -169,6 +247,10 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         column = "labels" if cfg.multi_label else "label"
     predicted = _by_id(read_columns(cfg.predictions, ["id", column]), "id",
                        f"Predictions {cfg.predictions!r}")
+    sides = [predicted]
+    if cfg.reference is not None:
+        sides.append(_by_id(read_columns(cfg.reference, ["id", column]), "id",
+                            f"Reference {cfg.reference!r}"))
     gold = _by_id(gold_table, cfg.id_column, f"Gold {cfg.gold!r}")
     both = sorted(gold.keys() & predicted.keys())
     missing = {
@@ -177,7 +259,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     }
     skips = Skips()
     pairs = _ner_pairs if cfg.task == "ner" else _classify_pairs
-    g, p = pairs(cfg, gold, predicted, both, skips)
+    g, (p, *reference) = pairs(cfg, gold, sides, both, skips)
     if not g:
         raise TrainingDataError(
             f"No row to compare: {len(gold)} gold ids, {len(predicted)} predicted ids, "
@@ -185,6 +267,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     if cfg.task == "ner":
         scores = entity_scores(g, p)
     else:
+        _check_label_overlap(g, p, cfg.multi_label)
         scores = multi_label_scores(g, p) if cfg.multi_label else class_scores(g, p)
     out = _output_dir(cfg)
     fs, root = fsspec.core.url_to_fs(out)
@@ -201,9 +284,21 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         "missing": {k: {"count": len(v), "first_ids": v[:_SHOWN_IDS]} for k, v in missing.items()},
         "skipped": skips.as_dict(),
         "scores": scores,
+        "speed": _speeds(cfg),
         "files": files,
     }
-    with _open(files[0], "w") as f:
+    if reference:
+        report["reference"] = {"predictions": cfg.reference,
+                               **_agreement(p, reference[0], cfg.task, cfg.multi_label)}
+        kept = [(a, b) for a, b in zip(g, reference[0], strict=True) if b is not None]
+        if kept:  # the reference's own scores against gold, on the rows it has
+            ga, ra = (list(x) for x in zip(*kept, strict=True))
+            if cfg.task == "ner":
+                report["reference"]["scores"] = {"f1": entity_scores(ga, ra)["f1"]}
+            else:
+                ref = (multi_label_scores if cfg.multi_label else class_scores)(ga, ra)
+                report["reference"]["scores"] = {k: ref[k] for k in ("accuracy", "macro_f1")}
+    with replacing(files[0], "w", encoding="utf-8") as f:
         json.dump(report, f, indent=2)
     return report
 
@@ -224,8 +319,30 @@ def format_report(report: dict[str, Any]) -> str:
     lines.append(f"{'label':<{width}}  precision  recall      f1  support")
     lines += [f"{n:<{width}}  {r['precision']:9.4f}  {r['recall']:6.4f}  {r['f1']:6.4f}  {r['support']:7d}"
               for n, r in per.items()]
+    lines += _comparison_lines(report)
     lines.append(f"wrote {', '.join(report['files'])}")
     return "\n".join(lines)
+
+
+def _comparison_lines(report: dict[str, Any]) -> list[str]:
+    """Agreement with the reference, and both models' speed side by side."""
+    lines = []
+    ref, speed = report.get("reference"), report.get("speed") or {}
+    if ref:
+        unit = "words" if report["task"] == "ner" else "rows"
+        agreement = "n/a" if ref["agreement"] is None else f"{ref['agreement']:.4f}"
+        own = "  ".join(f"{k} {v:.4f}" for k, v in (ref.get("scores") or {}).items())
+        lines.append(f"agreement with the reference {agreement} (on {ref.get(unit, ref['rows'])} "
+                     f"{unit}); the reference's own: {own or 'n/a'}")
+    for side in ("predictions", "reference"):
+        if speed.get(side):
+            v = speed[side]
+            lines.append(f"speed ({side}): {v['docs_per_second'] or 0:.1f} docs/s through "
+                         f"bertbeam label ({v['model']}, {v['written']} docs)")
+    if "speedup" in speed:
+        lines.append(f"the predictions' model is {speed['speedup']:.2f}x the reference's speed"
+                     + ("" if speed["same_input"] else " (on different inputs: not comparable)"))
+    return lines
 
 
 def print_report(report: dict[str, Any]) -> None:

@@ -15,15 +15,15 @@ import pyarrow as pa
 import pytest
 from safetensors.numpy import load_file
 
-from bertbeam.training import TrainConfig, train
 from bertbeam.cli.demo_labels import FAMILIES, demo_labelled, write_demo_labels
+from bertbeam.training import TrainConfig, train
 from bertbeam.training.loop import IGNORE, first_subtoken_labels
 from tests.conftest import read_output, run_cli, write_corpus
+from tests.integration.test_gcs import BAD_ROWS, BUCKET, GOOD_IDS, _gs, gcs  # noqa: F401, F811 (a fixture)
 from tests.tasks.test_classify import _assert_labels_match
 from tests.tasks.test_classify import _pipeline as classify_pipeline
 from tests.tasks.test_entities import _assert_entities_match
 from tests.tasks.test_entities import _pipeline as ner_pipeline
-from tests.integration.test_gcs import BAD_ROWS, BUCKET, GOOD_IDS, _gs, gcs  # noqa: F401, F811 (a fixture)
 
 ROOT = Path(__file__).resolve().parents[2]
 PEOPLE = ["John Smith", "Maria Garcia", "Guido van Rossum", "Ada Lovelace", "Alan Turing"]
@@ -62,7 +62,7 @@ def _ner_rows(n: int = 48, seed: int = 0) -> dict[str, list]:
 
 def _config(tmp_path: Path, model: str, task: str, train_glob: str, name: str, **kwargs) -> TrainConfig:
     options = {"max_steps": 4, "token_budget": 512, "learning_rate": 1e-3, "device": "cpu",
-               "max_length": 64, **kwargs}
+               "max_length": 64, "num_threads": 1, **kwargs}
     return TrainConfig(task=task, train=train_glob, output=str(tmp_path / name), model=model, **options)
 
 
@@ -177,13 +177,16 @@ def test_word_tags_go_on_the_first_sub_token(tiny_model, arch):
     assert got == expected
 
 
-def test_early_stopping_keeps_the_best_epoch(tmp_path, tiny_model, classify_data):
+def test_early_stopping_keeps_the_best_evaluation(tmp_path, tiny_model, classify_data):
     """A learning rate too small to change a prediction: no evaluation improves on the first,
-    so patience 1 stops after epoch 2 of 6, and the best is epoch 1."""
+    so patience 1 stops after the second evaluation (of 6 planned), and the best is the
+    first. 87 rows in batches of 8: 11 steps an epoch, 66 steps, an evaluation every eighth
+    of them (9 steps)."""
     report = train(_config(tmp_path, tiny_model("bert", "base"), "classify", classify_data,
                            "stop", max_steps=None, epochs=6, patience=1, learning_rate=1e-12))
-    assert [h["epoch"] for h in report["history"]] == [1, 2]
-    assert report["best"]["epoch"] == 1
+    assert report["plan"]["steps"] == 66 and report["plan"]["eval_every"] == 9
+    assert [h["step"] for h in report["history"]] == [9, 18]
+    assert report["best"]["step"] == 9 and report["steps"] == 18
 
 
 @pytest.mark.slow
@@ -246,8 +249,10 @@ def _train_cli(*argv, model: str) -> int:
 ])
 def test_bad_training_data_is_one_line(tmp_path, tiny_model, capsys, columns, extra, message):
     path = write_corpus(tmp_path / "bad.parquet", columns)
+    model = tiny_model("bert", "base")
+    capsys.readouterr()  # the session fixture's output, when this test is the first to use it
     rc = _train_cli("--task", "classify", "--train", path, "--output", tmp_path / "m", *extra,
-                    model=tiny_model("bert", "base"))
+                    model=model)
     err = capsys.readouterr().err.strip()
     assert rc == 2
     assert err.startswith("bertbeam train: error: ") and message in err and "\n" not in err, err
@@ -289,7 +294,7 @@ def test_rows_without_label_or_text_are_counted_and_skipped(tmp_path, tiny_model
 def test_cli_error_in_a_fresh_process_has_no_traceback(tmp_path):
     """As users run it: a glob that matches nothing is one line on stderr, exit code 2."""
     proc = subprocess.run(
-        [sys.executable, "-m", "bertbeam.cli", "train", "--task", "classify",
+        [sys.executable, "-m", "bertbeam.cli.main", "train", "--task", "classify",
          "--train", str(tmp_path / "nothing-*.parquet"), "--output", str(tmp_path / "m")],
         cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
