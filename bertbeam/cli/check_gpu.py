@@ -21,11 +21,14 @@ import argparse
 import logging
 import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import PipelineOptions
 
+from bertbeam.cli.options import CheckGpuOptions, CommandParser, command_parser, parse_command
 from bertbeam.run.runners import resolve_runner
 
 _LOG = logging.getLogger("bertbeam")
@@ -108,15 +111,12 @@ class CheckGpu(beam.PTransform):
         )
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="bertbeam check-gpu",
-        description="Fail fast when the workers of a pipeline see no CUDA device.",
-        epilog="Other flags are Beam pipeline options (--runner, --sdk_container_image, ...).")
-    p.add_argument("--probes", type=int, default=8, help="probe elements, spread over workers")
-    p.add_argument("--allow-cpu", action="store_true",
-                   help="report workers without a GPU instead of failing")
-    return p
+OPTIONS = (CheckGpuOptions,)
+
+
+def parser() -> CommandParser:
+    return command_parser("bertbeam check-gpu",
+                          "Fail fast when the workers of a pipeline see no CUDA device.", OPTIONS)
 
 
 def build(p: beam.Pipeline, args: argparse.Namespace) -> None:
@@ -125,8 +125,6 @@ def build(p: beam.Pipeline, args: argparse.Namespace) -> None:
 
 def device_counts(result: object) -> dict[str, int]:
     """Probes per ``"<device> bf16=<bool>"`` from a finished run's counters."""
-    from apache_beam.metrics.metric import MetricsFilter
-
     counts: dict[str, int] = {}
     for c in result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]:
         value = c.committed if c.committed is not None else c.attempted
@@ -144,14 +142,14 @@ def _no_gpu_reason(exc: BaseException) -> str | None:
     return text[marker + len(name):].splitlines()[0] if marker >= 0 else None
 
 
-def run(argv: list[str] | None = None) -> int:
-    """Runs the check; returns 0 when every probe found a GPU (or ``--allow-cpu``), else 1."""
-    from bertbeam.run.job import beam_options
-
+def run(argv: Sequence[str] | None = None) -> int:
+    """Runs the check; returns 0 when every probe found a GPU (or ``--allow-cpu``), 1 when
+    one did not, 2 for a mistake in the command line."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    args, beam_args = parser().parse_known_args(argv)
+    argv = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
     try:
-        options = beam_options(beam_args)
+        args, _ = parse_command(parser(), OPTIONS, argv)
+        options = PipelineOptions(argv)
         p = beam.Pipeline(runner=resolve_runner(options), options=options)
         build(p, args)
         result = p.run()

@@ -1,17 +1,23 @@
-"""A demo corpus made offline from text that ships with Python (the ``pydoc_data`` topics)."""
+"""``bertbeam demo-corpus DIR``: a demo corpus made offline from text that ships with
+Python (the ``pydoc_data`` topics); ``--labels`` writes labelled train and test splits
+(:mod:`bertbeam.cli.demo_labels`)."""
 
 from __future__ import annotations
 
 import re
+import sys
+from collections.abc import Sequence
+from pydoc_data import topics
 
+import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from bertbeam.cli.options import CommandParser, UsageError, positive_int
 
 
 def topic_paragraphs() -> list[tuple[str, str]]:
     """``(topic name, paragraph)`` for every paragraph of Python's ``pydoc_data`` topics."""
-    from pydoc_data import topics
-
     pairs: list[tuple[str, str]] = []
     for name in sorted(topics.topics):
         for para in re.split(r"\n\s*\n", topics.topics[name]):
@@ -23,8 +29,6 @@ def topic_paragraphs() -> list[tuple[str, str]]:
 
 def demo_texts() -> list[str]:
     """Paragraphs of Python's own reference documentation, short ones and long ones."""
-    from pydoc_data import topics
-
     texts = [para for _, para in topic_paragraphs()]
     # Whole topics as long documents: the heavy tail a real corpus has.
     texts += [" ".join(topics.topics[name].split()) for name in sorted(topics.topics)[::12]]
@@ -33,8 +37,6 @@ def demo_texts() -> list[str]:
 
 def write_demo_corpus(output_dir: str, *, files: int = 2, limit: int | None = None) -> list[str]:
     """Writes ``corpus-NNNNN.parquet`` files with ``id`` and ``text`` columns; returns their paths."""
-    import fsspec
-
     texts = demo_texts()[:limit]
     fs, root = fsspec.core.url_to_fs(output_dir)
     fs.makedirs(root, exist_ok=True)
@@ -48,3 +50,32 @@ def write_demo_corpus(output_dir: str, *, files: int = 2, limit: int | None = No
             pq.write_table(pa.table({"id": ids, "text": part}), f, row_group_size=1000)
         paths.append(fs.unstrip_protocol(path))
     return paths
+
+
+def parser() -> CommandParser:
+    p = CommandParser("bertbeam demo-corpus", "Write a Parquet corpus made from Python's own docs.",
+                      epilog=None)
+    p.add_argument("directory")
+    p.add_argument("--files", type=positive_int, default=2, help="Parquet files to write")
+    p.add_argument("--limit", type=positive_int, default=None, help="at most this many documents")
+    p.add_argument("--labels", action="store_true",
+                   help="write labelled train.parquet and test.parquet (id, text, label) instead")
+    return p
+
+
+def run(argv: Sequence[str]) -> int:
+    """``bertbeam demo-corpus DIR [--files N] [--limit N] [--labels]``; returns the exit status."""
+    try:
+        args = parser().parse_args([str(a) for a in argv])
+    except UsageError as exc:
+        print(f"bertbeam demo-corpus: error: {exc}", file=sys.stderr)
+        return 2
+    if args.labels:
+        from bertbeam.cli.demo_labels import write_demo_labels  # it imports this module
+
+        paths = write_demo_labels(args.directory, limit=args.limit)
+        print(f"wrote {', '.join(paths)}")
+        return 0
+    paths = write_demo_corpus(args.directory, files=args.files, limit=args.limit)
+    print(f"wrote {len(paths)} files to {args.directory}")
+    return 0

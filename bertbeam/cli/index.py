@@ -1,4 +1,5 @@
-"""``bertbeam index build`` and ``bertbeam search``: the embedded search index from the shell."""
+"""``bertbeam index build``, ``bertbeam index search`` (and ``bertbeam search``, its short
+name): the embedded search index from the shell."""
 
 from __future__ import annotations
 
@@ -6,80 +7,96 @@ import argparse
 import logging
 import sys
 import time
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, TextIO
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TextIO
 
-if TYPE_CHECKING:
-    from bertbeam.index.search import Hit, SearchIndex
+from bertbeam.cli.options import CommandParser, positive_int
+from bertbeam.index.search import Hit, IndexSpec, SearchIndex, SearchIndexError, build_index
 
 _MAX_VALUE_CHARS = 100
 
 
-def _index_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="bertbeam index build",
-        description="Build an approximate-nearest-neighbour index from `bertbeam embed` results.")
-    from bertbeam.index.search import IndexSpec
-
+def _add_build_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--embeddings", required=True,
                    help="results Parquet glob, e.g. 'out/results-*.parquet' (local, gs://, fsspec URL)")
     p.add_argument("--output", required=True, help="index directory (local, gs://, fsspec URL)")
-    p.add_argument("--m", type=int, default=IndexSpec.m, help="HNSW neighbours per node")
-    p.add_argument("--ef-construction", type=int, default=IndexSpec.ef_construction)
-    p.add_argument("--ef-search", type=int, default=IndexSpec.ef_search,
+    p.add_argument("--m", type=positive_int, default=IndexSpec.m, help="HNSW neighbours per node")
+    p.add_argument("--ef-construction", type=positive_int, default=IndexSpec.ef_construction,
+                   help="candidates kept while inserting (build time against recall)")
+    p.add_argument("--ef-search", type=positive_int, default=IndexSpec.ef_search,
                    help="default search depth stored in the index (recall against latency)")
-    p.add_argument("--batch-rows", type=int, default=IndexSpec.batch_rows,
+    p.add_argument("--batch-rows", type=positive_int, default=IndexSpec.batch_rows,
                    help="rows read at a time while building")
-    p.add_argument("--threads", type=int, default=None, help="build threads (default: all cores)")
-    return p
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="build threads (default: all cores)")
+    p.set_defaults(work=_build)
 
 
-def _search_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="bertbeam search",
-        description="Search an index built by `bertbeam index build`. Queries come from the "
-                    "arguments, or from stdin one per line when none is given.")
+def _add_search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("query", nargs="*",
                    help="query text (several: one search each); none: read queries from stdin, "
                         "one per line, and answer each as it comes (the model loads once)")
     p.add_argument("--index", required=True, help="index directory (local, gs://, fsspec URL)")
-    p.add_argument("-k", type=int, default=10, help="hits per query (default 10)")
+    p.add_argument("-k", type=positive_int, default=10, help="hits per query")
     p.add_argument("--json", action="store_true",
                    help="one JSON object per query, one per line (JSON lines)")
-    p.add_argument("--ef-search", type=int, default=None, help="override the index's search depth")
+    p.add_argument("--ef-search", type=positive_int, default=None,
+                   help="override the index's search depth")
     p.add_argument("--model", default=None,
                    help="embed the query with this URI (must be the index's model)")
+    p.set_defaults(work=_search)
+
+
+_SEARCH_DESCRIPTION = ("Search an index built by `bertbeam index build`. Queries come from the "
+                       "arguments, or from stdin one per line when none is given.")
+
+
+def index_parser() -> CommandParser:
+    """``bertbeam index`` with its subcommands ``build`` and ``search``."""
+    p = CommandParser("bertbeam index", "The embedded search index: build one from "
+                                        "`bertbeam embed` results, search it.", epilog=None)
+    commands = p.add_subparsers(title="commands", dest="command", required=True,
+                                parser_class=CommandParser)
+    _add_build_args(commands.add_parser(
+        "build", help="build an index from embeddings", epilog=None,
+        description="Build an approximate-nearest-neighbour index from `bertbeam embed` results."))
+    _add_search_args(commands.add_parser("search", help="search an index", epilog=None,
+                                         description=_SEARCH_DESCRIPTION))
     return p
 
 
-def _main(work: Callable[[list[str]], int], argv: list[str]) -> int:
-    """Runs a command; a user error (SearchIndexError, InputError and ModelLoadError are
-    ValueErrors; a missing file) is one line on stderr and exit status 2, no traceback."""
+def search_parser() -> CommandParser:
+    """``bertbeam search``: ``bertbeam index search`` under its short name."""
+    p = CommandParser("bertbeam search", _SEARCH_DESCRIPTION, epilog=None)
+    _add_search_args(p)
+    return p
+
+
+def _main(parser: CommandParser, argv: Sequence[str]) -> int:
+    """Runs a command; a user error (a bad command line; SearchIndexError, InputError and
+    ModelLoadError are ValueErrors; a missing file) is one line on stderr and exit status 2,
+    no traceback."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return work(argv)
+        args = parser.parse_args([str(a) for a in argv])
+        return args.work(args)
     except (ValueError, FileNotFoundError) as exc:
         print(f"bertbeam: error: {exc}", file=sys.stderr)
         return 2
 
 
-def run_index(argv: list[str]) -> int:
-    """``bertbeam index build ...``; returns the exit code (2 for a user error)."""
-    if not argv or argv[0] in ("-h", "--help"):
-        print("usage: bertbeam index build --embeddings GLOB --output DIR [options]\n"
-              "       (bertbeam index build --help)")
-        return 0 if argv else 2
-    if argv[0] != "build":
-        print(f"bertbeam index: unknown subcommand {argv[0]!r}; the one subcommand is 'build'.",
-              file=sys.stderr)
-        return 2
-    return _main(_build, argv[1:])
+def run_index(argv: Sequence[str]) -> int:
+    """``bertbeam index build|search ...``; returns the exit status (2 for a user error)."""
+    return _main(index_parser(), argv)
 
 
-def _build(argv: list[str]) -> int:
-    from bertbeam.index.search import IndexSpec, build_index
+def run_search(argv: Sequence[str]) -> int:
+    """``bertbeam search --index IDX ["query" ...] [-k 10] [--json]``; returns the exit status."""
+    return _main(search_parser(), argv)
 
-    args = _index_parser().parse_args(argv)
+
+def _build(args: argparse.Namespace) -> int:
     spec = IndexSpec(m=args.m, ef_construction=args.ef_construction, ef_search=args.ef_search,
                      batch_rows=args.batch_rows, threads=args.threads)
     start = time.perf_counter()
@@ -92,15 +109,7 @@ def _build(argv: list[str]) -> int:
     return 0
 
 
-def run_search(argv: list[str]) -> int:
-    """``bertbeam search --index IDX ["query" ...] [-k 10] [--json]``; returns the exit code."""
-    return _main(_search, argv)
-
-
-def _search(argv: list[str]) -> int:
-    from bertbeam.index.search import SearchIndex
-
-    args = _search_parser().parse_args(argv)
+def _search(args: argparse.Namespace) -> int:
     with SearchIndex.open(args.index) as index:
         if args.ef_search is not None:
             index.set_ef_search(args.ef_search)
@@ -117,10 +126,6 @@ def _search_stdin(index: SearchIndex, args: argparse.Namespace) -> int:
     are skipped. A query that cannot be embedded is one error line (exit status 2 at the end),
     the next ones are still answered. The model loads on a thread while the first query is
     typed; a terminal gets a prompt on stderr."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from bertbeam.index.search import SearchIndexError
-
     interactive = sys.stdin.isatty()
     with ThreadPoolExecutor(1, thread_name_prefix="bertbeam-load") as pool:
         loading = pool.submit(lambda: index.encoder(args.model).load())

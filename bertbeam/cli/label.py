@@ -1,80 +1,58 @@
 """``bertbeam label --task T``: label a Parquet corpus with one task.
 
-Each task's options come from the task itself (fields made with ``tasks.base.option``): their
-flags, help and defaults; a flag given to a task that does not take it is refused.
+Each task's options come from the task itself (fields made with ``core.task.option``): their
+flags, help and defaults (:class:`bertbeam.cli.options.LabelOptions`); a flag given to a task
+that does not take it is refused.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections import defaultdict
+from collections.abc import Sequence
 
+import fsspec
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from bertbeam.run.job import Job, add_common_args, carry_columns, main, new_parser, run_spec
-from bertbeam.run.control import run_control
 from bertbeam.beam.reading import Columns
-from bertbeam.tasks import TASKS, make_task
-from bertbeam.core.task import TaskOption, task_options
+from bertbeam.cli.jobs import carry_columns, run_control, run_job, run_spec
+from bertbeam.cli.options import (
+    COMMAND_FLAGS,
+    CommandParser,
+    JobOptions,
+    LabelOptions,
+    command_parser,
+    options_by_flag,
+    parse_command,
+)
+from bertbeam.run.job import Job
+from bertbeam.tasks import make_task
 
-LABEL_TASKS = tuple(name for name in TASKS if name != "embed")
-
-_COMMAND_FLAGS = {
-    # argparse dest -> (flag, tasks that take it): flags of the command, not task options.
-    "labels": ("--labels", ("zero-shot",)),
-    "labels_file": ("--labels-file", ("zero-shot",)),
-    "question_column": ("--question-column", ("qa",)),
-    "context_column": ("--context-column", ("qa",)),
-}
+OPTIONS = (LabelOptions, JobOptions)
 
 
-def _options_by_flag() -> dict[str, list[tuple[str, TaskOption]]]:
-    """flag -> [(task, its option)] over every labeling task."""
-    flags: dict[str, list[tuple[str, TaskOption]]] = defaultdict(list)
-    for name in LABEL_TASKS:
-        for opt in task_options(TASKS[name]):
-            flags[opt.flag].append((name, opt))
+def parser() -> CommandParser:
+    return command_parser("bertbeam label", "Label documents with a BERT-family model.", OPTIONS)
+
+
+def pipeline_flags(argv: Sequence[str]) -> list[str]:
+    """``argv`` as the pipeline's options read it: Beam's ``--labels`` are a Dataflow job's
+    labels, so the zero-shot ``--labels`` travel as ``--candidate-labels``."""
+    flags = []
+    for arg in map(str, argv):
+        if arg == "--labels" or arg.startswith("--labels="):
+            arg = "--candidate-labels" + arg[len("--labels"):]
+        flags.append(arg)
     return flags
 
 
-def parser() -> argparse.ArgumentParser:
-    p = new_parser("bertbeam label", "Label documents with a BERT-family model.")
-    p.add_argument("--task", required=True, choices=LABEL_TASKS)
-    add_common_args(p, long_docs_default=None)  # the task's window policy decides
-    g = p.add_argument_group("task options (default: the task's own, shown per task)")
-    for flag, owners in _options_by_flag().items():
-        _, first = owners[0]
-        help_text = "; ".join(
-            f"{task}: {opt.help}" + ("" if opt.default is None else f" (default: {opt.default})")
-            for task, opt in owners).replace("%", "%%")
-        if first.kind is bool:
-            g.add_argument(flag, dest=first.name, action="store_const", const=True,
-                           default=argparse.SUPPRESS, help=help_text)
-        else:
-            g.add_argument(flag, dest=first.name, type=first.kind, choices=first.choices,
-                           default=argparse.SUPPRESS, help=help_text)
-    g = p.add_argument_group("qa")
-    g.add_argument("--question-column", default=None, help="input column; default: question")
-    g.add_argument("--context-column", default=None, help="input column; default: context")
-    g = p.add_argument_group("zero-shot")
-    labels = g.add_mutually_exclusive_group()
-    labels.add_argument("--labels", default=None,
-                        help='comma-separated labels, each "label" or "label: description"')
-    labels.add_argument("--labels-file", default=None,
-                        help='file with one "label" or "label: description" a line')
-    return p
-
-
 def _read_labels(args: argparse.Namespace) -> tuple[tuple[str, ...], tuple[str | None, ...] | None]:
-    from bertbeam.tasks.zero_shot import parse_labels
+    from bertbeam.tasks.zero_shot import parse_labels  # as TASKS does: the task's module on use
 
-    if args.labels is not None:
-        return parse_labels(args.labels.split(","))
+    if args.candidate_labels is not None:
+        return parse_labels(args.candidate_labels.split(","))
     if args.labels_file is None:
         raise ValueError("--task zero-shot needs --labels \"a,b,c\" or --labels-file FILE.")
-    import fsspec
-
     try:
         with fsspec.open(args.labels_file, "r", encoding="utf-8") as f:
             return parse_labels(f.read().splitlines())
@@ -86,7 +64,7 @@ def _task_options(args: argparse.Namespace) -> dict:
     """The task options given on the command line; one clear error for a flag the task
     does not take, or a bad combination."""
     given = {}
-    for flag, owners in _options_by_flag().items():
+    for flag, owners in options_by_flag().items():
         dest = owners[0][1].name
         if not hasattr(args, dest):
             continue
@@ -95,7 +73,7 @@ def _task_options(args: argparse.Namespace) -> dict:
             raise ValueError(
                 f"{flag} does not apply to --task {args.task}; it is for --task {' / '.join(tasks)}.")
         given[dest] = getattr(args, dest)
-    for dest, (flag, tasks) in _COMMAND_FLAGS.items():
+    for dest, (flag, tasks) in COMMAND_FLAGS.items():
         if getattr(args, dest) is not None and args.task not in tasks:
             raise ValueError(
                 f"{flag} does not apply to --task {args.task}; it is for --task {' / '.join(tasks)}.")
@@ -110,8 +88,13 @@ def _task_options(args: argparse.Namespace) -> dict:
     return given
 
 
-def make_job(argv: list[str] | None) -> tuple[Job, list[str]]:
-    args, beam_args = parser().parse_known_args(argv)
+def make_job(argv: Sequence[str]) -> tuple[Job, PipelineOptions]:
+    """The job and its pipeline options (bertbeam's and Beam's) from ``argv``.
+
+    Raises:
+        ValueError: a bad flag, value or combination (one line).
+    """
+    args, beam_args = parse_command(parser(), OPTIONS, argv)
     task = make_task(args.task, **_task_options(args))
     if args.long_docs is None:
         args.long_docs = task.default_long_docs
@@ -122,14 +105,15 @@ def make_job(argv: list[str] | None) -> tuple[Job, list[str]]:
     else:
         columns = Columns(id=args.id_column, text=args.text_column,
                           carry=carry_columns(args, [args.text_column]))
-    job = Job(task=task, run=run_spec(args, PipelineOptions(beam_args)), input=args.input,
+    options = PipelineOptions(pipeline_flags(argv))
+    job = Job(task=task, run=run_spec(args, options), input=args.input,
               output=args.output, columns=columns, control=run_control(args, beam_args))
     task.check_tokenize(job.run.tokenize)
-    return job, beam_args
+    return job, options
 
 
-def run(argv: list[str] | None = None) -> int:
-    return main(make_job, argv, parser())
+def run(argv: Sequence[str] | None = None) -> int:
+    return run_job(make_job, argv)
 
 
 if __name__ == "__main__":

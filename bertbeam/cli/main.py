@@ -14,7 +14,8 @@ commands:
   train          fine-tune a classifier or tagger   (bertbeam train --help)
   evaluate       score label results against gold   (bertbeam evaluate --help)
   index build    build a search index from embeddings (bertbeam index build --help)
-  search         search an index: bertbeam search --index DIR "query" [-k 10] [--json]
+  index search   search an index: bertbeam index search --index DIR "query" [-k 10] [--json]
+  search         the same as index search
   report         write a finished run's _REPORT.html: bertbeam report OUTPUT [--previous OUTPUT]
   demo-corpus    write a demo corpus: bertbeam demo-corpus DIR [--files N] [--limit N] [--labels]
   check-gpu      fail fast when workers see no GPU (bertbeam check-gpu --help)
@@ -26,39 +27,14 @@ options:
 _COMMANDS = {
     "embed": "bertbeam.cli.embed:run",
     "label": "bertbeam.cli.label:run",
-    "report": "bertbeam.run.report:report_command",
+    "report": "bertbeam.cli.report:run",
     "check-gpu": "bertbeam.cli.check_gpu:run",
     "train": "bertbeam.cli.train:run_train",
     "evaluate": "bertbeam.cli.train:run_evaluate",
     "index": "bertbeam.cli.index:run_index",
     "search": "bertbeam.cli.index:run_search",
-    "demo-corpus": "bertbeam.cli.main:_demo_corpus",
+    "demo-corpus": "bertbeam.cli.demo:run",
 }
-
-
-def _demo_corpus(argv: list[str]) -> int:
-    import argparse
-
-    from bertbeam.cli.demo import write_demo_corpus
-
-    p = argparse.ArgumentParser(prog="bertbeam demo-corpus", allow_abbrev=False,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                                description="Write a Parquet corpus made from Python's own docs.")
-    p.add_argument("directory")
-    p.add_argument("--files", type=int, default=2, help="Parquet files to write")
-    p.add_argument("--limit", type=int, default=None, help="at most this many documents")
-    p.add_argument("--labels", action="store_true",
-                   help="write labelled train.parquet and test.parquet (id, text, label) instead")
-    args = p.parse_args(argv)
-    if args.labels:
-        from bertbeam.cli.demo_labels import write_demo_labels
-
-        paths = write_demo_labels(args.directory, limit=args.limit)
-        print(f"wrote {', '.join(paths)}")
-        return 0
-    paths = write_demo_corpus(args.directory, files=args.files, limit=args.limit)
-    print(f"wrote {len(paths)} files to {args.directory}")
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

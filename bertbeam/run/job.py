@@ -1,185 +1,48 @@
-"""What every task job shares: common flags, launcher checks, the run and its summary."""
+"""One task job from its options to its outputs: the launcher checks (``preflight``), the
+pipeline (``build``), the run and its summary (``execute``). The command line that makes a
+Job is :mod:`bertbeam.cli`."""
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from bertbeam.run import checks, stopping, summary
+from bertbeam.run import checks, summary
 
 from bertbeam.core import metrics
 
 from bertbeam.beam import writing
-from bertbeam.config import EMBEDDED_MODEL, BatchSpec, ModelSpec, RunSpec, TokenizeSpec
+from bertbeam.config import ModelSpec, RunSpec
 from bertbeam.core.deadletter import DEAD_LETTER, DEAD_LETTER_SCHEMA
 from bertbeam.filesystems import url_to_fs
 from bertbeam.run.finish import (
     AccountingError,
-    DeadLetterLimitError,
     FinishRun,
     WriteSummary,
     check_accounting,
     check_dead_letters,
 )
-from bertbeam.beam.incremental import (
-    CARRIED,
-    REMOVED,
-    JoinPrevious,
-    KeyByText,
-    Stamp,
-    StampResults,
-)
-from bertbeam.run.control import RunControl, add_control_args
-from bertbeam.beam.reading import Columns, InputError, ReadDocuments, carried_fields, check_input
+from bertbeam.beam.incremental import CARRIED, JoinPrevious, KeyByText, Stamp, StampResults
+from bertbeam.run.control import RunControl
+from bertbeam.beam.reading import Columns, ReadDocuments, carried_fields, check_input
 from bertbeam.run.runlock import RunLock
-from bertbeam.run.runners import is_local, local_processes, resolve_runner, torch_threads
+from bertbeam.run.runners import is_local, resolve_runner
 from bertbeam.core.task import Task
 from bertbeam.beam.tokenization import ChunkDocuments
 from bertbeam.beam.transforms import InferChunks, with_carried
-from bertbeam.beam.sinks import FitSink, SyncToSink
+from bertbeam.beam.vectordb import write_to_sink
 from bertbeam.beam.writing import WriteResults
 
 _LOG = logging.getLogger("bertbeam")
 
-__all__ = ["AccountingError", "Job", "Prepared", "build", "execute", "main", "preflight"]
-
-
-class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows ``(default: X)`` after each flag's help, except where there is no default."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        if action.default is None or action.default is False:
-            return action.help or ""
-        return super()._get_help_string(action)
-
-
-def new_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    """A parser that shows each default in --help and takes no abbreviations (a typo must
-    not silently mean another flag); unknown flags go on to Beam, which suggests the
-    nearest bertbeam or Beam flag."""
-    return argparse.ArgumentParser(
-        prog=prog, description=description, allow_abbrev=False,
-        formatter_class=_DefaultsHelpFormatter,
-        epilog="Other flags are Beam pipeline options (--runner, --direct_num_workers, ...).")
-
-
-def add_common_args(parser: argparse.ArgumentParser, *, long_docs_default: str | None = "chunk") -> None:
-    parser.add_argument("--input", required=True, help="Parquet glob: local, gs:// or any fsspec URL")
-    parser.add_argument("--output", required=True, help="output directory (local, gs://, fsspec URL)")
-    parser.add_argument("--model", default=EMBEDDED_MODEL,
-                        help=f"model directory or URI (default: {EMBEDDED_MODEL})")
-    parser.add_argument("--id-column", default="id", help="input column with the document id")
-    parser.add_argument("--text-column", default="text", help="input column with the text")
-    parser.add_argument("--carry-columns", default=None,
-                        help="comma-separated input columns (any type) copied unchanged into "
-                             "each result row, e.g. title,url,lang")
-    parser.add_argument("--keep-text", action="store_true",
-                        help="copy the text column(s) into the results too")
-    parser.add_argument("--max-length", type=int, default=None, help="tokens per window")
-    parser.add_argument("--long-docs", choices=["truncate", "chunk"], default=long_docs_default,
-                        help="long documents: overlapping windows (chunk) or the first (truncate)")
-    parser.add_argument("--stride", type=int, default=None, help="tokens shared by adjacent windows")
-    parser.add_argument("--token-budget", type=int, default=BatchSpec.token_budget,
-                        help="padded tokens in flight per worker (batch size x padded length; "
-                             "CPU streams share it)")
-    parser.add_argument("--buffer-size", type=int, default=BatchSpec.buffer_size,
-                        help="windows sorted together before batches are cut")
-    parser.add_argument("--max-batch-size", type=int, default=BatchSpec.max_batch_size,
-                        help="windows per batch at most")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
-                        help="auto: a GPU where the worker has one")
-    parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
-                        help="auto: bfloat16 on GPUs that have it, float32 otherwise")
-    parser.add_argument("--quantize", choices=["none", "int8"], default="none",
-                        help="int8: dynamic int8 linear layers on CPU")
-    parser.add_argument("--backend", choices=["torch", "onnx"], default="torch",
-                        help="onnx: ONNX Runtime's fused kernels on CPU (pip install 'bertbeam[onnx]')")
-    parser.add_argument("--threads", type=positive_int, default=None,
-                        help="torch threads per worker process (default: cores / local workers)")
-    parser.add_argument("--cpu-streams", type=_streams, default="auto",
-                        help="CPU batches run at once per worker process, each on its share of "
-                             "--threads (default: auto = min(threads, 4))")
-    parser.add_argument("--model-cache-dir", default=None, help="local cache for remote models")
-    parser.add_argument("--allow-pickle-weights", action="store_true",
-                        help="accept .bin/.pt weights (pickle can run code)")
-    parser.add_argument("--trust-remote-code", action="store_true",
-                        help="run model code shipped with the checkpoint")
-    add_control_args(parser)
-
-
-def carry_columns(args: argparse.Namespace, text_columns: list[str]) -> tuple[str, ...]:
-    """The columns ``--carry-columns`` and ``--keep-text`` ask to carry, in that order."""
-    names = [c.strip() for c in (args.carry_columns or "").split(",") if c.strip()]
-    if args.keep_text:
-        names += text_columns
-    return tuple(dict.fromkeys(names))
-
-
-def positive_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        number = 0
-    if number <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
-    return number
-
-
-def _streams(value: str) -> int | str:
-    if value == "auto":
-        return value
-    try:
-        return int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {value!r}") from None
-
-
-def beam_options(beam_args: list[str], bertbeam_parser: argparse.ArgumentParser | None = None
-                 ) -> PipelineOptions:
-    """Beam pipeline options from the flags bertbeam did not parse; a flag that is neither
-    bertbeam's nor Beam's is an error, not a warning (a typo must not run a nightly job),
-    with the nearest flag of either kind as a suggestion."""
-    import difflib
-
-    from apache_beam.options.pipeline_options import _BeamArgumentParser
-
-    parser = _BeamArgumentParser(allow_abbrev=False)
-    for cls in {str(c): c for c in PipelineOptions.__subclasses__()}.values():
-        cls._add_argparse_args(parser)
-    _, unknown = parser.parse_known_args(beam_args)
-    flags = [a for a in unknown if a.startswith("-")]
-    if flags:
-        known = [o for action in parser._actions for o in action.option_strings]
-        if bertbeam_parser is not None:
-            known += [o for action in bertbeam_parser._actions for o in action.option_strings]
-        close = difflib.get_close_matches(flags[0].split("=", 1)[0], known, n=1)
-        hint = f" Did you mean {close[0]}?" if close else ""
-        raise ValueError(f"Unknown option {flags[0]!r}: neither a bertbeam nor a Beam option.{hint}")
-    return PipelineOptions(beam_args)
-
-
-def run_spec(args: argparse.Namespace, options: PipelineOptions) -> RunSpec:
-    return RunSpec(
-        model=ModelSpec(
-            uri=args.model, device=args.device, dtype=args.dtype, quantize=args.quantize,
-            backend=args.backend,
-            num_threads=args.threads or torch_threads(options), cpu_streams=args.cpu_streams,
-            allow_pickle_weights=args.allow_pickle_weights,
-            trust_remote_code=args.trust_remote_code, cache_dir=args.model_cache_dir),
-        tokenize=TokenizeSpec(max_length=args.max_length, long_docs=args.long_docs,
-                              stride=args.stride),
-        batch=BatchSpec(token_budget=args.token_budget, buffer_size=args.buffer_size,
-                        max_batch_size=args.max_batch_size),
-    )
+__all__ = ["AccountingError", "Job", "Prepared", "build", "execute", "preflight"]
 
 
 @dataclass(frozen=True)
@@ -191,7 +54,7 @@ class Job:
     input: str
     output: str
     columns: Columns
-    sink: Any = None  # a bertbeam.beam.sinks sink (--sink), or None
+    sink: Any = None  # a bertbeam.beam.vectordb sink (--sink), or None
     control: RunControl = field(default_factory=RunControl)
 
 
@@ -208,8 +71,6 @@ class Prepared:
     carry: tuple[Any, ...]
     previous_files: list[tuple[int, str]]
     started: float = field(default_factory=time.time)
-    sink_points: int | None = None  # points in the --sink collection at launch
-    sink_text: str | None = None  # the results column a sink takes as text (--keep-text)
 
 
 def preflight(job: Job, options: PipelineOptions | None = None) -> Prepared:
@@ -247,13 +108,7 @@ def preflight(job: Job, options: PipelineOptions | None = None) -> Prepared:
                   model_fingerprint=model_fp, run_id=new_run_id(started))
     schema = stamp.schema(with_carried(job.task.schema(config), carry))
     previous = previous_result_files(job.control.previous, stamp, schema)
-    sink_points, text = None, job.columns.text if job.columns.text in schema.names else None
-    if job.sink is not None:
-        sink_points = job.sink.check(
-            schema, text_column=text, local=options is None or is_local(options),
-            processes=1 if options is None else local_processes(options))
-    return Prepared(config, local_dir, stamp, schema, carry, previous, started,
-                    sink_points=sink_points, sink_text=text)
+    return Prepared(config, local_dir, stamp, schema, carry, previous, started)
 
 
 def build(p: beam.Pipeline, job: Job, prepared: Prepared,
@@ -268,44 +123,31 @@ def build(p: beam.Pipeline, job: Job, prepared: Prepared,
     joining = bool(prepared.previous_files)
     read = p | "ReadDocuments" >> ReadDocuments(job.input, job.columns,
                                                 chunk_size=None if joining else chunk_size)
-    chunks, carried, removed = read["documents"], (), ()
+    chunks, carried = read["documents"], ()
     if joining:
         joined = chunks | "JoinPrevious" >> JoinPrevious(prepared.previous_files,
                                                          prepared.stamp.job_fingerprint)
         chunks = joined["documents"] | "ChunkDocuments" >> ChunkDocuments(chunk_size)
-        carried, removed = (joined[CARRIED],), (joined[REMOVED],)
+        carried = (joined[CARRIED],)
     infer = InferChunks(job.task, run=job.run, carry=prepared.carry, config=prepared.config)
     inferred = chunks | "KeyByText" >> KeyByText() | "Infer" >> infer
     stamped = inferred | "StampResults" >> StampResults(prepared.stamp)
-    computed = stamped["results"]
-    dead_letters = [read[DEAD_LETTER], stamped[DEAD_LETTER]]
-    if job.sink is not None:
-        # Rows the collection cannot take go to the dead letter, not to the results.
-        fitted = computed | "FitSink" >> FitSink(job.sink, prepared.sink_text)
-        computed = fitted["results"]
-        dead_letters.append(fitted[DEAD_LETTER])
-    results = computed
+    results = stamped["results"]
     if carried:
         results = (results, *carried) | "AllResults" >> beam.Flatten()
     written = results | "WriteResults" >> WriteResults(job.output, schema=prepared.schema)
-    synced = ()
-    if job.sink is not None:
-        # Computed rows only, unless the collection is empty (a first run with --sink); the
-        # ids that left the corpus are deleted. FinishRun reads the collection back.
-        upserts = results if prepared.sink_points == 0 else computed
-        synced = ((upserts, *removed) | "SyncSink" >> SyncToSink(job.sink, prepared.sink_text),)
+    write_to_sink(results, job.sink, prepared.schema)
     dead_written = (
-        tuple(dead_letters)
+        (read[DEAD_LETTER], stamped[DEAD_LETTER])
         | "AllDeadLetters" >> beam.Flatten()
         | "WriteDeadLetter" >> WriteResults(job.output, schema=DEAD_LETTER_SCHEMA, prefix="dead_letter")
     )
     if finish is not None:
-        (written, dead_written, *synced) | "WriteSummary" >> WriteSummary(finish)
+        (written, dead_written) | "WriteSummary" >> WriteSummary(finish)
 
 
-def execute(job: Job, beam_args: list[str],
-            bertbeam_parser: argparse.ArgumentParser | None = None) -> dict | None:
-    """Runs ``job``, writes ``_SUMMARY.json`` (and the report) and returns the summary; with
+def execute(job: Job, options: PipelineOptions) -> dict | None:
+    """Runs ``job`` with the pipeline ``options`` (Beam's and bertbeam's), writes ``_SUMMARY.json`` (and the report) and returns the summary; with
     ``--no-wait`` on a remote runner, returns ``None`` once the job is submitted (its last
     stage writes the summary).
 
@@ -315,7 +157,6 @@ def execute(job: Job, beam_args: list[str],
     """
     from bertbeam.core.memory import collector_paused
 
-    options = beam_options(beam_args, bertbeam_parser)
     with collector_paused():  # the checks import torch and transformers (memory.py)
         prepared = preflight(job, options)
     # One run at a time; the temporary files of this run (on failure) and of interrupted
@@ -354,9 +195,7 @@ def _run(job: Job, options: PipelineOptions, prepared: Prepared) -> dict | None:
             tally_dir=live.directory if local else None,
             previous_output=job.control.previous[0] if job.control.previous else None,
             read=total, max_dead_letter_fraction=job.control.max_dead_letter_fraction,
-            max_dead_letters=job.control.max_dead_letters,
-            previous_files=tuple(sorted({url for _, url in prepared.previous_files})),
-            joined=bool(prepared.previous_files), sink=job.sink)
+            max_dead_letters=job.control.max_dead_letters)
         p = beam.Pipeline(runner=resolve_runner(options), options=options)
         build(p, job, prepared, None if job.control.wait else finish)
         result = p.run()
@@ -418,8 +257,7 @@ def start_line(label: str, job: Job, prepared: Prepared, runtime: dict[str, Any]
     previous = (f"; carrying unchanged rows from {len(job.control.previous)} earlier run(s)"
                 if job.control.previous else "")
     return (f"{label}: {total} documents; model {job.run.model.uri} "
-            f"({prepared.stamp.model_fingerprint}); backend {runtime['backend']}, device "
-            f"{runtime['device']}, dtype "
+            f"({prepared.stamp.model_fingerprint}); device {runtime['device']}, dtype "
             f"{runtime['dtype']}, {threads} threads, {streams} streams{previous}"
             f"{_bf16_hint(job.run.model, runtime)}")
 
@@ -436,48 +274,3 @@ def _bf16_hint(model: ModelSpec, runtime: dict[str, Any]) -> str:
         return ""
     return ("; this CPU has AMX: --dtype bfloat16 runs about twice as fast "
             "(not bit-exact; README: bfloat16 on CPU)")
-
-
-def main(make_job: Callable[[list[str] | None], tuple[Job, list[str]]], argv: list[str] | None,
-         parser: argparse.ArgumentParser | None = None) -> int:
-    """Runs a task job from argv; returns the process exit code."""
-    from bertbeam.core.engine import BrokenTokenizerError
-    from bertbeam.core.models import ModelLoadError
-
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        with stopping.interrupts():
-            job, beam_args = make_job(argv)
-            _set_log_level(job.control)
-            report = execute(job, beam_args, parser)
-    except (InputError, ModelLoadError, ValueError, BrokenTokenizerError) as exc:
-        print(f"bertbeam: error: {exc}", file=sys.stderr)
-        return 2
-    except AccountingError as exc:
-        print(f"bertbeam: error: {exc}", file=sys.stderr)
-        return 3
-    except DeadLetterLimitError as exc:
-        print(f"bertbeam: error: {exc}", file=sys.stderr)
-        return 4
-    except KeyboardInterrupt as exc:
-        return stopping.interrupted(exc)
-    except Exception as exc:
-        if stopping.interrupted_by() is not None:
-            return stopping.interrupted(exc)
-        line = stopping.environment_error(exc)
-        if line is None:
-            raise
-        print(f"bertbeam: error: the run failed: {line}", file=sys.stderr)
-        return 1
-    if report is not None:
-        print(summary.summary_line(report))
-    return 0
-
-
-def _set_log_level(control: RunControl) -> None:
-    """``--log-level`` for bertbeam's loggers; Beam's and the rest stay at WARNING (ERROR with
-    ``--quiet``, which also quiets bertbeam unless a level is given)."""
-    quiet = logging.ERROR if control.quiet else logging.WARNING
-    logging.getLogger().setLevel(quiet)
-    logging.getLogger("bertbeam").setLevel(control.log_level or quiet)
-

@@ -19,7 +19,6 @@ import base64
 import html
 import io
 import logging
-import sys
 import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -489,26 +488,3 @@ def render(summary: dict, panels: list[Panel], previous: str | None = None) -> s
             f"<h1>bertbeam {esc(summary['task'])}: {esc(summary.get('output', ''))}</h1>"
             f"<p class='facts'>{fact_html}</p><div class='grid'>{''.join(sections)}</div>"
             "</body></html>")
-
-
-def report_command(argv: list[str]) -> int:
-    """``bertbeam report OUTPUT [--previous OUTPUT] [--threshold X]``."""
-    import argparse
-
-    p = argparse.ArgumentParser(prog="bertbeam report", allow_abbrev=False,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                                description="Write OUTPUT/_REPORT.html (and its PNGs) for a "
-                                            "finished run.")
-    p.add_argument("output", help="output directory of a finished run (with _SUMMARY.json)")
-    p.add_argument("--previous", default=None, help="an earlier run's output directory")
-    p.add_argument("--threshold", type=float, default=MOVE_THRESHOLD,
-                   help="flag labels whose share moved more than this (0.05 = 5 points)")
-    args = p.parse_args(argv)
-    try:
-        url = write_report(args.output, previous=args.previous, threshold=args.threshold)
-    except (OSError, ValueError) as exc:
-        print(f"bertbeam: error: cannot write the report of {args.output!r}: {exc}",
-              file=sys.stderr)
-        return 2
-    print(f"wrote {url}")
-    return 0

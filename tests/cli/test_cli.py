@@ -22,7 +22,8 @@ def test_version(capsys):
 
 
 @pytest.mark.parametrize(("command", "shown"), [
-    ("embed", ["(default: 8192)", "(default: chunk)", "(default: embedded:all-MiniLM-L6-v2)"]),
+    ("embed", ["(default: 8192)", "(default: chunk; fill-mask: truncate)",
+               "(default: embedded:all-MiniLM-L6-v2)"]),
     ("label", ["classify: labels listed in `labels`, best first (single-label) (default: 1)",
                "fill-mask: predicted tokens per mask (default: 5)", "(default: simple)",
                "qa: the longest answer, in tokens (default: 15)"]),

@@ -72,17 +72,48 @@ def test_dockerfile_adds_the_launcher_to_a_worker_image():
     assert not [a for op, a in ops if op == "ENTRYPOINT"]  # the worker's boot entrypoint stays
 
 
-def test_metadata_parameters_are_flags_of_the_commands():
-    from bertbeam.cli import embed, label
+def test_metadata_declares_every_option_one_to_one():
+    """The metadata's parameters are bertbeam's pipeline options, one each by attribute name
+    (and ``command``), as pipelines/flex_template.py derives them: an option added, renamed
+    or removed without writing the metadata again fails here."""
+    from bertbeam.cli.options import EmbedOptions, JobOptions, LabelOptions, option_actions
+    from pipelines.flex_template import FIXED, metadata, render_metadata
 
-    metadata = json.loads(METADATA.read_text())
-    flags = {o for p in (embed.parser(), label.parser()) for a in p._actions for o in a.option_strings}
-    names = [p["name"] for p in metadata["parameters"]]
-    assert {"input", "output", "previous"} <= set(names)
-    for name in names:
-        assert name == "command" or f"--{name}" in flags, name
-    required = {p["name"] for p in metadata["parameters"] if not p.get("isOptional")}
+    on_file = json.loads(METADATA.read_text())
+    names = [p["name"] for p in on_file["parameters"]]
+    assert len(names) == len(set(names))
+    options = set(option_actions((JobOptions, EmbedOptions, LabelOptions)))
+    assert set(names) == options - set(FIXED) | {"command"}, (
+        "write the metadata again: python -c 'from pipelines.flex_template import "
+        "write_metadata; write_metadata()'")
+    assert on_file == metadata() and METADATA.read_text() == render_metadata()
+    required = {p["name"] for p in on_file["parameters"] if not p.get("isOptional")}
     assert required == {"input", "output"}
+    by_name = {p["name"]: p for p in on_file["parameters"]}
+    assert by_name["task"]["regexes"] == ["^(classify|ner|qa|fill\\-mask|zero\\-shot)$"]
+    assert by_name["threads"]["regexes"] == ["^[1-9][0-9]*$"]
+    assert by_name["report"]["regexes"] == ["^(true|false)$"]
+
+
+def test_every_parameter_value_the_metadata_accepts_parses():
+    """A value each parameter's regexes accept is a value its flag takes."""
+    from bertbeam.cli import label
+
+    samples = {"^(true|false)$": "true", "^[1-9][0-9]*$": "3", "^([1-9][0-9]*|auto)$": "auto",
+               "^[0-9]+$": "0", "^-?[0-9]+$": "4", "^gs://.+": "gs://b/x"}
+    argv = []
+    for param in json.loads(METADATA.read_text())["parameters"]:
+        if (param["name"] in ("command", "task", "labels_file", "question_column", "context_column")
+                or param["helpText"].startswith("embed: ")):
+            continue  # the command itself, another task's or another command's options
+        regex = (param.get("regexes") or [""])[0]
+        value = samples.get(regex) or ("0.5" if "." in regex else regex[2:].split("|")[0].split(")")[0]
+                                       if regex.startswith("^(") else "x")
+        assert re.fullmatch(regex or ".*", value), (param["name"], value)
+        argv.append(f"--{param['name']}={value}")
+    argv = [a for a in flex_argv(["--command=label", "--task=zero-shot", *argv]) if a != "--no-wait"]
+    args, _ = label.parse_command(label.parser(), label.OPTIONS, argv[1:])
+    assert (args.task, args.keep_text, args.threads, args.cpu_streams) == ("zero-shot", True, 3, "auto")
 
 
 def test_flex_argv_adds_no_wait_and_the_command():
@@ -91,6 +122,16 @@ def test_flex_argv_adds_no_wait_and_the_command():
     assert flex_argv(["--input=x"])[0] == "embed"
     with pytest.raises(ValueError, match="Invalid --command: 'index'"):
         flex_argv(["--command", "index"])
+
+
+def test_flex_argv_maps_parameters_to_their_flags():
+    """A parameter is its option's attribute name; a switch takes true or false."""
+    assert flex_argv(["--token_budget=512", "--keep_text=true", "--report=false",
+                      "--multi_label=false", "--quiet=false", "--sdk_location=container"]) == [
+        "embed", "--token-budget=512", "--keep-text", "--no-report", "--sdk_location=container",
+        "--no-wait"]
+    with pytest.raises(ValueError, match="keep_text='yes': the parameter takes true or false"):
+        flex_argv(["--keep_text=yes"])
 
 
 def test_the_documented_flex_run_builds_a_dataflow_job(tmp_path, tiny_model, monkeypatch, capsys):
@@ -126,7 +167,12 @@ def test_the_documented_flex_run_builds_a_dataflow_job(tmp_path, tiny_model, mon
     names = {t.unique_name for t in job.proto_pipeline.components.transforms.values()}
     assert {"JoinPrevious", "Infer/RunModel", "WriteResults", "WriteSummary"} <= names
     assert unpickle_dofns(job.proto_pipeline) >= 10
-    pool = job_environment(options, job).worker_pools[0]
+    env = job_environment(options, job)
+    pool = env.worker_pools[0]
     assert pool.machine_type == "n2-standard-8"
     assert pool.worker_harness_container_image == VARS["FLEX_IMAGE"]
     assert pool.autoscaling_settings.max_num_workers == 16
+    # bertbeam's options are the job's pipeline options, as Dataflow records them.
+    recorded = env.sdk_pipeline_options["options"]
+    assert (recorded["task"], recorded["model"], recorded["token_budget"]) == (
+        "classify", model, 8192)

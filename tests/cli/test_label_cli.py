@@ -62,7 +62,8 @@ def test_fill_mask_end_to_end(tmp_path, tiny_model):
     path = write_corpus(tmp_path / "in" / "f.parquet", {"id": ["a", "b", "c"], "text": texts})
     out = tmp_path / "out"
     assert run_cli("label", "--task", "fill-mask", "--input", path, "--output", out,
-                   "--model", tiny_model("bert", "fill-mask"), "--top-k", "4") == 0
+                   "--model", tiny_model("bert", "fill-mask"), "--top-k", "4",
+                   "--max-dead-letter-fraction", "1") == 0  # one row in three dead-lettered
     _ids_accounted(out, ["a", "b", "c"])
     rows = {r["id"]: r for r in read_output(out)}
     assert set(rows) == {"a", "b"}
@@ -110,12 +111,13 @@ def test_bad_flags_exit_2_with_the_message(tmp_path, capsys):
 
 
 def test_jobs_carry_the_task_options_and_long_docs_defaults():
-    job, beam_args = _job("--task", "classify", "--multi-label", "--threshold", "0.2",
-                          "--chunk-merge", "max", "--direct_num_workers=2")
+    job, options = _job("--task", "classify", "--multi-label", "--threshold", "0.2",
+                        "--chunk-merge", "max", "--direct_num_workers=2")
     assert (job.task.name, job.task.multi_label, job.task.threshold, job.task.chunk_merge) == (
         "classify", True, 0.2, "max")
     assert job.run.tokenize.long_docs == "chunk"
-    assert beam_args == ["--direct_num_workers=2"]
+    assert job.control.options["beam"] == ["--direct_num_workers=2"]
+    assert options.get_all_options()["direct_num_workers"] == 2
     job, _ = _job("--task", "fill-mask", "--top-k", "7")
     assert (job.task.top_k, job.run.tokenize.long_docs) == (7, "truncate")
     assert (job.columns.id, job.columns.text, job.columns.text_pair) == ("id", "text", None)

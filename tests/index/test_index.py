@@ -243,7 +243,7 @@ def test_not_an_index_and_bad_arguments(tmp_path, capsys):
     assert run_cli("search", "--index", tmp_path, "query") == 2
     assert "is not a bertbeam index" in _error_line(capsys)
     assert run_cli("index", "rebuild") == 2
-    assert "unknown subcommand 'rebuild'" in capsys.readouterr().err
+    assert "argument command: invalid choice: 'rebuild'" in capsys.readouterr().err
     with pytest.raises(ValueError, match="ef_search must be a positive integer, got 0"):
         IndexSpec(ef_search=0)
     (tmp_path / MANIFEST_FILE).write_text(json.dumps({"format": "bertbeam-index", "format_version": 99}))

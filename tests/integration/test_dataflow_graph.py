@@ -63,7 +63,10 @@ def local_files(tiny_model, tmp_path_factory) -> dict[str, dict[str, str]]:
 def dry_run(argv: list[str], local: dict[str, str] | None = None):
     """Builds ``bertbeam <argv>`` as a Dataflow job without submitting it; returns the
     Beam options and the runner's ``apiclient.Job``."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
     from bertbeam.cli import check_gpu, embed, label
+    from bertbeam.cli.options import parse_command
     from bertbeam.run import job as common
     from bertbeam.run.runners import resolve_runner
 
@@ -74,13 +77,12 @@ def dry_run(argv: list[str], local: dict[str, str] | None = None):
             rest[rest.index(flag) + 1] = value
     rest.append("--dry_run=True")
     if command == "check-gpu":
-        args, beam_args = check_gpu.parser().parse_known_args(rest)
-        options = common.beam_options(beam_args)
+        args, _ = parse_command(check_gpu.parser(), check_gpu.OPTIONS, rest)
+        options = PipelineOptions(rest)
         p = beam.Pipeline(runner=resolve_runner(options), options=options)
         check_gpu.build(p, args)
     else:
-        job, beam_args = {"embed": embed, "label": label}[command].make_job(rest)
-        options = common.beam_options(beam_args)
+        job, options = {"embed": embed, "label": label}[command].make_job(rest)
         prepared = common.preflight(job)
         p = beam.Pipeline(runner=resolve_runner(options), options=options)
         common.build(p, job, prepared)
