@@ -8,8 +8,12 @@ import os
 
 import pytest
 
-from bertbeam.filesystems import (UnsafeTargetError, replacing, write_file_safely,
-                                  write_json_atomically)
+from bertbeam.filesystems import (
+    UnsafeTargetError,
+    replacing,
+    write_file_safely,
+    write_json_atomically,
+)
 
 
 def test_a_symlinked_target_is_refused_and_its_target_untouched(tmp_path):

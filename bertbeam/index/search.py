@@ -33,8 +33,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from bertbeam.filesystems import url_to_fs
 from bertbeam.core.fingerprint import model_fingerprint
+from bertbeam.filesystems import url_to_fs
 from bertbeam.tasks.embed import TASK_COLUMNS
 
 _LOG = logging.getLogger(__name__)
@@ -768,9 +768,9 @@ class QueryEncoder:
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """``(len(texts), dimension)`` float32 query embeddings."""
+        from bertbeam.beam.validation import check_document
         from bertbeam.core.deadletter import DeadLetter
         from bertbeam.core.records import DocumentChunk
-        from bertbeam.beam.validation import check_document
 
         if isinstance(texts, str) or not all(isinstance(t, str) and t.strip() for t in texts):
             raise SearchIndexError(f"Queries must be a list of non-empty strings, got {texts!r:.200}.")

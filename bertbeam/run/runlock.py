@@ -1,11 +1,18 @@
 """One run at a time per output directory: ``DIR/_LOCK.json``, created exclusively when a run
 starts (an exclusive create on local disks, a create-if-absent on GCS), refreshed while it
-runs and removed when it ends.
+runs (a heartbeat) and removed when it ends.
 
-A second run into the same directory finds the lock and refuses with one line. A lock left by
-a run that was killed is taken over when it is stale: its process is gone (same host), or it
-has not been refreshed for :data:`STALE_SECONDS` (any host, as a killed remote launcher
-cannot be asked).
+A second run into the same directory finds the lock and refuses with one line. A lock is a
+lease: its holder renews it every :data:`HEARTBEAT_SECONDS` and names itself with an owner
+token (host, kernel boot id, pid namespace, pid and the process's start time). A lock left by
+a run that is gone is taken over:
+
+* same host and boot, same pid namespace: at once when no process has that pid, or the
+  process that has it started at another time (a restarted container is often pid 1 again:
+  the pid alone would refuse it forever);
+* same host name but another boot: at once (no process survives a reboot);
+* otherwise (another host, another container's pids, a lock without a token): when its lease
+  has not been renewed for :data:`STALE_SECONDS`, as a killed remote launcher cannot be asked.
 """
 
 from __future__ import annotations
@@ -45,17 +52,66 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _read(path: str) -> str | None:
+    try:
+        with open(path, encoding="ascii", errors="replace") as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def _boot_id() -> str | None:
+    return _read("/proc/sys/kernel/random/boot_id")
+
+
+def _pid_namespace() -> str | None:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+
+
+def _process_start(pid: int) -> int | None:
+    """The start time of process ``pid`` in clock ticks since boot (Linux), or None."""
+    stat = _read(f"/proc/{pid}/stat")
+    if not stat:
+        return None
+    try:
+        return int(stat.rsplit(")", 1)[1].split()[19])  # field 22, after "pid (comm)"
+    except (IndexError, ValueError):
+        return None
+
+
+def owner_token() -> dict[str, Any]:
+    """What names this process as a lock's holder: host, boot id, pid namespace, pid and the
+    process's start time (the last three are ``None`` where the system does not tell)."""
+    pid = os.getpid()
+    return {"host": socket.gethostname(), "boot_id": _boot_id(), "pid_namespace": _pid_namespace(),
+            "pid": pid, "process_started": _process_start(pid)}
+
+
 def is_stale(lock: dict[str, Any], *, now: dt.datetime | None = None) -> bool:
-    """Whether the run that wrote ``lock`` is gone: its process has ended (same host), or its
-    lock has not been refreshed for ``STALE_SECONDS``."""
+    """Whether the run that wrote ``lock`` is gone (see the module's rules): its process has
+    ended or been replaced (same host, boot and pid namespace), the host has rebooted, or its
+    lease has not been renewed for ``STALE_SECONDS``."""
     now = now or _now()
     try:
         beat = dt.datetime.fromisoformat(lock["heartbeat_at"])
     except (KeyError, TypeError, ValueError):
         return True  # not a lock bertbeam wrote completely
-    if lock.get("host") == socket.gethostname() and isinstance(lock.get("pid"), int):
-        return not _pid_alive(lock["pid"])
-    return (now - beat).total_seconds() > STALE_SECONDS
+    lease_expired = (now - beat).total_seconds() > STALE_SECONDS
+    me = owner_token()
+    pid = lock.get("pid")
+    if lock.get("host") != me["host"] or not isinstance(pid, int):
+        return lease_expired
+    if lock.get("boot_id") and me["boot_id"] and lock["boot_id"] != me["boot_id"]:
+        return True  # the host has rebooted since: its process is gone
+    same_pids = (lock.get("boot_id") == me["boot_id"] is not None
+                 and lock.get("pid_namespace") == me["pid_namespace"] is not None)
+    started = lock.get("process_started")
+    if same_pids and isinstance(started, int):
+        return not _pid_alive(pid) or _process_start(pid) != started
+    return lease_expired  # no token to check (another container's pids, an older lock)
 
 
 class RunLock:
@@ -76,11 +132,12 @@ class RunLock:
         self._path = f"{root.rstrip('/')}/{LOCK_FILE}"
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._owner = owner_token()
 
     def _record(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "started_at": self.started_at,
-                "heartbeat_at": _now().isoformat(), "host": socket.gethostname(),
-                "pid": os.getpid()}
+                "heartbeat_at": _now().isoformat(), "lease_seconds": STALE_SECONDS,
+                **self._owner}
 
     def read(self) -> dict[str, Any] | None:
         """The lock as it is now (None: no lock; {} an unreadable one)."""

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -34,10 +33,12 @@ def corpus(tmp_path_factory) -> tuple[str, list[str]]:
 
 
 def _lock(out: Path, **fields) -> None:
+    """A lock whose owner token names this (live) process, unless ``fields`` say otherwise."""
+    from bertbeam.run.runlock import owner_token
+
     out.mkdir(parents=True, exist_ok=True)
     record = {"run_id": "other-run", "started_at": "2026-01-01T00:00:00+00:00",
-              "heartbeat_at": "2026-01-01T00:00:00+00:00", "host": socket.gethostname(),
-              "pid": os.getpid()}
+              "heartbeat_at": "2026-01-01T00:00:00+00:00", **owner_token()}
     (out / "_LOCK.json").write_text(json.dumps({**record, **fields}))
 
 
@@ -62,6 +63,11 @@ def test_a_second_run_into_a_locked_output_is_refused(tmp_path, corpus, tiny_mod
 @pytest.mark.parametrize("stale", [
     {"pid": 2**22 + 12345},  # same host, the process is gone
     {"host": "another-host", "pid": 1},  # another host, no heartbeat for far too long
+    # A restarted container: the same host and pid (alive: it is this very process), but
+    # that pid's process started at another time. The pid alone would refuse forever.
+    {"process_started": 1},
+    # An older bertbeam's lock (no owner token) naming a live pid, not renewed for long.
+    {"boot_id": None, "pid_namespace": None, "process_started": None},
 ])
 def test_a_stale_lock_of_a_killed_run_is_taken_over(tmp_path, corpus, tiny_model, stale):
     path, ids = corpus
@@ -72,6 +78,24 @@ def test_a_stale_lock_of_a_killed_run_is_taken_over(tmp_path, corpus, tiny_model
     assert sorted(r["id"] for r in read_output(out)) == sorted(ids)
     assert read_summary(out)["accounted"] is True
     assert not (out / "_LOCK.json").exists(), "the lock is removed when the run ends"
+
+
+def test_the_owner_token_tells_a_live_holder_from_a_replaced_or_rebooted_one():
+    """Issue 27: a lease with a heartbeat and an owner token, not the pid alone."""
+    from bertbeam.run.runlock import is_stale, owner_token
+
+    me = owner_token()
+    now = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
+    long_ago = "2020-01-01T00:00:00+00:00"
+    assert me["boot_id"] and isinstance(me["process_started"], int)  # Linux: all of it known
+    assert not is_stale({**me, "heartbeat_at": now})
+    assert not is_stale({**me, "heartbeat_at": long_ago})  # alive: a late heartbeat is no matter
+    assert is_stale({**me, "heartbeat_at": now, "process_started": me["process_started"] + 1})
+    assert is_stale({**me, "heartbeat_at": now, "boot_id": "an-earlier-boot"})
+    # Pids of another namespace (another container on this host) cannot be asked: the lease.
+    other_ns = {**me, "pid_namespace": "pid:[1]", "pid": 2**22 + 12345}
+    assert not is_stale({**other_ns, "heartbeat_at": now})
+    assert is_stale({**other_ns, "heartbeat_at": long_ago})
 
 
 def test_a_fresh_lock_of_another_host_is_respected():

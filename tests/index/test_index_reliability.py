@@ -15,8 +15,16 @@ import pyarrow.parquet as pq
 import pytest
 
 from bertbeam.core.fingerprint import model_fingerprint
-from bertbeam.index.search import (MANIFEST_FILE, ROWS_FILE, VECTORS_FILE, Hit, SearchIndex,
-                                   SearchIndexError, build_index, hits_json)
+from bertbeam.index.search import (
+    MANIFEST_FILE,
+    ROWS_FILE,
+    VECTORS_FILE,
+    Hit,
+    SearchIndex,
+    SearchIndexError,
+    build_index,
+    hits_json,
+)
 from tests.conftest import SAMPLE_TEXTS, run_cli
 from tests.search_helpers import embed_texts, results_table, write_results
 
