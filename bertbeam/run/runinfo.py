@@ -15,7 +15,7 @@ from typing import Any
 
 from bertbeam.config import ModelSpec
 
-SUMMARY_SCHEMA_VERSION = 2
+SUMMARY_SCHEMA_VERSION = 3
 """``schema_version`` of ``_SUMMARY.json`` (``bertbeam/run/schemas/summary.schema.json``)."""
 
 _IMPORTED_AT = time.time()

@@ -15,6 +15,7 @@ import pytest
 
 from bertbeam.beam.sinks import MilvusSink, QdrantSink, parse_sink, point_id
 from tests.conftest import read_output, read_summary, run_cli, write_corpus
+from tests.run.test_run_metadata import validate
 
 pytest.importorskip("pymilvus")
 pytest.importorskip("qdrant_client")
@@ -88,6 +89,7 @@ def test_nightly_sync_holds_exactly_the_current_documents(tmp_path, tiny_model, 
     sink = _sink(kind, tmp_path)
     ids2, _ = _nightly(tmp_path, sink, tiny_model("bert", "base"))
     summary = read_summary(tmp_path / "night2")
+    validate(summary)
     assert (summary["removed"], summary["computed"], summary["carried_forward"]) == (
         REMOVED, CHANGED + ADDED, len(ids2) - CHANGED - ADDED)
     assert summary["since_previous"]["changed"]["count"] == CHANGED

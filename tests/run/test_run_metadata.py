@@ -70,7 +70,7 @@ def test_summary_metadata(tmp_path, tiny_model, corpus):
                    "--quiet", "--threads", "1", "--cpu-streams", "1") == 0
     summary = read_summary(tmp_path)
     validate(summary)
-    assert summary["schema_version"] == 2
+    assert summary["schema_version"] == 3
     assert set(summary["versions"]) >= {"bertbeam", "apache_beam", "torch", "transformers", "python"}
     started = datetime.fromisoformat(summary["started_at"].replace("Z", "+00:00"))
     finished = datetime.fromisoformat(summary["finished_at"].replace("Z", "+00:00"))
