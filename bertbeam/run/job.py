@@ -29,15 +29,22 @@ from bertbeam.run.finish import (
     check_accounting,
     check_dead_letters,
 )
-from bertbeam.beam.incremental import CARRIED, JoinPrevious, KeyByText, Stamp, StampResults
+from bertbeam.beam.incremental import (
+    CARRIED,
+    REMOVED,
+    JoinPrevious,
+    KeyByText,
+    Stamp,
+    StampResults,
+)
 from bertbeam.run.control import RunControl
 from bertbeam.beam.reading import Columns, ReadDocuments, carried_fields, check_input
 from bertbeam.run.runlock import RunLock
-from bertbeam.run.runners import is_local, resolve_runner
+from bertbeam.run.runners import is_local, local_processes, resolve_runner
 from bertbeam.core.task import Task
 from bertbeam.beam.tokenization import ChunkDocuments
 from bertbeam.beam.transforms import InferChunks, with_carried
-from bertbeam.beam.vectordb import write_to_sink
+from bertbeam.beam.sinks import FitSink, SyncToSink
 from bertbeam.beam.writing import WriteResults
 
 _LOG = logging.getLogger("bertbeam")
@@ -54,7 +61,7 @@ class Job:
     input: str
     output: str
     columns: Columns
-    sink: Any = None  # a bertbeam.beam.vectordb sink (--sink), or None
+    sink: Any = None  # a bertbeam.beam.sinks sink (--sink), or None
     control: RunControl = field(default_factory=RunControl)
 
 
@@ -71,6 +78,8 @@ class Prepared:
     carry: tuple[Any, ...]
     previous_files: list[tuple[int, str]]
     started: float = field(default_factory=time.time)
+    sink_points: int | None = None  # points in the --sink collection at launch
+    sink_text: str | None = None  # the results column a sink takes as text (--keep-text)
 
 
 def preflight(job: Job, options: PipelineOptions | None = None) -> Prepared:
@@ -108,7 +117,13 @@ def preflight(job: Job, options: PipelineOptions | None = None) -> Prepared:
                   model_fingerprint=model_fp, run_id=new_run_id(started))
     schema = stamp.schema(with_carried(job.task.schema(config), carry))
     previous = previous_result_files(job.control.previous, stamp, schema)
-    return Prepared(config, local_dir, stamp, schema, carry, previous, started)
+    sink_points, text = None, job.columns.text if job.columns.text in schema.names else None
+    if job.sink is not None:
+        sink_points = job.sink.check(
+            schema, text_column=text, local=options is None or is_local(options),
+            processes=1 if options is None else local_processes(options))
+    return Prepared(config, local_dir, stamp, schema, carry, previous, started,
+                    sink_points=sink_points, sink_text=text)
 
 
 def build(p: beam.Pipeline, job: Job, prepared: Prepared,
@@ -123,27 +138,39 @@ def build(p: beam.Pipeline, job: Job, prepared: Prepared,
     joining = bool(prepared.previous_files)
     read = p | "ReadDocuments" >> ReadDocuments(job.input, job.columns,
                                                 chunk_size=None if joining else chunk_size)
-    chunks, carried = read["documents"], ()
+    chunks, carried, removed = read["documents"], (), ()
     if joining:
         joined = chunks | "JoinPrevious" >> JoinPrevious(prepared.previous_files,
                                                          prepared.stamp.job_fingerprint)
         chunks = joined["documents"] | "ChunkDocuments" >> ChunkDocuments(chunk_size)
-        carried = (joined[CARRIED],)
+        carried, removed = (joined[CARRIED],), (joined[REMOVED],)
     infer = InferChunks(job.task, run=job.run, carry=prepared.carry, config=prepared.config)
     inferred = chunks | "KeyByText" >> KeyByText() | "Infer" >> infer
     stamped = inferred | "StampResults" >> StampResults(prepared.stamp)
-    results = stamped["results"]
+    computed = stamped["results"]
+    dead_letters = [read[DEAD_LETTER], stamped[DEAD_LETTER]]
+    if job.sink is not None:
+        # Rows the collection cannot take go to the dead letter, not to the results.
+        fitted = computed | "FitSink" >> FitSink(job.sink, prepared.sink_text)
+        computed = fitted["results"]
+        dead_letters.append(fitted[DEAD_LETTER])
+    results = computed
     if carried:
         results = (results, *carried) | "AllResults" >> beam.Flatten()
     written = results | "WriteResults" >> WriteResults(job.output, schema=prepared.schema)
-    write_to_sink(results, job.sink, prepared.schema)
+    synced = ()
+    if job.sink is not None:
+        # Computed rows only, unless the collection is empty (a first run with --sink); the
+        # ids that left the corpus are deleted. FinishRun reads the collection back.
+        upserts = results if prepared.sink_points == 0 else computed
+        synced = ((upserts, *removed) | "SyncSink" >> SyncToSink(job.sink, prepared.sink_text),)
     dead_written = (
-        (read[DEAD_LETTER], stamped[DEAD_LETTER])
+        tuple(dead_letters)
         | "AllDeadLetters" >> beam.Flatten()
         | "WriteDeadLetter" >> WriteResults(job.output, schema=DEAD_LETTER_SCHEMA, prefix="dead_letter")
     )
     if finish is not None:
-        (written, dead_written) | "WriteSummary" >> WriteSummary(finish)
+        (written, dead_written, *synced) | "WriteSummary" >> WriteSummary(finish)
 
 
 def execute(job: Job, options: PipelineOptions) -> dict | None:
@@ -195,7 +222,9 @@ def _run(job: Job, options: PipelineOptions, prepared: Prepared) -> dict | None:
             tally_dir=live.directory if local else None,
             previous_output=job.control.previous[0] if job.control.previous else None,
             read=total, max_dead_letter_fraction=job.control.max_dead_letter_fraction,
-            max_dead_letters=job.control.max_dead_letters)
+            max_dead_letters=job.control.max_dead_letters,
+            previous_files=tuple(sorted({url for _, url in prepared.previous_files})),
+            joined=bool(prepared.previous_files), sink=job.sink)
         p = beam.Pipeline(runner=resolve_runner(options), options=options)
         build(p, job, prepared, None if job.control.wait else finish)
         result = p.run()
@@ -257,7 +286,8 @@ def start_line(label: str, job: Job, prepared: Prepared, runtime: dict[str, Any]
     previous = (f"; carrying unchanged rows from {len(job.control.previous)} earlier run(s)"
                 if job.control.previous else "")
     return (f"{label}: {total} documents; model {job.run.model.uri} "
-            f"({prepared.stamp.model_fingerprint}); device {runtime['device']}, dtype "
+            f"({prepared.stamp.model_fingerprint}); backend {runtime['backend']}, device "
+            f"{runtime['device']}, dtype "
             f"{runtime['dtype']}, {threads} threads, {streams} streams{previous}"
             f"{_bf16_hint(job.run.model, runtime)}")
 
@@ -274,3 +304,4 @@ def _bf16_hint(model: ModelSpec, runtime: dict[str, Any]) -> str:
         return ""
     return ("; this CPU has AMX: --dtype bfloat16 runs about twice as fast "
             "(not bit-exact; README: bfloat16 on CPU)")
+
