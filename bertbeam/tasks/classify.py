@@ -13,7 +13,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import pyarrow as pa
 
-from bertbeam.config import _check_choice, _check_positive
+from bertbeam.config import check_choice, check_positive
 from bertbeam.core.records import ChunkOutputs, WindowOutput
 from bertbeam.core.task import (
     CHUNK_FIELDS,
@@ -131,12 +131,12 @@ class ClassifyTask(Task):
     model_class: ClassVar[str] = "AutoModelForSequenceClassification"
 
     def __post_init__(self) -> None:
-        _check_positive("top_k", self.top_k)
+        check_positive("top_k", self.top_k)
         if self.multi_label not in (None, True, False):
             raise ValueError(f"multi_label must be True, False or None, got {self.multi_label!r}.")
         if not isinstance(self.threshold, (int, float)) or not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"threshold must be a number between 0 and 1, got {self.threshold!r}.")
-        _check_choice("chunk_merge", self.chunk_merge, ChunkMerge)
+        check_choice("chunk_merge", self.chunk_merge, ChunkMerge)
 
     def schema(self, config: Any) -> pa.Schema:
         return label_schema()

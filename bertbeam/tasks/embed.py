@@ -25,7 +25,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import pyarrow as pa
 
-from bertbeam.config import _check_choice, _check_positive
+from bertbeam.config import check_choice, check_positive
 from bertbeam.core.fingerprint import STAMP_COLUMNS
 from bertbeam.core.records import ChunkOutputs, WindowOutput
 from bertbeam.core.sentence_transformers import (
@@ -105,9 +105,9 @@ class EmbedTask(Task):
     window_index_input: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
-        _check_choice("pooling", self.pooling, Pooling)
-        _check_choice("chunk_pooling", self.chunk_pooling, ChunkPooling)
-        _check_positive("truncate_dim", self.truncate_dim, allow_none=True)
+        check_choice("pooling", self.pooling, Pooling)
+        check_choice("chunk_pooling", self.chunk_pooling, ChunkPooling)
+        check_positive("truncate_dim", self.truncate_dim, allow_none=True)
         for name in ("prompt", "prompt_name"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):

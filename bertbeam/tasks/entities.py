@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import pyarrow as pa
 
-from bertbeam.config import _check_choice
+from bertbeam.config import check_choice
 from bertbeam.core.records import WindowOutput
 from bertbeam.core.task import (
     CHUNK_FIELDS,
@@ -72,7 +72,7 @@ class EntitiesTask(Task):
     token_level: ClassVar[tuple[str, ...]] = ("logits",)
 
     def __post_init__(self) -> None:
-        _check_choice("aggregation", self.aggregation, Aggregation)
+        check_choice("aggregation", self.aggregation, Aggregation)
         labels = self.ignore_labels
         if isinstance(labels, str) or not all(isinstance(x, str) for x in labels):
             raise ValueError(

@@ -13,7 +13,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import pyarrow as pa
 
-from bertbeam.config import _check_positive
+from bertbeam.config import check_positive
 from bertbeam.core.records import WindowOutput
 from bertbeam.core.task import ID_FIELD, MODEL_FIELD, Task, TaskInputError, option
 
@@ -83,7 +83,7 @@ class FillMaskTask(Task):
     windows: ClassVar[Literal["all", "first"]] = "first"
 
     def __post_init__(self) -> None:
-        _check_positive("top_k", self.top_k)
+        check_positive("top_k", self.top_k)
 
     def schema(self, config: Any) -> pa.Schema:
         return pa.schema([

@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pyarrow as pa
 
-from bertbeam.config import _check_positive
+from bertbeam.config import check_positive
 from bertbeam.core.records import Window, WindowOutput
 from bertbeam.core.task import ID_FIELD, MODEL_FIELD, Task, option
 
@@ -60,7 +60,7 @@ class QATask(Task):
     token_level: ClassVar[tuple[str, ...]] = ("start_logits", "end_logits")
 
     def __post_init__(self) -> None:
-        _check_positive("max_answer_length", self.max_answer_length)
+        check_positive("max_answer_length", self.max_answer_length)
         for name in ("handle_impossible_answer", "align_to_words"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}.")

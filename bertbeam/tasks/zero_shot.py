@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import pyarrow as pa
 
-from bertbeam.config import _check_choice
+from bertbeam.config import check_choice
 from bertbeam.core.records import ChunkOutputs, WindowOutput
 from bertbeam.core.task import Task, chunk_columns, option, softmax
 from bertbeam.tasks.classify import label_chunk_columns, label_columns, label_schema
@@ -119,7 +119,7 @@ class ZeroShotTask(Task):
                              f"({len(labels)}), got {self.top_k!r}.")
         if "{label}" not in self.template:
             raise ValueError(f"template must contain '{{label}}', got {self.template!r}.")
-        _check_choice("chunk_pooling", self.chunk_pooling, ZeroShotChunkPooling)
+        check_choice("chunk_pooling", self.chunk_pooling, ZeroShotChunkPooling)
         object.__setattr__(self, "labels", labels)
         object.__setattr__(self, "descriptions", descriptions)
         # Unnormalized, so that finish() can divide the combined label dot products by the

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from bertbeam.config import EMBEDDED_MODEL, _check_choice, _check_positive
+from bertbeam.config import EMBEDDED_MODEL, check_choice, check_positive
 
 TrainTask = Literal["classify", "ner"]
 TrainDevice = Literal["auto", "cpu", "cuda"]
@@ -45,7 +45,7 @@ class _LabelledData:
     multi_label: bool = False
 
     def _check_data(self, *locations: str) -> None:
-        _check_choice("task", self.task, TrainTask)
+        check_choice("task", self.task, TrainTask)
         for name in ("id_column", "text_column", "label_column", "tokens_column", "tags_column",
                      *locations):
             _check_text(name, getattr(self, name))
@@ -120,16 +120,16 @@ class TrainConfig(_LabelledData):
 
     def __post_init__(self) -> None:
         self._check_data("train", "output", "model")
-        _check_choice("device", self.device, TrainDevice)
-        _check_positive("num_threads", self.num_threads, allow_none=True)
+        check_choice("device", self.device, TrainDevice)
+        check_positive("num_threads", self.num_threads, allow_none=True)
         if self.eval is not None:
             _check_text("eval", self.eval)
         _check_fraction("eval_fraction", self.eval_fraction)
         _check_fraction("warmup_fraction", self.warmup_fraction)
         for name in ("token_budget", "batch_size", "patience", "max_eval_rows"):
-            _check_positive(name, getattr(self, name))
+            check_positive(name, getattr(self, name))
         for name in ("epochs", "max_steps", "max_length", "eval_every"):
-            _check_positive(name, getattr(self, name), allow_none=True)
+            check_positive(name, getattr(self, name), allow_none=True)
         for name in ("learning_rate", "max_grad_norm"):
             value = getattr(self, name)
             if value is None and name == "learning_rate":

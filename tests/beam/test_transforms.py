@@ -19,7 +19,6 @@ from bertbeam import (
     ChunkDocuments,
     Document,
     EmbedTask,
-    EngineSpec,
     InferDocuments,
     LabelDocuments,
     ModelSpec,
@@ -29,6 +28,7 @@ from bertbeam import (
     Tokenize,
     TokenizeSpec,
 )
+from bertbeam.core.engine import EngineSpec
 from bertbeam.core.records import DocumentChunk, OutputChunk, WindowChunk
 from bertbeam.run.runners import resolve_runner
 from tests.conftest import SAMPLE_TEXTS

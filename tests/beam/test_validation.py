@@ -55,7 +55,8 @@ def test_read_documents_in_chunks_checks_rows_as_one_by_one(tmp_path):
     """ReadDocuments(chunk_size=N) gives DocumentChunks of at most N documents holding exactly
     the documents (ids, texts, carried values) the per-document read gives, and the same dead
     letters."""
-    from bertbeam import Columns, DocumentChunk, ReadDocuments
+    from bertbeam import Columns, ReadDocuments
+    from bertbeam.core.records import DocumentChunk
     from bertbeam.run.runners import resolve_runner
     from tests.conftest import write_corpus
 

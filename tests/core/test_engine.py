@@ -15,16 +15,15 @@ from apache_beam.testing.util import assert_that, equal_to
 from bertbeam import (
     BatchSpec,
     Document,
-    DocumentChunk,
     EmbedTask,
-    Engine,
-    EngineSpec,
     InferDocuments,
     LabelDocuments,
     ModelSpec,
     RunSpec,
     TokenizeSpec,
 )
+from bertbeam.core.engine import Engine, EngineSpec
+from bertbeam.core.records import DocumentChunk
 from bertbeam.run.runners import resolve_runner
 from tests.conftest import SAMPLE_TEXTS, read_output, run_cli, write_corpus
 from tests.beam.test_transforms import _FailsOnMarker, _NaNOnMarker
