@@ -140,6 +140,9 @@ class BatchSpec:
         batch_overhead_tokens: the fixed cost of one more batch, in padded tokens: batches
             are cut where padding saved outweighs it (raise it on GPUs, where a launch costs
             more relative to a token).
+        max_wait: on windowed or unbounded input (streaming), the longest a partial batch
+            waits for more documents, in seconds, before it runs anyway (every bundle's end
+            flushes too); batch input ignores it.
     """
 
     token_budget: int = 8192
@@ -147,6 +150,7 @@ class BatchSpec:
     max_batch_size: int = 256
     pad_multiple: int | Literal["auto"] = "auto"
     batch_overhead_tokens: int = 64
+    max_wait: float = 0.1
 
     def __post_init__(self) -> None:
         for name in ("token_budget", "buffer_size", "max_batch_size"):
@@ -156,6 +160,9 @@ class BatchSpec:
         if not isinstance(self.batch_overhead_tokens, int) or self.batch_overhead_tokens < 0:
             raise ValueError(
                 f"batch_overhead_tokens must be a non-negative integer, got {self.batch_overhead_tokens!r}.")
+        if (isinstance(self.max_wait, bool) or not isinstance(self.max_wait, int | float)
+                or not 0 <= self.max_wait <= 60):
+            raise ValueError(f"max_wait must be a number of seconds from 0 to 60, got {self.max_wait!r}.")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -8,6 +8,7 @@ import apache_beam as beam
 
 from bertbeam.core import metrics
 from bertbeam.beam.buffering import BufferedDoFn
+from bertbeam.beam.windowing import PerWindowBuffer, keeps_windows
 from bertbeam.config import BatchSpec
 from bertbeam.core.engine import Engine, EngineSpec
 from bertbeam.core.records import BatchPlan, WindowChunk
@@ -59,5 +60,7 @@ class BatchByTokens(beam.PTransform):
         self._engine = engine
 
     def expand(self, windows: beam.PCollection[WindowChunk]) -> beam.PCollection[BatchPlan]:
-        return windows | "BatchByTokens" >> beam.ParDo(
-            _BatchByTokensFn(self._spec, self._engine)).with_output_types(BatchPlan)
+        fn = _BatchByTokensFn(self._spec, self._engine)
+        if keeps_windows(windows):  # streaming: one buffer per window, max_wait
+            fn = PerWindowBuffer(fn, self._spec.max_wait)
+        return windows | "BatchByTokens" >> beam.ParDo(fn).with_output_types(BatchPlan)

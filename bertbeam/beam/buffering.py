@@ -15,14 +15,19 @@ class BufferedDoFn(beam.DoFn):
     ``flush`` then and at the end of each bundle. ``flush`` may yield main outputs and
     ``TaggedOutput``s.
 
-    Outputs of the end-of-bundle flush go to the global window: these stages serve batch
-    pipelines, whose elements all live there.
+    Outputs of the end-of-bundle flush go to the global window: this is the batch path, whose
+    elements all live there. On windowed or unbounded input the stages wrap it in
+    ``windowing.PerWindowBuffer`` (one buffer per window, flushed after ``max_wait`` too).
     """
 
     def __init__(self, capacity: int):
         self._capacity = capacity
         self._buffer: list[Any] = []
         self._held = 0
+
+    @property
+    def capacity(self) -> int:
+        return self._capacity
 
     def flush(self, items: list[Any]) -> Iterator[Any]:
         raise NotImplementedError

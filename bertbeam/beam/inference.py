@@ -9,6 +9,7 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.transforms.window import GlobalWindows
 
+from bertbeam.beam.windowing import keeps_windows
 from bertbeam.config import RunSpec
 from bertbeam.core.engine import Engine, EngineSpec, engine_spec
 from bertbeam.core.records import BatchPlan, OutputChunk
@@ -19,10 +20,14 @@ class _RunModelFn(beam.DoFn):
     """Keeps one plan in flight: its batches run (on a GPU as queued kernels, on a CPU on the
     engine's ``streams`` threads) while the stages upstream read, tokenize and plan the next
     chunk; a plan's outputs leave once the plan behind it is submitted, document by
-    document as the batches holding their last windows come back."""
+    document as the batches holding their last windows come back.
 
-    def __init__(self, spec: EngineSpec):
+    ``hold=0`` (windowed or unbounded input) collects each plan before the next element:
+    its outputs keep the plan's window and timestamp, and nothing waits for a next plan."""
+
+    def __init__(self, spec: EngineSpec, hold: int = 1):
         self._spec = spec
+        self._hold = hold
 
     def setup(self) -> None:
         self._engine = Engine.acquire(self._spec)
@@ -32,7 +37,7 @@ class _RunModelFn(beam.DoFn):
 
     def process(self, plan: BatchPlan) -> Iterator[OutputChunk]:
         self._pending.append((plan, self._engine.submit(plan)))
-        while len(self._pending) > 1:
+        while len(self._pending) > self._hold:
             yield from self._collect_oldest()
 
     def finish_bundle(self) -> Iterator[Any]:
@@ -59,7 +64,8 @@ class RunModel(beam.PTransform):
 
     def __init__(self, task: Task, *, run: RunSpec | None = None):
         super().__init__()
-        self._fn = _RunModelFn(engine_spec(task, run))
+        self._spec = engine_spec(task, run)
 
     def expand(self, plans: beam.PCollection[BatchPlan]) -> beam.PCollection[OutputChunk]:
-        return plans | "RunModel" >> beam.ParDo(self._fn).with_output_types(OutputChunk)
+        fn = _RunModelFn(self._spec, hold=0 if keeps_windows(plans) else 1)
+        return plans | "RunModel" >> beam.ParDo(fn).with_output_types(OutputChunk)

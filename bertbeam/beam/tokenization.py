@@ -8,6 +8,7 @@ from typing import Any
 import apache_beam as beam
 
 from bertbeam.beam.buffering import BufferedDoFn
+from bertbeam.beam.windowing import PerWindowBuffer, keeps_windows
 from bertbeam.config import RunSpec
 from bertbeam.core.deadletter import DEAD_LETTER, emit
 from bertbeam.core.engine import Engine, EngineSpec, engine_spec
@@ -24,18 +25,24 @@ class ChunkDocuments(beam.PTransform):
     """Document -> DocumentChunk of up to ``size`` documents (those of one bundle), the
     columnar element every later stage works on.
 
+    On windowed or unbounded input a chunk holds documents of one window, and one waits at
+    most ``max_wait`` seconds for more documents (see ``windowing.PerWindowBuffer``).
+
     Example::
 
         chunks = docs | ChunkDocuments(256)
     """
 
-    def __init__(self, size: int = 256):
+    def __init__(self, size: int = 256, *, max_wait: float = 0.1):
         super().__init__()
         self._size = size
+        self._max_wait = max_wait
 
     def expand(self, docs: beam.PCollection[Document]) -> beam.PCollection[DocumentChunk]:
-        return docs | "ChunkDocuments" >> beam.ParDo(
-            _ChunkDocumentsFn(self._size)).with_output_types(DocumentChunk)
+        fn = _ChunkDocumentsFn(self._size)
+        if keeps_windows(docs):  # streaming: one chunk per window, max_wait
+            fn = PerWindowBuffer(fn, self._max_wait)
+        return docs | "ChunkDocuments" >> beam.ParDo(fn).with_output_types(DocumentChunk)
 
 
 class _TokenizeFn(beam.DoFn):

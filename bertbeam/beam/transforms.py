@@ -8,7 +8,6 @@ from typing import Any
 
 import apache_beam as beam
 import pyarrow as pa
-from apache_beam.transforms.window import GlobalWindows
 
 from bertbeam.beam.batching import BatchByTokens
 from bertbeam.config import RunSpec
@@ -21,19 +20,9 @@ from bertbeam.core.task import Task
 from bertbeam.tasks.embed import EmbedTask
 from bertbeam.beam.tokenization import ChunkDocuments, Tokenize
 from bertbeam.beam.validation import ValidateDocuments
+from bertbeam.beam.windowing import EVENT_TIME_FIELD, StampEventTime, keeps_windows, restamp_rows
 
 _LOG = logging.getLogger(__name__)
-
-
-def check_global_windows(pcoll: beam.PCollection, transform: str) -> None:
-    """Refuses input in non-global windows: bertbeam batches documents across elements, and
-    its stages serve batch pipelines whose elements all live in the global window."""
-    windowfn = pcoll.windowing.windowfn
-    if not isinstance(windowfn, GlobalWindows):
-        raise ValueError(
-            f"{transform} takes input in the global window, got {type(windowfn).__name__}: "
-            "apply it before beam.WindowInto, or re-window with "
-            "beam.WindowInto(beam.window.GlobalWindows()) first.")
 
 
 class InferChunks(beam.PTransform):
@@ -83,7 +72,6 @@ class InferChunks(beam.PTransform):
         return with_carried(self.task.schema(self._config), self._carry)
 
     def expand(self, chunks: beam.PCollection[DocumentChunk]) -> dict[str, beam.PCollection]:
-        check_global_windows(chunks, type(self).__name__)
         task, run = self.task, self._run
         tokenized = chunks | "Tokenize" >> Tokenize(task, run=run)
         finished = (
@@ -104,6 +92,10 @@ class InferDocuments(beam.PTransform):
     documents travel in chunks between the stages, and become rows again at the end. Result
     rows carry the task's Beam schema (the columns of ``task.schema(config)``), so
     ``beam.Select``, SqlTransform and BigQuery take them as they are.
+
+    Any windowing, bounded or unbounded (streaming): each result row keeps its document's
+    window and timestamp, dead letters keep their document's window, ids are unique per
+    window, and a partial batch waits at most ``run.batch.max_wait`` seconds.
 
     Args:
         task: the task, e.g. ``EmbedTask()`` or ``ClassifyTask(top_k=3)``.
@@ -142,16 +134,24 @@ class InferDocuments(beam.PTransform):
         return self._core.schema()
 
     def expand(self, docs: beam.PCollection[Document]) -> dict[str, beam.PCollection]:
-        check_global_windows(docs, type(self).__name__)
         dead = []
         if self._validate:
             checked = docs | "ValidateDocuments" >> ValidateDocuments(pairs=self.task.pair_input)
             docs = checked["documents"]
             dead.append(checked[DEAD_LETTER])
-        inferred = (docs | "ChunkDocuments" >> ChunkDocuments(self._core.run.tokenize.chunk_size)
-                    | "InferChunks" >> self._core)
         schema = self.schema()
-        to_rows = beam.FlatMap(_beam_rows, schema)
+        core, to_rows = self._core, beam.FlatMap(_beam_rows, schema)
+        run = core.run
+        if keeps_windows(docs):
+            # Each document's timestamp rides along as a hidden carried column and is given
+            # back to its row; the chunks in between travel at their earliest timestamp.
+            docs = docs | "StampEventTime" >> StampEventTime()
+            core = InferChunks(self.task, run=run, carry=(*self._core._carry, EVENT_TIME_FIELD),
+                               config=self._core._config)
+            to_rows = restamp_rows(schema)
+        inferred = (docs | "ChunkDocuments" >> ChunkDocuments(
+                        run.tokenize.chunk_size, max_wait=run.batch.max_wait)
+                    | "InferChunks" >> core)
         try:
             to_rows = to_rows.with_output_types(beam_row_type(schema))
         except TypeError as exc:

@@ -10,6 +10,7 @@ from typing import Any
 
 import apache_beam as beam
 
+from bertbeam.beam.windowing import DropRepeatedIds, keeps_windows
 from bertbeam.core.deadletter import DEAD_LETTER, DeadLetter, Reason, emit
 from bertbeam.core.records import Document
 
@@ -118,7 +119,9 @@ class ValidateDocuments(beam.PTransform):
 
     Finding duplicates needs the ids of the whole input: the ids go through a combine, and
     only the documents whose id is used more than once are shuffled (``dedupe=False`` skips
-    it when the source guarantees unique ids).
+    it when the source guarantees unique ids). On windowed or unbounded input, ids are unique
+    per window, and the first document of an id to arrive is kept
+    (``windowing.DropRepeatedIds``).
 
     Example::
 
@@ -136,6 +139,10 @@ class ValidateDocuments(beam.PTransform):
             DEAD_LETTER, main="documents")
         if not self._dedupe:
             return {"documents": checked.documents, DEAD_LETTER: checked[DEAD_LETTER]}
+        if keeps_windows(checked.documents):
+            first = checked.documents | "DropRepeatedIds" >> DropRepeatedIds()
+            dead = (checked[DEAD_LETTER], first[DEAD_LETTER]) | "DeadLetters" >> beam.Flatten()
+            return {"documents": first["documents"], DEAD_LETTER: dead}
         duplicated = (
             checked.documents
             | "Ids" >> beam.Map(lambda d: (d.id, 1))

@@ -159,15 +159,6 @@ def test_library_input_is_validated_like_the_read_path(tiny_model):
             ("a", "duplicate_id")]), label="Bad")
 
 
-def test_windowed_input_is_refused_at_construction():
-    p = beam.Pipeline()
-    docs = (p | beam.Create([Document("a", "x")])
-            | beam.Map(lambda d: beam.window.TimestampedValue(d, 0))
-            | beam.WindowInto(beam.window.FixedWindows(3600)))
-    with pytest.raises(ValueError, match="takes input in the global window, got FixedWindows"):
-        _ = docs | InferDocuments(EmbedTask())
-
-
 def test_results_carry_a_beam_schema_that_select_takes(tiny_model):
     """The results PCollection is schema-aware: beam.Select picks columns by name, with no
     conversion code, and the Beam schema has the task's column types."""
