@@ -88,6 +88,11 @@ def replacing(url: str, mode: str = "wb", **kwargs: Any) -> Iterator[IO[Any]]:
             yield f
         refuse_symlink(path)
         os.replace(temp, path)  # replaces a link planted meanwhile, never its target
+    except OSError as exc:
+        if exc.filename or exc.errno is None:
+            raise
+        # A write's error names no file: say which one (a full disk's one line).
+        raise OSError(exc.errno, exc.strerror, path) from exc
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.remove(temp)

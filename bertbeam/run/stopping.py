@@ -32,6 +32,9 @@ def interrupts() -> Iterator[None]:
     either is remembered (:func:`interrupted_by`): Beam may wrap the exception raised inside
     a step into its own error (main thread only).
 
+    A full disk or a refused write is logged by the runner with a traceback; those error
+    logs are dropped within the block, as the launcher reports the failure in one line.
+
     Ctrl-C signals the whole process group, and each of Beam's local worker processes would
     print its own traceback; they are started in a session of their own instead, so the
     launcher alone sees Ctrl-C and stops them as it ends its run.
@@ -56,9 +59,15 @@ def interrupts() -> Iterator[None]:
     hook, beams_subprocess = threading.excepthook, local_job_service.subprocess
     workers = _OwnSession()
     local_job_service.subprocess = workers
+    quiet = _QuietEnvironmentErrors()
+    handlers = list(logging.getLogger().handlers)
+    for handler in handlers:
+        handler.addFilter(quiet)
     try:
         yield
     finally:
+        for handler in handlers:
+            handler.removeFilter(quiet)
         local_job_service.subprocess = beams_subprocess
         if _received:
             workers.kill()  # before they report their broken connections
@@ -67,6 +76,21 @@ def interrupts() -> Iterator[None]:
         if not _received:
             logging.disable(logging.NOTSET)
             threading.excepthook = hook
+
+
+class _QuietEnvironmentErrors(logging.Filter):
+    """Drops the error logs (with their tracebacks) of a full disk or a refused write while
+    a run is under way: the runner logs the failing step, then the run fails with that error,
+    and the launcher says it in one line (:func:`environment_error`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR:
+            return True
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and environment_error(exc) is not None:
+            return False
+        message = record.getMessage()
+        return not any(marker in message for marker in _ENVIRONMENT_TEXTS)
 
 
 class _OwnSession:

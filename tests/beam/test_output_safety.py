@@ -185,6 +185,27 @@ def test_a_full_disk_ends_in_one_line_without_partial_files(small_disk, tmp_path
     assert "_LOCK.json" not in left
 
 
+def test_a_full_disk_is_one_line_from_the_real_command_too(small_disk, tmp_path, tiny_model):
+    """Issue 27: the command as a user runs it (its own process, logging to stderr): the
+    runner's error log and its traceback of the failing write are not printed, the one line
+    is."""
+    from bertbeam.cli.demo import demo_texts
+
+    texts = demo_texts()
+    path = write_corpus(tmp_path / "big.parquet",
+                        {"id": [f"d{i}" for i in range(3000)],
+                         "text": [texts[i % len(texts)][:200] for i in range(3000)]})
+    proc = subprocess.run(
+        [sys.executable, "-c", "import sys; from bertbeam.cli import main; sys.exit(main())",
+         "embed", "--input", path, "--output", str(small_disk / "out"), "--model",
+         tiny_model("bert", "base"), "--quiet"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    err = proc.stderr.strip()
+    assert proc.returncode == 1, err[-3000:]
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err[-3000:]
+    assert err.startswith("bertbeam: error: the run failed:") and "No space left on device" in err
+
+
 def test_the_summary_is_never_left_partial(tmp_path, monkeypatch):
     """A write that fails part-way (a full disk) leaves the old summary or none, never a
     partial one, on every file system bertbeam writes through."""
