@@ -179,9 +179,12 @@ class RunLock:
 
     def _beat(self) -> None:
         while not self._stop.wait(self._heartbeat_seconds):
-            if (self.read() or {}).get("run_id") != self.run_id:
-                return
-            write_json_atomically(self.output, LOCK_FILE, self._record())
+            try:
+                if (self.read() or {}).get("run_id") != self.run_id:
+                    return
+                write_json_atomically(self.output, LOCK_FILE, self._record())
+            except (OSError, ValueError):  # a full disk: the run reports it; the lease stays
+                continue
 
     def release(self) -> None:
         """Removes the lock if this run still holds it."""
