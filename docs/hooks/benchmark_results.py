@@ -1,6 +1,7 @@
 """MkDocs hook: the benchmark figures as pages, from the files the benchmarks write.
 
-- ``benchmarks/RESULTS.md`` (the measurement history) becomes the page ``benchmark-history.md``;
+- ``benchmarks/RESULTS.md`` (the measurement history) becomes the page ``benchmark-history.md``
+  (its ``../docs/X.md`` links, right on GitHub, become ``X.md``);
 - every chart under ``benchmarks/results/`` is copied to ``assets/benchmarks/``;
 - ``<!-- benchmark-table: NAME -->`` in a page is replaced by the table of
   ``benchmarks/results/NAME.json``, so the performance page shows the committed figures, never a
@@ -25,7 +26,8 @@ _MARKER = re.compile(r"<!-- benchmark-table: ([\w-]+) -->")
 
 def on_files(files, config):
     history = (ROOT / "benchmarks" / "RESULTS.md").read_text(encoding="utf-8")
-    history = re.sub(r"\(benchmarks/results/([\w.-]+\.png)\)", r"(assets/benchmarks/\1)", history)
+    history = re.sub(r"\((?:benchmarks/)?results/([\w.-]+\.png)\)", r"(assets/benchmarks/\1)", history)
+    history = re.sub(r"\(\.\./docs/([\w/.#-]+)\)", r"(\1)", history)  # links that work on GitHub too
     files.append(File.generated(config, "benchmark-history.md", content=history))
     for png in sorted(RESULTS.glob("*.png")):
         files.append(File.generated(config, f"assets/benchmarks/{png.name}",
@@ -50,22 +52,22 @@ def table(name: str) -> str:
 
 # How the CPU benchmark's contenders (benchmarks/run.py) read in a table, in the table's order.
 CPU_CONTENDERS = {
-    "bertbeam": "**bertbeam** (torch float32)",
-    "bertbeam-int8": "bertbeam `--quantize int8`",
-    "bertbeam-onnx": "bertbeam `--backend onnx`",
-    "bertbeam-onnx-int8": "bertbeam `--backend onnx --quantize int8`",
-    "bertbeam-bf16": "bertbeam `--dtype bfloat16`",
-    "sorted-loop": "hand-written sorted loop (the no-framework ceiling)",
-    "st-encode": "sentence-transformers `encode`",
-    "mltransform": "Beam `MLTransform`",
-    "arrival-loop": "arrival-order loop (batch 32)",
+    "bertbeam": "**bertbeam**",
+    "bertbeam-int8": "bertbeam int8",
+    "bertbeam-onnx": "bertbeam ONNX",
+    "bertbeam-onnx-int8": "bertbeam ONNX int8",
+    "bertbeam-bf16": "bertbeam bf16",
+    "sorted-loop": "sorted loop",
+    "st-encode": "sentence-transformers",
+    "mltransform": "Beam MLTransform",
+    "arrival-loop": "arrival-order loop",
 }
 _FLOAT32 = {"bertbeam", "bertbeam-onnx", "sorted-loop", "st-encode", "mltransform", "arrival-loop"}
 
 
 def _cpu_table(data: dict) -> str:
     contenders = data["contenders"]
-    rows = ["| contender | docs/s | tokens/s | padding eff. | MFU | peak RSS MiB | docs/s, whole process |",
+    rows = ["| contender | docs/s | tokens/s | padding eff. | MFU | peak RSS MiB | whole-process docs/s |",
             "|---|---:|---:|---:|---:|---:|---:|"]
     for name, label in CPU_CONTENDERS.items():
         c = contenders.get(name)
@@ -92,7 +94,8 @@ def _cpu_table(data: dict) -> str:
         for key, r in ratios.items():
             cos = fidelity.get(key.split(" / ")[0])
             cos = f"{cos['mean_cosine']:.5f} / {cos['min_cosine']:.5f}" if cos else "—"
-            out.append(f"| {key} | {r['ratio']:.2f}× | {cos} |")
+            names = [CPU_CONTENDERS.get(n, n).strip("*") for n in key.split(" / ")]
+            out.append(f"| {' / '.join(names)} | {r['ratio']:.2f}× | {cos} |")
     return "\n".join(out)
 
 

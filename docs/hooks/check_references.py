@@ -33,12 +33,13 @@ def _module_exists(dotted: str) -> bool:
         return False
     if end == len(parts):
         return True
-    try:  # an attribute after the module: import it (the build has bertbeam installed)
-        obj = importlib.import_module(".".join(parts[:end]))
-        for name in parts[end:]:
-            obj = getattr(obj, name)
-    except (ImportError, AttributeError):
-        return False
+    # An attribute after the module: import it (the build has bertbeam installed). A module that
+    # fails to import is not a stale reference: that error propagates, with its own message.
+    obj = importlib.import_module(".".join(parts[:end]))
+    for name in parts[end:]:
+        if not hasattr(obj, name):
+            return False
+        obj = getattr(obj, name)
     return True
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -70,7 +71,7 @@ _RUN = "import sys; from bertbeam.cli import main; sys.exit(main(sys.argv[1:]))"
 
 def _help(argv: list[str]) -> str:
     """The text ``bertbeam ARGV --help`` prints, at a fixed width so builds are reproducible."""
-    env = dict(os.environ, COLUMNS="100", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
+    env = dict(os.environ, COLUMNS="80", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
     done = subprocess.run([sys.executable, "-c", _RUN, *argv, "--help"], capture_output=True,
                           text=True, env=env, timeout=300, check=False)
     if done.returncode != 0 or not done.stdout.strip():
@@ -79,14 +80,66 @@ def _help(argv: list[str]) -> str:
     return done.stdout.rstrip()
 
 
+_ESCAPE = str.maketrans({c: "\\" + c for c in "\\*_[]|"} | {"<": "&lt;", ">": "&gt;"})
+
+
+def _md(text: str) -> str:
+    """Help text as Markdown: `code` spans kept, everything else taken literally."""
+    parts = text.split("`")
+    if len(parts) % 2 == 0:  # an unpaired backtick: take it literally too
+        return text.translate(_ESCAPE).replace("`", "\\`")
+    return "`".join(p if i % 2 else p.translate(_ESCAPE) for i, p in enumerate(parts))
+
+
+def parse_help(text: str) -> tuple[str, list[str], list[tuple[str, list[tuple[str, str]]]]]:
+    """argparse's ``--help`` layout: the usage, prose paragraphs, and option groups as
+    ``(title, [(flags, help)])``. Prose after the groups (an epilog) joins the paragraphs."""
+    lines = text.splitlines()
+    end = next((i for i, line in enumerate(lines) if not line.strip()), len(lines))
+    usage, prose, groups = "\n".join(lines[:end]), [], []
+    paragraph: list[str] = []
+    for line in [*lines[end:], ""]:
+        if not line.strip():
+            if paragraph:
+                prose.append(" ".join(paragraph))
+                paragraph = []
+        elif re.match(r"^\S.*:$", line):
+            groups.append((line[:-1], []))
+        elif line.startswith("  ") and groups:
+            body = line.strip()
+            entries = groups[-1][1]
+            if re.match(r"^ {2}\S", line):  # a new option or positional argument
+                flags, help_ = re.match(r"^(\S.*?)(?:\s{2,}(.*))?$", body).groups()
+                entries.append((flags, help_ or ""))
+            elif entries:  # a continuation of the last option's help
+                flags, help_ = entries[-1]
+                entries[-1] = (flags, f"{help_} {body}".strip())
+        else:
+            paragraph.append(line.strip())
+    return usage, prose, groups
+
+
 def _page(title: str, what: str, guide: str, helps: list[tuple[list[str], str]]) -> str:
     out = [f"# {title}", "", what, "",
            f"This page is generated from the command's `--help` when the site is built. "
            f"For how to use it, see [the guide]({guide}).", ""]
     for argv, text in helps:
+        command = f"bertbeam {' '.join(argv)}"
         if len(helps) > 1:
-            out += [f"## bertbeam {' '.join(argv)}", ""]
-        out += ["```text", f"$ bertbeam {' '.join(argv)} --help", text, "```", ""]
+            out += [f"## {command}", ""]
+        usage, prose, groups = parse_help(text)
+        out += ["```text", usage, "```", ""]
+        out += [_md(p) + "\n" for p in prose]
+        for group, entries in groups:
+            entries = [(f, h) for f, h in entries if f != "-h, --help"]
+            if not entries:
+                continue
+            out += [f"{'###' if len(helps) > 1 else '##'} {group}", "",
+                    "| option | what it does |", "|---|---|"]
+            out += [f"| `{flags}` | {_md(help_)} |" for flags, help_ in entries]
+            out.append("")
+        out += [f'??? note "The full `{command} --help`"', "", "    ```text",
+                *[f"    {line}" for line in text.splitlines()], "    ```", ""]
     return "\n".join(out)
 
 
