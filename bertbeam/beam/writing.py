@@ -296,8 +296,9 @@ class WriteResults(beam.PTransform):
     """
 
     def __init__(self, output_dir: str, *, schema: pa.Schema, prefix: str = "results",
-                 rows_per_file: int = 20000):
+                 rows_per_file: int = 20000, check_output: bool = True):
         super().__init__()
+        self._check_output = check_output  # False: built offline (a dry run), nothing listed
         self._output_dir = output_dir
         self._schema = schema
         self._prefix = prefix
@@ -306,7 +307,8 @@ class WriteResults(beam.PTransform):
         self._temp_dir = join(fs, root, f".temp-{prefix}-{uuid.uuid4().hex[:12]}")
 
     def expand(self, rows: beam.PCollection) -> beam.PCollection:
-        check_no_foreign_files(self._output_dir, (self._prefix,))
+        if self._check_output:
+            check_no_foreign_files(self._output_dir, (self._prefix,))
         return rows | self._shards() | self._finalize()
 
     def _shards(self, row_group_rows: int = ROW_GROUP_ROWS) -> beam.PTransform:

@@ -90,13 +90,23 @@ def _private_dir(path: Path) -> Path:
     return path
 
 
+def _cache_key(uri: str) -> str:
+    name = re.sub(r"[^\w.-]", "_", uri.rstrip("/").rsplit("/", 1)[-1])[:40]
+    return f"{hashlib.sha256(uri.encode()).hexdigest()[:16]}-{name}"
+
+
+def cached_model_dir(uri: str, cache_dir: str | os.PathLike | None = None) -> str | None:
+    """The complete cached copy of a remote model, or ``None`` (nothing is downloaded)."""
+    target = Path(cache_dir or default_cache_dir()) / "models" / _cache_key(uri)
+    return str(target) if (target / _CACHE_COMPLETE).exists() else None
+
+
 def _copy_to_cache(uri: str, cache_root: Path) -> str:
     import fsspec
     from filelock import FileLock
 
     root = _private_dir(cache_root / "models")
-    name = re.sub(r"[^\w.-]", "_", uri.rstrip("/").rsplit("/", 1)[-1])[:40]
-    key = f"{hashlib.sha256(uri.encode()).hexdigest()[:16]}-{name}"
+    key = _cache_key(uri)
     target = root / key
     with FileLock(str(root / f"{key}.lock")):
         if (target / _CACHE_COMPLETE).exists():

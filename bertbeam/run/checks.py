@@ -14,6 +14,7 @@ line that names the problem, so that no compute is spent on a job bound to fail 
 from __future__ import annotations
 
 import json
+import os
 import re
 import struct
 import uuid
@@ -267,3 +268,73 @@ def check_device(device: str, *, local: bool) -> None:
     if not torch.cuda.is_available():
         raise ValueError("--device cuda was given but this machine has no CUDA device; use "
                          "--device auto or cpu, or run on GPU workers.")
+
+
+# -- remote runners and remote locations ----------------------------------------------------
+
+REACH_SECONDS = 5.0
+"""How long the launcher waits for Cloud Storage to answer before it gives up (once)."""
+
+
+def is_url(location: str) -> bool:
+    """Whether ``location`` names a remote file system (``gs://``, ``s3://``, ...), not a path."""
+    protocol = location.split("://", 1)[0] if "://" in location else None
+    return protocol is not None and protocol not in ("file", "local")
+
+
+def check_remote_locations(locations: dict[str, str | None], model: str) -> None:
+    """With a remote runner every location must be one its workers can reach: a local path
+    (``--input ./corpus``) would name a directory on each worker, not this machine's."""
+    from bertbeam.config import EMBEDDED_MODEL
+
+    for flag, value in locations.items():
+        if value and not is_url(value):
+            raise ValueError(
+                f"{flag} {value!r} is a local path, but the runner is remote: its workers "
+                "cannot read this machine's files; use a gs:// (or other shared) URL.")
+    if model not in (EMBEDDED_MODEL, EMBEDDED_MODEL.split(":", 1)[1]) and os.path.isdir(model):
+        raise ValueError(
+            f"--model {model!r} is a local directory, but the runner is remote: its workers "
+            "cannot read it; copy it to a gs:// URL (each worker copies it once) or leave "
+            "--model out for the embedded default.")
+
+
+def check_reachable(locations: list[str]) -> None:
+    """Cloud Storage answers within :data:`REACH_SECONDS` for every ``gs://`` location: one
+    request, no retries, so an unreachable endpoint (no network, a proxy, a wrong
+    ``STORAGE_EMULATOR_HOST``) fails in seconds, in one line, not after gcsfs's retries."""
+    import urllib.error
+    import urllib.request
+
+    from bertbeam.gcs import emulator_host
+
+    buckets = dict.fromkeys(loc.split("://", 1)[1].split("/", 1)[0] for loc in locations
+                            if loc and loc.split("://", 1)[0] in ("gs", "gcs"))
+    endpoint = emulator_host() or "https://storage.googleapis.com"
+    for bucket in buckets:
+        url = f"{endpoint.rstrip('/')}/storage/v1/b/{bucket}"
+        try:
+            urllib.request.urlopen(url, timeout=REACH_SECONDS).close()
+        except urllib.error.HTTPError:
+            continue  # it answered (401, 403, 404: credentials and buckets are checked later)
+        except (OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise OutputError(
+                f"Cloud Storage is unreachable at {endpoint} for gs://{bucket} ({reason}); "
+                "check the network, a proxy, or STORAGE_EMULATOR_HOST.") from exc
+
+
+def offline_model_dir(uri: str, cache_dir: str | None) -> str:
+    """The model's local directory for a dry run, which reads no remote location: a local
+    directory, the embedded model, or a remote model already in the model cache."""
+    from bertbeam.core.models import ModelLoadError, cached_model_dir, resolve_model_dir
+
+    if not is_url(uri):
+        return resolve_model_dir(uri, cache_dir)
+    cached = cached_model_dir(uri, cache_dir)
+    if cached is None:
+        raise ModelLoadError(
+            f"--dry_run=True builds the job offline, but model {uri!r} is not in the model "
+            "cache here (--model-cache-dir); run one job with it where the bucket is reachable, "
+            "which caches it, then dry-run again.")
+    return cached

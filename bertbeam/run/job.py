@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import apache_beam as beam
+import pyarrow as pa
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from bertbeam.run import checks, summary
@@ -40,7 +41,13 @@ from bertbeam.beam.incremental import (
 from bertbeam.run.control import RunControl
 from bertbeam.beam.reading import Columns, ReadDocuments, carried_fields, check_input
 from bertbeam.run.runlock import RunLock
-from bertbeam.run.runners import is_local, local_processes, resolve_runner
+from bertbeam.run.runners import (
+    describe_dry_run,
+    is_dry_run,
+    is_local,
+    local_processes,
+    resolve_runner,
+)
 from bertbeam.core.task import Task
 from bertbeam.beam.tokenization import ChunkDocuments
 from bertbeam.beam.transforms import InferChunks, with_carried
@@ -80,6 +87,7 @@ class Prepared:
     started: float = field(default_factory=time.time)
     sink_points: int | None = None  # points in the --sink collection at launch
     sink_text: str | None = None  # the results column a sink takes as text (--keep-text)
+    offline: bool = False  # a dry run: the pipeline is built, no location is read
 
 
 def preflight(job: Job, options: PipelineOptions | None = None) -> Prepared:
@@ -92,14 +100,24 @@ def preflight(job: Job, options: PipelineOptions | None = None) -> Prepared:
     from bertbeam.run.runinfo import new_run_id
 
     started = time.time()
-    checks.check_location("--input", job.input)
-    checks.check_output_outside_input(job.input, job.output)
-    check_input(job.input, job.columns)
-    checks.check_output_writable(job.output)
-    writing.check_no_foreign_files(job.output)
+    local = options is None or is_local(options)
+    dry = options is not None and is_dry_run(options)
     spec = job.run.model
-    checks.check_device(spec.device, local=options is None or is_local(options))
-    local_dir = resolve_model_dir(spec.uri, spec.cache_dir)
+    checks.check_location("--input", job.input)
+    checks.check_location("--output", job.output)
+    if not local:
+        checks.check_remote_locations({"--input": job.input, "--output": job.output}, spec.uri)
+        for location in job.control.previous:
+            checks.check_remote_locations({"--previous": location}, spec.uri)
+    checks.check_output_outside_input(job.input, job.output)
+    if not dry:  # a dry run builds the job offline: no footer read, no bucket touched
+        checks.check_reachable([job.input, job.output, *job.control.previous, spec.uri])
+        check_input(job.input, job.columns)
+        checks.check_output_writable(job.output)
+        writing.check_no_foreign_files(job.output)
+    checks.check_device(spec.device, local=local)
+    local_dir = (checks.offline_model_dir(spec.uri, spec.cache_dir) if dry
+                 else resolve_model_dir(spec.uri, spec.cache_dir))
     check_weights(local_dir, spec.uri, allow_pickle_weights=spec.allow_pickle_weights)
     checks.check_checkpoint_files(local_dir, spec.uri)
     config = checks.load_config(local_dir, spec.uri, trust_remote_code=spec.trust_remote_code)
@@ -111,19 +129,22 @@ def preflight(job: Job, options: PipelineOptions | None = None) -> Prepared:
     checks.check_window(tokenizer, max_length, job.run.tokenize, pairs=job.task.pair_input)
     if job.run.tokenize.long_docs == "chunk":
         check_overflow(tokenizer, max_length, job.run.tokenize.resolved_stride(max_length))
-    carry = tuple(carried_fields(job.input, job.columns))
+    carry = (tuple(pa.field(c, pa.string()) for c in job.columns.carry) if dry
+             else tuple(carried_fields(job.input, job.columns)))
     model_fp = model_fingerprint(local_dir)
     stamp = Stamp(job_fingerprint=job_fingerprint(job.task, job.run, model_fp),
                   model_fingerprint=model_fp, run_id=new_run_id(started))
     schema = stamp.schema(with_carried(job.task.schema(config), carry))
-    previous = previous_result_files(job.control.previous, stamp, schema)
+    previous = ([(i, f"{loc.rstrip('/')}/results-00000-of-00001.parquet")
+                 for i, loc in enumerate(job.control.previous)] if dry
+                else previous_result_files(job.control.previous, stamp, schema))
     sink_points, text = None, job.columns.text if job.columns.text in schema.names else None
-    if job.sink is not None:
+    if job.sink is not None and not dry:
         sink_points = job.sink.check(
             schema, text_column=text, local=options is None or is_local(options),
             processes=1 if options is None else local_processes(options))
     return Prepared(config, local_dir, stamp, schema, carry, previous, started,
-                    sink_points=sink_points, sink_text=text)
+                    sink_points=sink_points, sink_text=text, offline=dry)
 
 
 def build(p: beam.Pipeline, job: Job, prepared: Prepared,
@@ -157,7 +178,9 @@ def build(p: beam.Pipeline, job: Job, prepared: Prepared,
     results = computed
     if carried:
         results = (results, *carried) | "AllResults" >> beam.Flatten()
-    written = results | "WriteResults" >> WriteResults(job.output, schema=prepared.schema)
+    check = not prepared.offline
+    written = results | "WriteResults" >> WriteResults(job.output, schema=prepared.schema,
+                                                       check_output=check)
     synced = ()
     if job.sink is not None:
         # Computed rows only, unless the collection is empty (a first run with --sink); the
@@ -167,7 +190,8 @@ def build(p: beam.Pipeline, job: Job, prepared: Prepared,
     dead_written = (
         tuple(dead_letters)
         | "AllDeadLetters" >> beam.Flatten()
-        | "WriteDeadLetter" >> WriteResults(job.output, schema=DEAD_LETTER_SCHEMA, prefix="dead_letter")
+        | "WriteDeadLetter" >> WriteResults(job.output, schema=DEAD_LETTER_SCHEMA,
+                                            prefix="dead_letter", check_output=check)
     )
     if finish is not None:
         (written, dead_written, *synced) | "WriteSummary" >> WriteSummary(finish)
@@ -186,6 +210,8 @@ def execute(job: Job, options: PipelineOptions) -> dict | None:
 
     with collector_paused():  # the checks import torch and transformers (memory.py)
         prepared = preflight(job, options)
+    if is_dry_run(options):
+        return _dry_run(job, options, prepared)
     # One run at a time; the temporary files of this run (on failure) and of interrupted
     # earlier runs are removed while the lock is held.
     with RunLock(job.output):
@@ -193,6 +219,35 @@ def execute(job: Job, options: PipelineOptions) -> dict | None:
             return _run(job, options, prepared)
         finally:
             writing.remove_temp_dirs(job.output)
+
+
+def _dry_run(job: Job, options: PipelineOptions, prepared: Prepared) -> None:
+    """``--dry_run=True``: builds the job as the runner would submit it, prints its steps,
+    options and worker settings, and submits nothing (no lock, no output touched)."""
+    from bertbeam.run import runinfo
+
+    finish = None
+    if not job.control.wait:  # the job's last stage writes the summary: build it too
+        meta = run_metadata(job, prepared, runinfo.resolve_runtime(job.run.model, local=False),
+                            options)
+        finish = FinishRun(
+            input=job.input, output=job.output, task=job.task.name, model=job.run.model.uri,
+            run_id=prepared.stamp.run_id, meta=meta, pipeline_started=time.time(),
+            process_started=runinfo.process_started(), report=job.control.report,
+            previous_output=job.control.previous[0] if job.control.previous else None,
+            max_dead_letter_fraction=job.control.max_dead_letter_fraction,
+            max_dead_letters=job.control.max_dead_letters,
+            previous_files=tuple(url for _, url in prepared.previous_files),
+            joined=bool(prepared.previous_files), sink=job.sink)
+    p = beam.Pipeline(runner=resolve_runner(options), options=options)
+    build(p, job, prepared, finish)
+    result = p.run()
+    built = getattr(result, "job", None)
+    if built is None:
+        raise ValueError(f"--dry_run=True is a Dataflow option; the runner "
+                         f"{type(p.runner).__name__} ran the job instead of building it.")
+    print(describe_dry_run(f"bertbeam {job.task.name}", options, built))
+    return None
 
 
 def _run(job: Job, options: PipelineOptions, prepared: Prepared) -> dict | None:
@@ -230,15 +285,20 @@ def _run(job: Job, options: PipelineOptions, prepared: Prepared) -> dict | None:
         result = p.run()
         if not job.control.wait:
             if not local:
-                print(f"{label}: submitted; the job writes {job.output.rstrip('/')}/"
-                      f"{summary.SUMMARY_FILE} when it ends.", file=sys.stderr)
+                job_id = result.job_id() if callable(getattr(result, "job_id", None)) else None
+                print(f"{label}: submitted job {job_id or '(the runner gave no id)'}; it writes "
+                      f"{job.output.rstrip('/')}/{summary.SUMMARY_FILE} when it ends.")
                 return None
             result.wait_until_finish()
             report = summary.read_summary(job.output)
             check_accounting(report)  # a local launcher is still here to exit with status 3
             check_dead_letters(report)
             return report
-        result.wait_until_finish()
+        if local:
+            result.wait_until_finish()
+        else:
+            with progress.RemoteProgress(result, total, label=label, quiet=job.control.quiet):
+                result.wait_until_finish()
     job_id = result.job_id() if callable(getattr(result, "job_id", None)) else None
     finish = dataclasses.replace(finish, meta={**meta, "job_id": job_id})
     report = finish(metrics.query_counters(result), live.samples if local else [])

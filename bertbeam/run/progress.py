@@ -196,3 +196,73 @@ class LiveProgress:
         return (f"{self.label}: {done}/{self.total} documents{share}{read_part}, {rate:.1f} docs/s, "
                 f"{tokens / elapsed if elapsed > 0 else 0:,.0f} tokens/s, {dead} dead-lettered, "
                 f"ETA {eta}")
+
+
+REMOTE_SECONDS = 30.0
+
+
+class RemoteProgress:
+    """Progress of a job on a remote runner, from the runner's own metrics: polls
+    ``PipelineResult.metrics()`` every ``interval`` seconds while the job runs and prints a
+    line (documents done out of ``total``, dead-lettered); where the runner serves no
+    metrics before the job ends, says so once.
+
+    Example::
+
+        result = pipeline.run()
+        with RemoteProgress(result, total=20000, label="bertbeam embed"):
+            result.wait_until_finish()
+    """
+
+    def __init__(self, result: Any, total: int | None, *, label: str, quiet: bool = False,
+                 stream: TextIO | None = None, interval: float = REMOTE_SECONDS):
+        self.result, self.total, self.label, self.quiet = result, total, label, quiet
+        self.stream = stream or sys.stderr
+        self.interval = interval
+        self.lines: list[str] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._started = 0.0
+
+    def __enter__(self) -> RemoteProgress:
+        self._started = time.monotonic()
+        if not self.quiet:
+            self._thread = threading.Thread(target=self._poll, name="bertbeam-remote-progress",
+                                            daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.interval):
+            if not self.sample():
+                return
+
+    def sample(self) -> bool:
+        """Prints one line from the runner's counters; ``False`` when it serves none (said
+        once), so polling stops."""
+        try:
+            counts = metrics.query_counters(self.result)
+        except Exception as exc:  # NotImplementedError, or the service's own error
+            job_id = getattr(self.result, "job_id", None)
+            where = f" (job {job_id()})" if callable(job_id) else ""
+            self._print(f"{self.label}: no progress until the job ends: the runner serves no "
+                        f"metrics while it runs ({type(exc).__name__}); follow the job in the "
+                        f"runner's own UI{where}.")
+            return False
+        done, dead = done_count(counts), counts.get(metrics.DEAD_LETTERED, 0)
+        elapsed = time.monotonic() - self._started
+        total = f"/{self.total}" if self.total else ""
+        share = f" ({100 * done / self.total:.1f}%)" if self.total else ""
+        self._print(f"{self.label}: {done}{total} documents{share} after "
+                    f"{format_duration(elapsed)}, {dead} dead-lettered (the runner's counters, "
+                    "which lag the workers)")
+        return True
+
+    def _print(self, line: str) -> None:
+        self.lines.append(line)
+        print(line, file=self.stream, flush=True)

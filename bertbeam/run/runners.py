@@ -56,3 +56,48 @@ def torch_threads(options: PipelineOptions) -> int | None:
         return None
     workers = local_parallelism(options)
     return None if workers == 1 else max(1, (os.cpu_count() or 1) // workers)
+
+
+def is_dry_run(options: PipelineOptions) -> bool:
+    """``--dry_run=True`` (Beam's own flag): build the job, submit nothing."""
+    from apache_beam.options.pipeline_options import TestOptions
+
+    return bool(options.view_as(TestOptions).dry_run)
+
+
+def describe_dry_run(label: str, options: PipelineOptions, job: Any) -> str:
+    """What a dry run built: the job's top-level steps, the options given and the worker
+    settings Dataflow would use, for a person to read before submitting."""
+    from apache_beam.options.pipeline_options import (
+        DebugOptions,
+        GoogleCloudOptions,
+        WorkerOptions,
+    )
+
+    proto = job.proto_pipeline
+    steps = [proto.components.transforms[t].unique_name
+             for root in proto.root_transform_ids
+             for t in proto.components.transforms[root].subtransforms] or [
+        proto.components.transforms[root].unique_name for root in proto.root_transform_ids]
+    given = options.get_all_options(drop_default=True, retain_unknown_options=True)
+    flags = " ".join(f"--{k}={v}" for k, v in sorted(given.items()))
+    worker = options.view_as(WorkerOptions)
+    cloud = options.view_as(GoogleCloudOptions)
+    settings = {
+        "project": cloud.project, "region": cloud.region, "temp_location": cloud.temp_location,
+        "machine_type": worker.machine_type or "(Dataflow's default)",
+        "num_workers": worker.num_workers, "max_num_workers": worker.max_num_workers,
+        "sdk_container_image": worker.sdk_container_image or "(Beam's default image)",
+        "harness_threads": options.view_as(DebugOptions).number_of_worker_harness_threads,
+        "service_options": ",".join(cloud.dataflow_service_options or []) or None,
+        "experiments": ",".join(options.view_as(DebugOptions).experiments or []) or None,
+    }
+    workers = ", ".join(f"{k} {v}" for k, v in settings.items() if v is not None)
+    runner = options.view_as(StandardOptions).runner
+    return "\n".join([
+        f"{label}: dry run of {runner}: the job was built, not submitted (no input read, no "
+        "bucket touched).",
+        f"  steps ({len(steps)}): {', '.join(steps)}",
+        f"  options: {flags}",
+        f"  workers: {workers}",
+    ])

@@ -1,4 +1,4 @@
-"""The Dataflow jobs of README.md (Run on Dataflow), built offline: every documented
+"""The Dataflow jobs of docs/dataflow.md, built offline: every documented
 command is run with ``--dry_run=True``, so Beam parses its Dataflow options, builds the
 pipeline proto and the Dataflow job, and we build the job's environment (worker pool,
 container image, service options) and unpickle every DoFn, without credentials or network.
@@ -13,10 +13,10 @@ from pathlib import Path
 import apache_beam as beam
 import pytest
 
-from tests.conftest import SAMPLE_TEXTS, write_corpus
+from tests.conftest import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
-DOC = ROOT / "README.md"
+DOC = ROOT / "docs" / "dataflow.md"
 LAUNCHER = "bertbeam_in_image"
 SHELL_VARS = {
     "PROJECT": "my-project",
@@ -48,45 +48,65 @@ def _flag(argv: list[str], name: str) -> str | None:
     return argv[argv.index(name) + 1] if name in argv else None
 
 
+CLOSED_PORT = "http://127.0.0.1:9"
+"""A Cloud Storage endpoint that refuses every connection: a dry run that touched a bucket
+(a footer, a listing, a probe) would fail in a second."""
+
+
+def cache_model(uri: str, local_dir: str, cache_dir: str) -> None:
+    """Puts ``local_dir`` into the model cache as ``uri``'s copy (what a first run that
+    reaches the bucket leaves behind), so a dry run finds the model offline."""
+    import shutil
+
+    from bertbeam.core import models
+
+    target = Path(cache_dir) / "models" / models._cache_key(uri)
+    shutil.copytree(local_dir, target, dirs_exist_ok=True)
+    (target / models._CACHE_COMPLETE).write_text(uri)
+
+
 @pytest.fixture(scope="module")
-def local_files(tiny_model, tmp_path_factory) -> dict[str, dict[str, str]]:
-    """Launcher-side stand-ins for the doc's gs:// input and models (preflight reads them)."""
-    corpus = write_corpus(tmp_path_factory.mktemp("df-corpus") / "part-0.parquet",
-                          {"id": [f"d{i}" for i in range(len(SAMPLE_TEXTS))], "text": SAMPLE_TEXTS})
-    out = str(tmp_path_factory.mktemp("df-out"))
-    return {
-        "embed": {"--input": corpus, "--output": out, "--model": tiny_model("bert", "base")},
-        "label": {"--input": corpus, "--output": out, "--model": tiny_model("bert", "classify")},
-    }
+def model_cache(tiny_model, tmp_path_factory) -> str:
+    """A model cache holding the doc's gs:// models (tiny stand-ins)."""
+    cache = str(tmp_path_factory.mktemp("df-cache"))
+    bucket = SHELL_VARS["BUCKET"]
+    cache_model(f"gs://{bucket}/models/all-MiniLM-L6-v2", tiny_model("bert", "base"), cache)
+    cache_model(f"gs://{bucket}/models/my-classifier", tiny_model("bert", "classify"), cache)
+    return cache
 
 
-def dry_run(argv: list[str], local: dict[str, str] | None = None):
-    """Builds ``bertbeam <argv>`` as a Dataflow job without submitting it; returns the
-    Beam options and the runner's ``apiclient.Job``."""
+def dry_run(argv: list[str], model_cache: str | None = None, *, monkeypatch=None, capsys=None):
+    """Runs ``bertbeam <argv> --dry_run=True`` as a user does, with Cloud Storage
+    unreachable; returns the Beam options, the runner's ``apiclient.Job`` and what the
+    command printed."""
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from bertbeam.cli import check_gpu, embed, label
+    from bertbeam.cli import check_gpu
     from bertbeam.cli.options import parse_command
-    from bertbeam.run import job as common
     from bertbeam.run.runners import resolve_runner
 
-    command, rest = argv[0], list(argv[1:])
-    for flag, value in (local or {}).items():
-        if flag in rest:
-            assert rest[rest.index(flag) + 1].startswith("gs://"), (flag, argv)
-            rest[rest.index(flag) + 1] = value
-    rest.append("--dry_run=True")
+    command, rest = argv[0], [*argv[1:], "--dry_run=True"]
     if command == "check-gpu":
         args, _ = parse_command(check_gpu.parser(), check_gpu.OPTIONS, rest)
         options = PipelineOptions(rest)
         p = beam.Pipeline(runner=resolve_runner(options), options=options)
         check_gpu.build(p, args)
-    else:
-        job, options = {"embed": embed, "label": label}[command].make_job(rest)
-        prepared = common.preflight(job)
-        p = beam.Pipeline(runner=resolve_runner(options), options=options)
-        common.build(p, job, prepared)
-    return options, p.run().job
+        return options, p.run().job, ""
+    built = []
+    original = beam.Pipeline.run
+
+    def run(self, *args, **kwargs):
+        built.append((self.options, original(self, *args, **kwargs)))
+        return built[-1][1]
+
+    monkeypatch.setattr(beam.Pipeline, "run", run)
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", CLOSED_PORT)
+    capsys.readouterr()
+    assert run_cli(*argv, "--dry_run=True", "--model-cache-dir", model_cache) == 0
+    printed = capsys.readouterr()
+    assert "Traceback" not in printed.err
+    options, result = built[-1]
+    return options, result.job, printed.out
 
 
 def job_environment(options, job):
@@ -128,11 +148,21 @@ def test_the_doc_launches_check_gpu_a_gpu_job_and_a_cpu_job():
 
 
 @pytest.mark.parametrize("index", range(3), ids=["check-gpu", "embed-gpu", "label-cpu"])
-def test_documented_command_builds_a_dataflow_job(index, local_files):
-    """Each documented command parses, builds a Dataflow job with the options it names, and
-    every DoFn in the job unpickles."""
+def test_documented_command_builds_a_dataflow_job(index, model_cache, monkeypatch, capsys):
+    """Each documented command, run as written with ``--dry_run=True`` and no reachable
+    bucket, exits 0, prints the steps, options and workers, builds a Dataflow job with the
+    options it names, and every DoFn in the job unpickles."""
     argv = documented_commands()[index]
-    options, job = dry_run(argv, local_files.get(argv[0]))
+    options, job, printed = dry_run(argv, model_cache, monkeypatch=monkeypatch, capsys=capsys)
+    if argv[0] != "check-gpu":
+        lines = printed.splitlines()
+        task = _flag(argv, "--task") or argv[0]
+        assert lines[0] == (f"bertbeam {task}: dry run of DataflowRunner: the job was built, "
+                            "not submitted (no input read, no bucket touched).")
+        assert lines[1].startswith("  steps (7): ReadDocuments, KeyByText, Infer, StampResults, "
+                                   "WriteResults")
+        assert f"--input={_flag(argv, '--input')}" in lines[2]
+        assert f"machine_type {_flag(argv, '--machine_type')}" in lines[3]
     env = job_environment(options, job)
     pool = env.worker_pools[0]
 
@@ -166,6 +196,95 @@ def test_a_misspelled_dataflow_option_fails_before_anything_runs():
     argv = [a if a != "--machine_type" else "--machine-type" for a in argv]
     with pytest.raises(ValueError, match="--machine-type.*Did you mean --machine_type"):
         dry_run(argv)
+
+
+def test_local_paths_with_a_remote_runner_are_refused(tmp_path, model_cache, capsys):
+    """Workers cannot read the launcher's files: a local --input, --output or --previous
+    with DataflowRunner is one line, exit 2."""
+    argv = documented_commands()[1]
+    for flag, local in (("--input", str(tmp_path / "*.parquet")), ("--output", str(tmp_path)),
+                        ("--previous", str(tmp_path / "day-1"))):
+        rest = list(argv[1:])
+        if flag in rest:
+            rest[rest.index(flag) + 1] = local
+        else:
+            rest += [flag, local]
+        capsys.readouterr()
+        assert run_cli(argv[0], *rest, "--dry_run=True", "--model-cache-dir", model_cache) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == (f"bertbeam: error: {flag} {local!r} is a local path, but the runner is "
+                       "remote: its workers cannot read this machine's files; use a gs:// (or "
+                       "other shared) URL."), err
+
+
+def test_an_unreachable_bucket_fails_in_one_line(tmp_path, tiny_model, monkeypatch, capsys):
+    """A job whose gs:// input cannot be reached fails at launch, after one refused request
+    (not gcsfs's retries), in one line."""
+    import urllib.request
+
+    calls = []
+    real = urllib.request.urlopen
+    monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: calls.append(a) or real(*a, **k))
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", CLOSED_PORT)
+    tiny = tiny_model("bert", "base")
+    capsys.readouterr()
+    assert run_cli("embed", "--input", "gs://my-bucket/corpus/*.parquet", "--output",
+                   tmp_path / "out", "--model", tiny) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"bertbeam: error: Cloud Storage is unreachable at {CLOSED_PORT} for "
+                          "gs://my-bucket (")
+    assert len(err.splitlines()) == 1 and len(calls) == 1
+
+
+def test_a_model_not_cached_is_one_line_in_a_dry_run(tmp_path, monkeypatch, capsys):
+    argv = documented_commands()[1]
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", CLOSED_PORT)
+    assert run_cli(*argv, "--dry_run=True", "--model-cache-dir", tmp_path) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--dry_run=True builds the job offline, but model" in err and "Traceback" not in err
+
+
+class _Result:
+    """A PipelineResult whose runner serves counters while the job runs (or none)."""
+
+    def __init__(self, served: bool):
+        self.served = served
+
+    def job_id(self):
+        return "2026-12-06_01_02_03-123"
+
+    def metrics(self):
+        if not self.served:
+            raise NotImplementedError("no metrics")
+        from apache_beam.metrics.execution import MetricKey, MetricResult
+        from apache_beam.metrics.metricbase import MetricName
+
+        def counter(name, value):
+            return MetricResult(MetricKey("Infer", MetricName("bertbeam", name)), None, value)
+
+        class _Query:
+            def query(self, _filter):
+                return {"counters": [counter("documents_written", 700),
+                                     counter("documents_dead_lettered", 20)]}
+
+        return _Query()
+
+
+def test_remote_progress_comes_from_the_runners_metrics():
+    import io
+
+    from bertbeam.run.progress import RemoteProgress
+
+    stream = io.StringIO()
+    progress = RemoteProgress(_Result(served=True), 1000, label="bertbeam embed", stream=stream)
+    assert progress.sample() is True
+    assert progress.lines[0].startswith("bertbeam embed: 720/1000 documents (72.0%) after ")
+    assert "20 dead-lettered (the runner's counters" in progress.lines[0]
+    silent = RemoteProgress(_Result(served=False), 1000, label="bertbeam embed", stream=stream)
+    assert silent.sample() is False
+    assert silent.lines == ["bertbeam embed: no progress until the job ends: the runner serves "
+                            "no metrics while it runs (NotImplementedError); follow the job in "
+                            "the runner's own UI (job 2026-12-06_01_02_03-123)."]
 
 
 class _HoldsAGenerator(beam.DoFn):
