@@ -46,7 +46,7 @@ def __getattr__(name: str) -> object:
     # The RunInference handler on first use only: Beam's ml.inference imports torch (its
     # model manager does), so it is not in __all__ either: `import *` stays light.
     if name == "BertModelHandler":
-        from bertbeam.beam.handler import BertModelHandler
+        from bertbeam.beam.handler import BertModelHandler  # imports torch: see above
 
         return BertModelHandler
     raise AttributeError(f"module 'bertbeam' has no attribute {name!r}")

@@ -41,7 +41,7 @@ class NoGpuError(RuntimeError):
 
 def probe_device() -> dict:
     """What this process sees: host, CUDA availability, device name, bf16, versions."""
-    import torch
+    import torch  # on the worker: the launcher needs no CUDA build of torch
 
     info = {
         "host": socket.gethostname(),

@@ -12,6 +12,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from bertbeam.beam.reading import InputError
 from bertbeam.config import BatchSpec, ModelSpec, RunSpec, TokenizeSpec
+from bertbeam.core.engine import BrokenTokenizerError
+from bertbeam.core.models import ModelLoadError
 from bertbeam.run import stopping, summary
 from bertbeam.run.control import RunControl
 from bertbeam.run.finish import AccountingError, DeadLetterLimitError
@@ -60,9 +62,6 @@ def run_job(make_job: MakeJob, argv: Sequence[str] | None) -> int:
     1 (the run failed: a machine or service fault), 2 (a mistake in the command line, the
     input or the model), 3 (rows unaccounted for), 4 (over the dead-letter limits), or 130
     and the like for an interrupt."""
-    from bertbeam.core.engine import BrokenTokenizerError  # the model stack: torch, transformers
-    from bertbeam.core.models import ModelLoadError
-
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         with stopping.interrupts():

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import difflib
 import sys
+from importlib import import_module
+
+from bertbeam import __version__
+from bertbeam.core.memory import collector_paused, freeze_live_objects, prepare_allocator
 
 _USAGE = """usage: bertbeam COMMAND [options]
 
@@ -13,6 +17,7 @@ commands:
   label          label a Parquet corpus with a task (bertbeam label --help)
   train          fine-tune a classifier or tagger   (bertbeam train --help)
   evaluate       score label results against gold   (bertbeam evaluate --help)
+  distill        a smaller classifier from a big one (bertbeam distill --help)
   index build    build a search index from embeddings (bertbeam index build --help)
   index search   search an index: bertbeam index search --index DIR "query" [-k 10] [--json]
   search         the same as index search
@@ -31,6 +36,7 @@ _COMMANDS = {
     "check-gpu": "bertbeam.cli.check_gpu:run",
     "train": "bertbeam.cli.train:run_train",
     "evaluate": "bertbeam.cli.train:run_evaluate",
+    "distill": "bertbeam.cli.train:run_distill",
     "index": "bertbeam.cli.index:run_index",
     "search": "bertbeam.cli.index:run_search",
     "demo-corpus": "bertbeam.cli.demo:run",
@@ -43,13 +49,9 @@ def main(argv: list[str] | None = None) -> int:
         print(_USAGE)
         return 0 if argv else 2
     if argv[0] == "--version":
-        from bertbeam import __version__
-
         print(f"bertbeam {__version__}")
         return 0
     command, rest = argv[0], argv[1:]
-    from bertbeam.core.memory import prepare_allocator
-
     prepare_allocator()  # before any command imports torch (memory.py)
     target = _COMMANDS.get(command)
     if target is None:
@@ -57,10 +59,6 @@ def main(argv: list[str] | None = None) -> int:
         hint = f" Did you mean {close[0]!r}?" if close else ""
         print(f"bertbeam: unknown command {command!r}.{hint}\n\n{_USAGE}", file=sys.stderr)
         return 2
-    from importlib import import_module
-
-    from bertbeam.core.memory import collector_paused, freeze_live_objects
-
     module, name = target.split(":")
     with collector_paused():  # the command's imports: Beam, pyarrow (memory.py)
         run = getattr(import_module(module), name)

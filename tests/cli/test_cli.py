@@ -28,7 +28,8 @@ def test_version(capsys):
                "fill-mask: predicted tokens per mask (default: 5)", "(default: simple)",
                "qa: the longest answer, in tokens (default: 15)"]),
 ], ids=["embed", "label"])
-def test_help_shows_every_default(capsys, command, shown):
+def test_help_shows_every_default(capsys, monkeypatch, command, shown):
+    monkeypatch.setenv("COLUMNS", "250")  # argparse wraps help at the terminal's width
     with pytest.raises(SystemExit) as exit_info:
         run_cli(command, "--help")
     assert exit_info.value.code == 0
