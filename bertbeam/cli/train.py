@@ -1,4 +1,5 @@
-"""``bertbeam train`` and ``bertbeam evaluate``: argv -> config -> run, one-line errors."""
+"""``bertbeam train``, ``bertbeam distill`` and ``bertbeam evaluate``: argv -> config -> run,
+one-line errors."""
 
 from __future__ import annotations
 
@@ -12,11 +13,14 @@ from typing import Any
 from bertbeam.config import EMBEDDED_MODEL
 
 
-def _train_parser() -> argparse.ArgumentParser:
-    from bertbeam.training.config import TrainConfig
-    from bertbeam.training.plan import DEFAULT_EPOCHS, MAX_EPOCHS, MAX_STEPS, MIN_STEPS
+def _schedule_defaults() -> dict[str, Any]:
+    from bertbeam.training.config import DistillConfig
 
-    d = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    return {f.name: f.default for f in dataclasses.fields(DistillConfig)}
+
+
+def _train_parser() -> argparse.ArgumentParser:
+    d = _schedule_defaults()
     p = argparse.ArgumentParser(
         prog="bertbeam train", allow_abbrev=False, formatter_class=_DefaultsHelpFormatter,
         description="Fine-tune a sequence classifier (classify) or a token tagger (ner) from "
@@ -31,20 +35,28 @@ def _train_parser() -> argparse.ArgumentParser:
     split.add_argument("--eval-fraction", type=float, default=d["eval_fraction"],
                        help="share of --train held out for evaluation when there is no --eval "
                             "(0: no evaluation, the last step is kept)")
-    p.add_argument("--max-eval-rows", type=int, default=d["max_eval_rows"],
-                   help="held-out rows at most, whatever --eval-fraction says")
     p.add_argument("--output", required=True,
                    help="checkpoint directory (local or gs://...): new, empty, or an earlier "
                         "bertbeam train output, which is replaced")
     p.add_argument("--model", default=EMBEDDED_MODEL, help="start checkpoint")
-    p.add_argument("--allow-pickle-weights", action="store_true",
-                   help="accept a start checkpoint with only .bin/.pt weights (pickle can run code)")
     p.add_argument("--id-column", default="id", help="row ids (messages name skipped rows by id)")
     p.add_argument("--text-column", default="text", help="the text the model reads")
     p.add_argument("--label-column", default="label", help="classify: a label, or a list of labels")
     p.add_argument("--tokens-column", default="tokens", help="ner: list<string> of words")
     p.add_argument("--tags-column", default="tags", help="ner: list<string> of BIO tags")
     p.add_argument("--multi-label", action="store_true", help="classify: label column is a list")
+    _add_schedule_args(p, d)
+    return p
+
+
+def _add_schedule_args(p: argparse.ArgumentParser, d: dict[str, Any]) -> None:
+    """The flags of :class:`bertbeam.training.config._Schedule`, shared by train and distill."""
+    from bertbeam.training.plan import DEFAULT_EPOCHS, MAX_EPOCHS, MAX_STEPS, MIN_STEPS
+
+    p.add_argument("--max-eval-rows", type=int, default=d["max_eval_rows"],
+                   help="held-out rows at most, whatever --eval-fraction says")
+    p.add_argument("--allow-pickle-weights", action="store_true",
+                   help="accept checkpoints with only .bin/.pt weights (pickle can run code)")
     length = p.add_mutually_exclusive_group()
     length.add_argument("--max-steps", type=int, default=None,
                         help=f"optimizer steps (default: {DEFAULT_EPOCHS} epochs, at least "
@@ -74,7 +86,56 @@ def _train_parser() -> argparse.ArgumentParser:
                    help="auto: CUDA with bf16 autocast where there is a GPU, else CPU float32")
     p.add_argument("--num-threads", type=int, default=None,
                    help="torch CPU threads (default: all cores; 1 is faster on a busy shared machine)")
-    p.add_argument("--model-cache-dir", default=None, help="local cache for a remote --model")
+    p.add_argument("--model-cache-dir", default=None, help="local cache for remote models")
+
+
+def _schedule(args: argparse.Namespace) -> dict[str, Any]:
+    return {"eval_fraction": args.eval_fraction, "max_eval_rows": args.max_eval_rows,
+            "epochs": args.epochs, "max_steps": args.max_steps,
+            "learning_rate": args.learning_rate, "warmup_fraction": args.warmup_fraction,
+            "weight_decay": args.weight_decay, "batch_size": args.batch_size,
+            "token_budget": args.token_budget, "max_length": args.max_length,
+            "eval_every": args.eval_every, "patience": args.patience, "seed": args.seed,
+            "device": args.device, "num_threads": args.num_threads,
+            "cache_dir": args.model_cache_dir, "allow_pickle_weights": args.allow_pickle_weights}
+
+
+def _distill_parser() -> argparse.ArgumentParser:
+    d = _schedule_defaults()
+    p = argparse.ArgumentParser(
+        prog="bertbeam distill", allow_abbrev=False, formatter_class=_DefaultsHelpFormatter,
+        description="Distill a fine-tuned classifier (the teacher) into a smaller, faster one "
+                    "(the student) on your corpus: the teacher labels the corpus through "
+                    "bertbeam label (logits kept in Parquet; a rerun labels only what is not "
+                    "labelled yet), the student learns its softened scores (and gold labels "
+                    "where the corpus has them). The student works with `bertbeam label`.")
+    p.add_argument("--teacher", required=True, help="a fine-tuned sequence classifier")
+    p.add_argument("--corpus", required=True, help="Parquet glob of the documents")
+    p.add_argument("--output", required=True,
+                   help="student checkpoint directory: new, empty, or an earlier output")
+    student = p.add_mutually_exclusive_group()
+    student.add_argument("--student-layers", type=int, default=None,
+                         help="the teacher's layers the student keeps, evenly spaced and ending "
+                              "with its last (default: half of them)")
+    student.add_argument("--student", default=None,
+                         help="start the student from this (smaller) checkpoint instead, with a new head")
+    p.add_argument("--soft-labels", default=None,
+                   help="directory of the teacher's labels and the corpus shards "
+                        "(default: OUTPUT-soft-labels)")
+    p.add_argument("--id-column", default="id", help="document ids (unique)")
+    p.add_argument("--text-column", default="text", help="the text both models read")
+    p.add_argument("--label-column", default=None,
+                   help="gold labels where the corpus has them (null elsewhere)")
+    p.add_argument("--temperature", type=float, default=d["temperature"],
+                   help="softens the teacher's and the student's scores in the KL term")
+    p.add_argument("--gold-weight", type=float, default=d["gold_weight"],
+                   help="the gold cross-entropy's share of the loss on rows with a gold label")
+    p.add_argument("--shard-rows", type=int, default=d["shard_rows"],
+                   help="documents per teacher-labelling shard (an interrupted run redoes at most one)")
+    p.add_argument("--eval-fraction", type=float, default=d["eval_fraction"],
+                   help="share of the corpus held out to measure agreement with the teacher "
+                        "(0: no evaluation, the last step is kept)")
+    _add_schedule_args(p, d)
     return p
 
 
@@ -154,20 +215,30 @@ def run_train(argv: list[str]) -> int:
         from bertbeam.training.loop import train
 
         train(TrainConfig(
-            task=args.task, train=args.train, eval=args.eval, eval_fraction=args.eval_fraction,
-            output=args.output, model=args.model, id_column=args.id_column,
-            text_column=args.text_column, label_column=args.label_column,
-            tokens_column=args.tokens_column, tags_column=args.tags_column,
-            multi_label=args.multi_label, epochs=args.epochs, max_steps=args.max_steps,
-            learning_rate=args.learning_rate, warmup_fraction=args.warmup_fraction,
-            weight_decay=args.weight_decay, batch_size=args.batch_size,
-            token_budget=args.token_budget, max_length=args.max_length,
-            max_eval_rows=args.max_eval_rows, eval_every=args.eval_every,
-            patience=args.patience, seed=args.seed, device=args.device,
-            num_threads=args.num_threads, cache_dir=args.model_cache_dir,
-            allow_pickle_weights=args.allow_pickle_weights))
+            task=args.task, train=args.train, eval=args.eval, output=args.output,
+            model=args.model, id_column=args.id_column, text_column=args.text_column,
+            label_column=args.label_column, tokens_column=args.tokens_column,
+            tags_column=args.tags_column, multi_label=args.multi_label, **_schedule(args)))
 
     return _run("train", work)
+
+
+def run_distill(argv: list[str]) -> int:
+    """``bertbeam distill ...``; returns the exit code."""
+    args = _distill_parser().parse_args(argv)
+
+    def work() -> None:
+        from bertbeam.training.config import DistillConfig
+        from bertbeam.training.distill import distill
+
+        distill(DistillConfig(
+            teacher=args.teacher, corpus=args.corpus, output=args.output, student=args.student,
+            student_layers=args.student_layers, soft_labels=args.soft_labels,
+            id_column=args.id_column, text_column=args.text_column,
+            label_column=args.label_column, temperature=args.temperature,
+            gold_weight=args.gold_weight, shard_rows=args.shard_rows, **_schedule(args)))
+
+    return _run("distill", work)
 
 
 def run_evaluate(argv: list[str]) -> int:

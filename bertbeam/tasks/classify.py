@@ -35,6 +35,8 @@ LABEL_FIELDS = [
     pa.field("labels", pa.list_(LABEL_SCORE), nullable=False),
 ]
 """Columns shared by every labeling task (classify, zero-shot)."""
+LOGITS_FIELD = pa.field("logits", pa.list_(pa.float32()), nullable=False)
+"""classify with ``keep_logits``: the merged logits, in the model's label order."""
 
 
 def label_schema() -> pa.Schema:
@@ -113,6 +115,8 @@ class ClassifyTask(Task):
         threshold: minimum sigmoid score for ``labels`` in multi-label mode.
         chunk_merge: how the window logits of a long document are combined before the
             softmax/sigmoid: ``mean`` (default) or ``max``.
+        keep_logits: also write ``logits: list<float32>``, the merged logits in the model's
+            label order (soft labels for ``bertbeam distill``).
 
     Example::
 
@@ -126,6 +130,9 @@ class ClassifyTask(Task):
               "(default: as the checkpoint's problem_type says)")
     threshold: float = option(0.5, "with --multi-label: the least score a label in `labels` has")
     chunk_merge: ChunkMerge = option("mean", "how the window logits of a long document combine")
+    keep_logits: bool = option(
+        False, "also write `logits`: each document's raw (merged) logits in the model's label "
+               "order, e.g. as soft labels for `bertbeam distill`")
 
     name: ClassVar[str] = "classify"
     model_class: ClassVar[str] = "AutoModelForSequenceClassification"
@@ -139,7 +146,10 @@ class ClassifyTask(Task):
         check_choice("chunk_merge", self.chunk_merge, ChunkMerge)
 
     def schema(self, config: Any) -> pa.Schema:
-        return label_schema()
+        schema = label_schema()
+        if self.keep_logits:  # before n_chunks: the label columns stay together
+            schema = schema.insert(schema.get_field_index("n_chunks"), LOGITS_FIELD)
+        return schema
 
     def uses_sigmoid(self, config: Any) -> bool:
         """Whether scores are per-label sigmoids (multi-label) rather than a softmax."""
@@ -153,13 +163,17 @@ class ClassifyTask(Task):
 
     def postprocess(self, engine: Any, outputs: list[WindowOutput]) -> dict[str, Any]:
         logits = merge_window_rows(np.stack([o.values["logits"] for o in outputs]), self.chunk_merge)
-        return {**self._labels(engine, logits), **chunk_columns(outputs), "model": engine.uri}
+        kept = {"logits": logits.astype(np.float32).tolist()} if self.keep_logits else {}
+        return {**self._labels(engine, logits), **kept, **chunk_columns(outputs), "model": engine.uri}
 
     def postprocess_chunk(self, engine: Any, outputs: ChunkOutputs) -> dict[str, Any]:
         logits = merge_segments(outputs.out.values["logits"][outputs.window_rows],
                                 outputs.segments, outputs.count, self.chunk_merge)
-        return label_chunk_columns([self._labels(engine, row) for row in logits], outputs,
-                                   engine.uri)
+        columns = label_chunk_columns([self._labels(engine, row) for row in logits], outputs,
+                                      engine.uri)
+        if self.keep_logits:
+            columns["logits"] = list(logits.astype(np.float32))
+        return columns
 
     def _labels(self, engine: Any, logits: np.ndarray) -> dict[str, Any]:
         if self.uses_sigmoid(engine.config):

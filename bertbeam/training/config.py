@@ -54,23 +54,16 @@ class _LabelledData:
 
 
 @dataclass(frozen=True, kw_only=True)
-class TrainConfig(_LabelledData):
-    """What to fine-tune, on which data, and how (the task and columns: ``_LabelledData``).
-
-    Every schedule option left at ``None`` is chosen from the data and the model by
+class _Schedule:
+    """How a model is trained, shared by ``bertbeam train`` and ``bertbeam distill``. Every
+    option left at ``None`` is chosen from the data and the model by
     :mod:`bertbeam.training.plan` and printed before training starts.
 
     Attributes:
-        train: Parquet glob of the training rows (local, ``gs://``, any fsspec URL).
-        output: directory of the checkpoint (local or any fsspec URL): empty, new, or the
-            output of an earlier ``bertbeam train`` (whose checkpoint is replaced).
-        eval: Parquet glob of the evaluation rows; ``None`` holds out ``eval_fraction`` of
-            ``train`` (at most ``max_eval_rows``, stratified by label for ``classify``, seeded).
-        eval_fraction: held-out share when ``eval`` is ``None``; 0 trains without evaluation
-            (no early stopping: the last step's model is kept).
+        eval_fraction: share of the rows held out for evaluation when no evaluation rows are
+            given; 0 trains without evaluation (no early stopping: the last step is kept).
         max_eval_rows: the held-out rows at most, whatever ``eval_fraction`` says (an
             evaluation of millions of rows would cost more than the training between two).
-        model: the checkpoint to start from; the embedded all-MiniLM-L6-v2 by default.
         epochs: passes over the training rows; ``None``: as many as the planned steps make.
         max_steps: optimizer steps; ``None``: planned from the rows (``epochs`` passes when
             given, else 4 epochs, at least 500 steps and at most 30 epochs, at most 10,000).
@@ -91,16 +84,13 @@ class TrainConfig(_LabelledData):
         num_threads: torch CPU threads; ``None`` keeps torch's default (all cores). On a
             machine shared with other busy processes, 1 can be several times faster: each
             step waits for its slowest thread.
-        allow_pickle_weights: accept a start checkpoint whose only weights are pickle-based
+        cache_dir: local cache for remote models.
+        allow_pickle_weights: accept a checkpoint whose only weights are pickle-based
             (``pytorch_model.bin``), which can run code when loaded.
     """
 
-    train: str
-    output: str
-    eval: str | None = None
     eval_fraction: float = 0.1
     max_eval_rows: int = 2000
-    model: str = EMBEDDED_MODEL
     epochs: int | None = None
     max_steps: int | None = None
     learning_rate: float | None = None
@@ -118,12 +108,9 @@ class TrainConfig(_LabelledData):
     cache_dir: str | None = None
     allow_pickle_weights: bool = False
 
-    def __post_init__(self) -> None:
-        self._check_data("train", "output", "model")
+    def _check_schedule(self) -> None:
         check_choice("device", self.device, TrainDevice)
         check_positive("num_threads", self.num_threads, allow_none=True)
-        if self.eval is not None:
-            _check_text("eval", self.eval)
         _check_fraction("eval_fraction", self.eval_fraction)
         _check_fraction("warmup_fraction", self.warmup_fraction)
         for name in ("token_budget", "batch_size", "patience", "max_eval_rows"):
@@ -134,8 +121,7 @@ class TrainConfig(_LabelledData):
             value = getattr(self, name)
             if value is None and name == "learning_rate":
                 continue
-            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-                raise ValueError(f"{name} must be a positive number, got {value!r}.")
+            _check_positive_number(name, value)
         if isinstance(self.weight_decay, bool) or not isinstance(self.weight_decay, int | float) \
                 or self.weight_decay < 0:
             raise ValueError(f"weight_decay must be a non-negative number, got {self.weight_decay!r}.")
@@ -144,10 +130,101 @@ class TrainConfig(_LabelledData):
         if self.epochs is not None and self.max_steps is not None:
             raise ValueError("Give epochs or max_steps, not both: each sets the length of training.")
 
+
+def _check_positive_number(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ValueError(f"{name} must be a positive number, got {value!r}.")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig(_LabelledData, _Schedule):
+    """What to fine-tune, on which data, and how (the task and columns: ``_LabelledData``;
+    the schedule: ``_Schedule``).
+
+    Attributes:
+        train: Parquet glob of the training rows (local, ``gs://``, any fsspec URL).
+        output: directory of the checkpoint (local or any fsspec URL): empty, new, or the
+            output of an earlier ``bertbeam train`` (whose checkpoint is replaced).
+        eval: Parquet glob of the evaluation rows; ``None`` holds out ``eval_fraction`` of
+            ``train`` (at most ``max_eval_rows``, stratified by label for ``classify``, seeded).
+        model: the checkpoint to start from; the embedded all-MiniLM-L6-v2 by default.
+    """
+
+    train: str
+    output: str
+    eval: str | None = None
+    model: str = EMBEDDED_MODEL
+
+    def __post_init__(self) -> None:
+        self._check_data("train", "output", "model")
+        self._check_schedule()
+        if self.eval is not None:
+            _check_text("eval", self.eval)
+
     @property
     def evaluates(self) -> bool:
         """Whether the model is evaluated while it trains (an eval glob or a held-out share)."""
         return self.eval is not None or self.eval_fraction > 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class DistillConfig(_Schedule):
+    """A student classifier learned from a teacher's soft labels on a corpus (the schedule:
+    ``_Schedule``; the held-out rows measure the student's agreement with the teacher).
+
+    Attributes:
+        teacher: a fine-tuned sequence classifier (single-label), e.g. ``bertbeam train``'s.
+        corpus: Parquet glob of the documents (``id_column``, ``text_column``), unlabelled
+            or partly labelled (``label_column``).
+        output: directory of the student checkpoint (as ``TrainConfig.output``).
+        student: the checkpoint the student starts from (its head is new); ``None``: the
+            teacher with ``student_layers`` of its layers kept.
+        student_layers: layers kept from the teacher, evenly spaced and ending with its last
+            (6 -> 3 keeps layers 2, 4 and 6); ``None``: half of them, rounded up.
+        soft_labels: directory of the teacher's labels (``logits`` in Parquet) and of the
+            corpus shards it labels; ``None``: ``output`` + ``-soft-labels``. A rerun with
+            the same corpus and teacher labels only the shards not labelled yet.
+        label_column: gold labels where the corpus has them (null elsewhere): they add a
+            cross-entropy term to the rows that have one.
+        temperature: softens both distributions in the KL term (Hinton et al.).
+        gold_weight: the cross-entropy's share of the loss on rows with a gold label.
+        shard_rows: documents per teacher-labelling shard: an interrupted run redoes at most
+            one shard.
+    """
+
+    teacher: str
+    corpus: str
+    output: str
+    student: str | None = None
+    student_layers: int | None = None
+    soft_labels: str | None = None
+    id_column: str = "id"
+    text_column: str = "text"
+    label_column: str | None = None
+    temperature: float = 2.0
+    gold_weight: float = 0.5
+    shard_rows: int = 10_000
+
+    def __post_init__(self) -> None:
+        for name in ("teacher", "corpus", "output", "id_column", "text_column"):
+            _check_text(name, getattr(self, name))
+        for name in ("student", "soft_labels", "label_column"):
+            if getattr(self, name) is not None:
+                _check_text(name, getattr(self, name))
+        if self.student is not None and self.student_layers is not None:
+            raise ValueError("Give student or student_layers, not both: a given student keeps "
+                             "its own layers.")
+        check_positive("student_layers", self.student_layers, allow_none=True)
+        check_positive("shard_rows", self.shard_rows)
+        _check_positive_number("temperature", self.temperature)
+        if isinstance(self.gold_weight, bool) or not isinstance(self.gold_weight, int | float) \
+                or not 0 <= self.gold_weight <= 1:
+            raise ValueError(f"gold_weight must be a number in [0, 1], got {self.gold_weight!r}.")
+        self._check_schedule()
+
+    @property
+    def soft_labels_dir(self) -> str:
+        return self.soft_labels or f"{self.output.rstrip('/')}-soft-labels"
 
 
 @dataclass(frozen=True, kw_only=True)

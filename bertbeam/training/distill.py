@@ -1,0 +1,277 @@
+"""``bertbeam distill``: a smaller, faster classifier learned from a fine-tuned one, on the
+users' own corpus.
+
+1. The teacher labels the corpus through bertbeam's own pipeline, keeping its logits
+   (:mod:`~bertbeam.training.soft_labels`: Parquet, shard by shard, resumable).
+2. The student is the teacher with some of its layers kept (evenly spaced, ending with the
+   last: DistilBERT's "every other layer" for 6 -> 3), its embeddings and head included, or
+   a given checkpoint with a new head.
+3. The student learns the teacher's distribution, both softened by a temperature T
+   (KL divergence scaled by T², Hinton et al. 2015), and, on rows with a gold label, the gold
+   label too (cross-entropy, weighted ``gold_weight``).
+4. A share of the corpus is held out: the best checkpoint is the one that agrees most with
+   the teacher there; it is published as a normal checkpoint for ``bertbeam label``.
+
+Classification (single-label) only: a token-classification teacher is refused.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+
+from bertbeam.core.memory import collector_paused
+from bertbeam.training.config import DistillConfig
+from bertbeam.training.data import Examples, TrainingDataError, split
+from bertbeam.training.fit import fit, resolve_device, save_checkpoint
+from bertbeam.training.output import CheckpointOutput
+from bertbeam.training.plan import make_plan
+
+
+def kept_layers(teacher_layers: int, student_layers: int) -> list[int]:
+    """Indices of the teacher's layers a student keeps: evenly spaced, ending with the last
+    (6 -> 3: [1, 3, 5]; 12 -> 6: [1, 3, 5, 7, 9, 11])."""
+    if not 0 < student_layers <= teacher_layers:
+        raise ValueError(f"student_layers must be between 1 and the teacher's {teacher_layers} "
+                         f"layers, got {student_layers}.")
+    return [round((i + 1) * teacher_layers / student_layers) - 1 for i in range(student_layers)]
+
+
+def _layer_list(model: Any) -> tuple[Any, str]:
+    """(parent module, attribute) of the encoder's list of layers: the ModuleList with as
+    many modules as the config has layers."""
+    import torch
+
+    n = model.config.num_hidden_layers
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == n and name:
+            parent_name, _, attr = name.rpartition(".")
+            return model.get_submodule(parent_name) if parent_name else model, attr
+    raise ValueError(f"Cannot find the {n} encoder layers of {type(model).__name__}; "
+                     "give a smaller checkpoint with --student instead.")
+
+
+def drop_layers(model: Any, keep: list[int]) -> Any:
+    """``model`` with only the encoder layers ``keep`` (in place); its config says so."""
+    import torch
+
+    parent, attr = _layer_list(model)
+    layers = getattr(parent, attr)
+    setattr(parent, attr, torch.nn.ModuleList([layers[i] for i in keep]))
+    model.config.num_hidden_layers = len(keep)
+    return model
+
+
+def _load_teacher_config(cfg: DistillConfig) -> tuple[str, Any, list[str]]:
+    """(local dir, config, label names) of a single-label sequence classifier."""
+    from bertbeam.core.models import check_weights, resolve_model_dir
+    from bertbeam.run import checks
+    from bertbeam.tasks.classify import id2label
+
+    local_dir = resolve_model_dir(cfg.teacher, cfg.cache_dir)
+    check_weights(local_dir, cfg.teacher, allow_pickle_weights=cfg.allow_pickle_weights)
+    config = checks.load_config(local_dir, cfg.teacher, trust_remote_code=False)
+    architectures = getattr(config, "architectures", None) or []
+    if not any(a.endswith("ForSequenceClassification") for a in architectures):
+        raise TrainingDataError(
+            f"Teacher {cfg.teacher!r} is not a sequence classifier (architectures: "
+            f"{', '.join(architectures) or 'none'}); distill needs one, e.g. from bertbeam train "
+            "--task classify.")
+    if getattr(config, "problem_type", None) == "multi_label_classification":
+        raise TrainingDataError(f"Teacher {cfg.teacher!r} is multi-label; distill handles "
+                                "single-label classifiers for now.")
+    return local_dir, config, id2label(config)
+
+
+def _student(cfg: DistillConfig, teacher_dir: str, names: list[str]) -> tuple[Any, Any, str]:
+    """(model, tokenizer, description) of the student before training."""
+    import transformers
+    from transformers import AutoModelForSequenceClassification
+
+    from bertbeam.config import ModelSpec
+    from bertbeam.core.models import check_weights, load_tokenizer, resolve_model_dir
+    from bertbeam.training.loop import quiet_transformers
+
+    quiet_transformers()
+    transformers.set_seed(cfg.seed)
+    safe = None if cfg.allow_pickle_weights else True
+    labels = {"id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)}}
+    if cfg.student is not None:
+        local = resolve_model_dir(cfg.student, cfg.cache_dir)
+        check_weights(local, cfg.student, allow_pickle_weights=cfg.allow_pickle_weights)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            local, num_labels=len(names), ignore_mismatched_sizes=True, use_safetensors=safe,
+            **labels)
+        tokenizer = load_tokenizer(local, ModelSpec(uri=cfg.student, cache_dir=cfg.cache_dir))
+        return model, tokenizer, f"{cfg.student} ({model.config.num_hidden_layers} layers)"
+    model = AutoModelForSequenceClassification.from_pretrained(teacher_dir, use_safetensors=safe)
+    n = model.config.num_hidden_layers
+    keep = kept_layers(n, cfg.student_layers or -(-n // 2))
+    drop_layers(model, keep)
+    tokenizer = load_tokenizer(teacher_dir, ModelSpec(uri=cfg.teacher, cache_dir=cfg.cache_dir))
+    return model, tokenizer, (f"the teacher's layers {', '.join(str(i + 1) for i in keep)} of "
+                              f"{n} ({len(keep)} layers)")
+
+
+def distillation_loss(temperature: float, gold_weight: float):
+    """Trainer's loss: T² · KL(teacher_T ‖ student_T), plus on rows with a gold label
+    (``labels`` >= 0) ``gold_weight`` · cross-entropy against it, in place of that share of
+    the KL term."""
+    import torch
+    import torch.nn.functional as F
+
+    def loss_fn(model: Any, inputs: dict[str, Any]) -> tuple[Any, Any]:
+        inputs = dict(inputs)
+        teacher = inputs.pop("teacher_logits")
+        labels = inputs.pop("labels", None)
+        outputs = model(**inputs)
+        student = outputs.logits
+        t = temperature
+        kl = F.kl_div(F.log_softmax(student / t, dim=-1), F.log_softmax(teacher / t, dim=-1),
+                      reduction="none", log_target=True).sum(-1) * (t * t)
+        loss = kl
+        if labels is not None and gold_weight > 0:
+            has_gold = labels >= 0
+            ce = F.cross_entropy(student, labels.clamp(min=0), reduction="none")
+            loss = torch.where(has_gold, (1 - gold_weight) * kl + gold_weight * ce, kl)
+        return loss.mean(), outputs
+
+    return loss_fn
+
+
+def _collator(tokenizer: Any, pad_multiple: int | None):
+    """Pads ids like DataCollatorWithPadding; stacks teacher logits and labels."""
+    import torch
+    from transformers import DataCollatorWithPadding
+
+    pad = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_multiple)
+
+    def collate(features: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = pad([{"input_ids": f["input_ids"]} for f in features])
+        batch["labels"] = torch.tensor([f["labels"] for f in features], dtype=torch.long)
+        batch["teacher_logits"] = torch.tensor(np.stack([f["teacher_logits"] for f in features]),
+                                               dtype=torch.float32)
+        return batch
+
+    return collate
+
+
+def distill(cfg: DistillConfig) -> dict[str, Any]:
+    """Teacher soft labels on ``cfg.corpus`` -> a student checkpoint in ``cfg.output``.
+
+    Returns the report written as ``_TRAIN.json`` (the plan, the distillation's settings,
+    the soft labels' counts, the agreement with the teacher per evaluation).
+
+    Example::
+
+        report = distill(DistillConfig(teacher="models/topics", corpus="corpus/*.parquet",
+                                       output="models/topics-3l", student_layers=3))
+        print(report["best"]["eval_accuracy"])  # agreement with the teacher, held out
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        return _distill(cfg)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _distill(cfg: DistillConfig) -> dict[str, Any]:
+    from bertbeam.config import TokenizeSpec
+    from bertbeam.core.engine import resolve_max_length
+    from bertbeam.core.fingerprint import model_fingerprint
+    from bertbeam.training.soft_labels import label_corpus, soft_label_rows
+
+    started = time.perf_counter()
+    output = CheckpointOutput(cfg.output)
+    output.check()
+    teacher_dir, _, names = _load_teacher_config(cfg)
+    logits, counts = label_corpus(cfg, model_fingerprint(teacher_dir))
+    rows = soft_label_rows(cfg, logits, len(names), {n: i for i, n in enumerate(names)})
+    if not rows["ids"]:
+        raise TrainingDataError(f"The teacher labelled no document of {cfg.corpus!r}.")
+    agree = rows["logits"].argmax(-1)
+    examples = Examples(rows["ids"], rows["texts"], list(range(len(rows["ids"]))))
+    train_rows, eval_rows, source = _hold_out(cfg, examples, agree)
+    device, bf16 = resolve_device(cfg.device, cfg.num_threads)
+    with collector_paused():
+        model, tokenizer, described = _student(cfg, teacher_dir, names)
+    max_length = resolve_max_length(tokenizer, model.config, teacher_dir,
+                                    TokenizeSpec(max_length=cfg.max_length))
+
+    def features(part: Examples, labels: np.ndarray) -> list[dict[str, Any]]:
+        enc = tokenizer(part.texts, truncation=True, max_length=max_length)["input_ids"]
+        return [{"input_ids": ids, "labels": int(labels[i]), "teacher_logits": rows["logits"][i]}
+                for ids, i in zip(enc, part.labels, strict=True)]
+
+    train_features = features(train_rows, rows["gold"])
+    eval_features = features(eval_rows, agree) if eval_rows is not None and len(eval_rows) else None
+    plan = make_plan(
+        train_rows=len(train_features), eval_rows=len(eval_features or ()), eval_source=source,
+        batch_size=cfg.batch_size, token_budget=cfg.token_budget, max_length=max_length,
+        epochs=cfg.epochs, max_steps=cfg.max_steps, learning_rate=cfg.learning_rate,
+        hidden_size=getattr(model.config, "hidden_size", None),
+        warmup_fraction=cfg.warmup_fraction, eval_every=cfg.eval_every, patience=cfg.patience)
+    gold = int((rows["gold"] >= 0).sum())
+    print(f"bertbeam distill: student {described}; temperature {cfg.temperature:g}"
+          + (f", gold labels on {gold:,} rows (weight {cfg.gold_weight:g})" if gold else ""),
+          file=sys.stderr)
+    for line in plan.describe().splitlines():
+        print(f"bertbeam distill: {line}", file=sys.stderr, flush=True)
+    with output:
+        fitted = fit(model=model, tokenizer=tokenizer, train_features=train_features,
+                     eval_features=eval_features, plan=plan, names=names, task="classify",
+                     multi_label=False, seed=cfg.seed, weight_decay=cfg.weight_decay,
+                     max_grad_norm=cfg.max_grad_norm, token_budget=cfg.token_budget,
+                     device=device, bf16=bf16, scratch=output.staging,
+                     collator=_collator(tokenizer, 8 if device == "cuda" else None),
+                     loss_fn=distillation_loss(cfg.temperature, cfg.gold_weight))
+        save_checkpoint(fitted, output.model_dir)
+        report = {
+            "config": asdict(cfg), "plan": plan.as_dict(), "labels": names,
+            "distillation": {"teacher": cfg.teacher, "student": described,
+                             "student_layers": model.config.num_hidden_layers,
+                             "soft_labels": cfg.soft_labels_dir, "gold_rows": gold, **counts,
+                             "eval_metric": "accuracy = agreement with the teacher"},
+            "train_rows": plan.train_rows, "eval_rows": plan.eval_rows,
+            "steps": fitted.trainer.state.global_step, "history": fitted.history,
+            "best": fitted.best, "train_seconds": fitted.train_seconds,
+            "train_tokens_per_second": fitted.tokens_per_second,
+            "total_seconds": time.perf_counter() - started, "device": device,
+            "dtype": "bfloat16 autocast" if bf16 else "float32",
+        }
+        output.publish(report)
+    best = report["best"]
+    print(f"bertbeam distill: wrote {cfg.output} ({model.config.num_hidden_layers} layers"
+          + (f", agreement with the teacher on held-out rows {best['eval_accuracy']:.4f}"
+             if best else "") + f", {fitted.train_seconds:.0f} s training)", file=sys.stderr)
+    return report
+
+
+def _hold_out(cfg: DistillConfig, examples: Examples, agree: np.ndarray
+              ) -> tuple[Examples, Examples | None, str]:
+    """(training rows, held-out rows, why): stratified by the teacher's label."""
+    if cfg.eval_fraction <= 0:
+        return examples, None, "no evaluation (--eval-fraction 0): the last step's model is kept"
+    total = len(examples)
+    fraction = min(cfg.eval_fraction, cfg.max_eval_rows / total)
+    by_teacher = Examples(examples.ids, examples.texts, [int(agree[i]) for i in examples.labels])
+    train_part, eval_part = split(by_teacher, fraction, cfg.seed, stratify=True)
+    index = {row_id: i for i, row_id in enumerate(examples.ids)}
+
+    def back(part: Examples) -> Examples:
+        return Examples(part.ids, part.texts, [index[i] for i in part.ids])
+
+    if not len(eval_part):
+        raise TrainingDataError(
+            f"Holding out {cfg.eval_fraction:.0%} of {total} labelled document(s) leaves no "
+            "evaluation row; give a larger --eval-fraction, or --eval-fraction 0 to train "
+            "without evaluation.")
+    return back(train_part), back(eval_part), (
+        f"{len(eval_part):,} of {total:,} held out ({fraction:.0%}, stratified by the teacher's "
+        "label): the student's agreement with the teacher there picks the best checkpoint")
