@@ -1,12 +1,17 @@
 """The run report: ``OUTPUT/_REPORT.html``, one self-contained page (figures embedded as PNG
 data URIs), and each figure as ``OUTPUT/_REPORT-<panel>.png``.
 
-Panels: label distribution and its change since the previous run (labels whose share moved
-more than a threshold are flagged), score histogram, tokens and windows per document,
-dead-letter reasons, throughput over the run; for embed, norm and dimension checks and a few
-documents with their 3 nearest neighbours in a sample. Each figure (and the neighbour
-table) has a frame of its panel's own colour (:data:`PANELS`), and nothing else on the page
-has that colour, so a screenshot shows which panels rendered.
+The header answers "how did it run": counts (read, computed, carried forward, removed,
+dead-lettered, the verdict), speed (documents and tokens per second, padding efficiency),
+where it ran (backend, device, dtype, quantization) and the versions. The first panel answers
+the nightly question, "what changed since the previous run": documents added, changed,
+removed and unchanged (with example ids) and, for the documents in both runs that this run
+computed again, the drift (labels that changed, the cosine similarity of old and new
+embeddings). Then: label distribution and its change (labels whose share moved more than a
+threshold are flagged), scores, tokens and windows per document, dead-letter reasons,
+throughput over the run; for embed, norm and dimension checks and a few documents with their
+3 nearest neighbours in a sample. Data that isn't there (or a single bar) gets a one-line
+fact under the header instead of a panel.
 
 Example::
 
@@ -19,7 +24,6 @@ import base64
 import html
 import io
 import logging
-import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -43,41 +47,46 @@ NEIGHBOUR_DOCS = 4
 LABEL_TASKS = ("classify", "zero-shot")
 
 PANELS = {
-    # key: (title, frame colour)
-    "labels": ("Label distribution", "#2a9d8f"),
-    "scores": ("Scores", "#e9c46a"),
-    "tokens": ("Tokens per document", "#f4a261"),
-    "windows": ("Windows per document", "#264653"),
-    "dead_letter": ("Dead-letter reasons", "#e76f51"),
-    "throughput": ("Throughput over the run", "#8338ec"),
-    "norms": ("Embedding norms and dimension", "#3a86ff"),
-    "neighbours": ("Nearest neighbours (sample)", "#ff006e"),
+    "since_previous": "Since the previous run",
+    "labels": "Label distribution",
+    "scores": "Scores",
+    "tokens": "Tokens per document",
+    "windows": "Windows per document",
+    "dead_letter": "Dead-letter reasons",
+    "throughput": "Throughput over the run",
+    "norms": "Embedding norms and dimension",
+    "neighbours": "Nearest neighbours (sample)",
 }
 _BAR, _FLAG, _PREVIOUS = "#5b6f8a", "#c0392b", "#b8c4d6"
+EXAMPLE_IDS = 5
+CHANGE_KINDS = ("added", "changed", "removed", "unchanged")
 
 
 def panels_for(task: str) -> list[str]:
-    """The panels a report of ``task`` shows, in order."""
+    """The panels a report of ``task`` may show, in order (one whose data isn't there
+    becomes a one-line fact)."""
     first = ["labels"] if task in LABEL_TASKS else []
     scores = [] if task == "embed" else ["scores"]
     last = ["norms", "neighbours"] if task == "embed" else []
-    return [*first, *scores, "tokens", "windows", "dead_letter", "throughput", *last]
+    return ["since_previous", *first, *scores, "tokens", "windows", "dead_letter", "throughput",
+            *last]
 
 
 @dataclass
 class Panel:
+    """A panel: a figure and/or a table, with a note; or, with ``fact`` set, only that line
+    (the data isn't there, or is one number), shown under the header instead of a panel."""
+
     key: str
     png: bytes | None = None
     note: str = ""
     table: list[list[str]] | None = None
+    header: list[str] | None = None
+    fact: str | None = None
 
     @property
     def title(self) -> str:
-        return PANELS[self.key][0]
-
-    @property
-    def color(self) -> str:
-        return PANELS[self.key][1]
+        return PANELS[self.key]
 
 
 def write_report(output_dir: str, previous: str | None = None,
@@ -93,6 +102,7 @@ def write_report(output_dir: str, previous: str | None = None,
     summary = read_summary(output_dir)
     before = _previous_summary(previous)
     builders = {
+        "since_previous": lambda: _since_previous(output_dir, previous, summary),
         "labels": lambda: _labels(summary, before, threshold),
         "scores": lambda: _scores(output_dir),
         "tokens": lambda: _tokens(output_dir, summary),
@@ -107,7 +117,7 @@ def write_report(output_dir: str, previous: str | None = None,
     root = root.rstrip("/")
     # Through a temporary file and a rename, refusing a link planted in the output (issue 27).
     for panel in panels:
-        if panel.png is not None:
+        if panel.png is not None and panel.fact is None:
             write_file_safely(fs.unstrip_protocol(f"{root}/_REPORT-{panel.key}.png"), panel.png)
     write_file_safely(fs.unstrip_protocol(f"{root}/{REPORT_FILE}"), render(summary, panels, previous))
     return fs.unstrip_protocol(f"{root}/{REPORT_FILE}")
@@ -167,8 +177,6 @@ def _figure(key: str, height: float = 3.4):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, height), dpi=100)
-    fig.patch.set_edgecolor(PANELS[key][1])
-    fig.patch.set_linewidth(12)
     ax.spines[["top", "right"]].set_visible(False)
     return fig, ax
 
@@ -178,24 +186,24 @@ def _png(fig) -> bytes:
 
     buffer = io.BytesIO()
     fig.tight_layout(pad=1.6)
-    fig.savefig(buffer, format="png", edgecolor=fig.get_edgecolor())
+    fig.savefig(buffer, format="png")
     plt.close(fig)
     return buffer.getvalue()
 
 
 def _message(key: str, text: str) -> Panel:
-    """A panel whose figure says why there is nothing to plot."""
-    fig, ax = _figure(key, height=1.6)
-    ax.axis("off")
-    ax.text(0.5, 0.5, "\n".join(textwrap.wrap(text, 70)), ha="center", va="center", fontsize=10,
-            color="#444444")
-    return Panel(key, _png(fig))
+    """No panel: one line under the header says why (or what the one number is)."""
+    return Panel(key, fact=text)
 
 
 def _histogram(key: str, values: np.ndarray, xlabel: str, note: str, *, integer: bool = False,
                log: bool = False) -> Panel:
     """``log``: a logarithmic x axis with bins of equal width on it (for counts that span
-    orders of magnitude, such as tokens per document)."""
+    orders of magnitude, such as tokens per document). All values equal: a fact, not a
+    one-bar figure."""
+    if len(values) == 0 or float(np.ptp(values)) <= 1e-6 * max(1.0, abs(float(values.max()))):
+        value = f"{float(values[0]):.4g}" if len(values) else "none"
+        return Panel(key, fact=f"{PANELS[key]}: {value} for every one of {len(values)}. {note}".strip())
     fig, ax = _figure(key)
     span = None
     if log:
@@ -233,6 +241,9 @@ def _labels(summary: dict, before: dict | None, threshold: float) -> Panel:
         return _message("labels", "No labelled rows in this run.")
     then = (before or {}).get("label_distribution") or {}
     labels = sorted(set(now) | set(then), key=lambda k: -now.get(k, 0))
+    if len(labels) == 1:
+        return _message("labels", f"Every labelled row is {labels[0]!r} ({now[labels[0]]} rows)"
+                                  f"{', as in the previous run' if then else ''}.")
     share_now = np.array([now.get(k, 0) for k in labels], float) / max(sum(now.values()), 1)
     share_then = np.array([then.get(k, 0) for k in labels], float) / max(sum(then.values()), 1)
     moved = np.abs(share_now - share_then) > threshold if then else np.zeros(len(labels), bool)
@@ -254,6 +265,118 @@ def _labels(summary: dict, before: dict | None, threshold: float) -> Panel:
             ("No label moved more than " f"{100 * threshold:.0f} percentage points."
              if then else "No previous run to compare with."))
     return Panel("labels", _png(fig), note)
+
+
+def _stamps(output_dir: str) -> dict[str, tuple[str | None, str | None]]:
+    """id -> (text fingerprint, run id) of a run's results (``None`` where a column is
+    missing: results of bertbeam 0.1)."""
+    out: dict[str, tuple[str | None, str | None]] = {}
+    for table in _row_groups(output_dir, ["id", "text_fingerprint", "run_id"]):
+        ids = table.column("id").to_pylist()
+        fps = (table.column("text_fingerprint").to_pylist() if "text_fingerprint" in table.column_names
+               else [None] * len(ids))
+        runs = table.column("run_id").to_pylist() if "run_id" in table.column_names else [None] * len(ids)
+        out.update(zip(ids, zip(fps, runs, strict=True), strict=True))
+    return out
+
+
+def compare_runs(output_dir: str, previous: str) -> dict[str, list[str]]:
+    """Ids ``added`` (not in the previous results), ``changed`` (another text fingerprint),
+    ``unchanged``, ``removed`` (previous ids neither in these results nor in this run's dead
+    letter), and ``recomputed``: ids in both runs whose row this run computed again (a changed
+    text, or a new model or options), the overlaps whose drift the report shows."""
+    now, then = _stamps(output_dir), _stamps(previous)
+    out: dict[str, list[str]] = {k: [] for k in (*CHANGE_KINDS, "recomputed")}
+    for doc_id, (fp, run) in now.items():
+        if doc_id not in then:
+            out["added"].append(doc_id)
+            continue
+        out["unchanged" if fp == then[doc_id][0] else "changed"].append(doc_id)
+        if run != then[doc_id][1]:
+            out["recomputed"].append(doc_id)
+    dead = set()
+    for table in _row_groups_of(output_dir, "dead_letter", ["id"]):
+        dead.update(table.column("id").to_pylist())
+    out["removed"] = sorted(i for i in then if i not in now and i not in dead)
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def _row_groups_of(output_dir: str, prefix: str, wanted: list[str]) -> Iterator[pa.Table]:
+    for url in expand_glob(f"{output_dir.rstrip('/')}/{prefix}-*-of-*.parquet"):
+        fs, path = url_to_fs(url)
+        with fs.open(path, "rb") as f:
+            yield pq.read_table(f, columns=wanted)
+
+
+def _rows_of(output_dir: str, ids: set[str], column: str) -> dict[str, object]:
+    """id -> ``column`` of the results rows whose id is in ``ids`` (a row group at a time)."""
+    found: dict[str, object] = {}
+    wanted = pa.array(sorted(ids), pa.string())
+    for table in _row_groups(output_dir, ["id", column]):
+        if column not in table.column_names:
+            return found
+        table = table.filter(pc.is_in(table.column("id"), value_set=wanted))
+        if column == "embedding" and table.num_rows:
+            vectors = _vectors(table.column(column))
+            found.update(zip(table.column("id").to_pylist(), vectors, strict=True))
+        else:
+            found.update(zip(table.column("id").to_pylist(), table.column(column).to_pylist(),
+                             strict=True))
+    return found
+
+
+def _since_previous(output_dir: str, previous: str | None, summary: dict) -> Panel:
+    """Added / changed / removed / unchanged documents with example ids, and the drift of the
+    documents both runs hold that this run computed again."""
+    if previous is None:
+        return _message("since_previous", "No previous run to compare with (--previous).")
+    try:
+        found = compare_runs(output_dir, previous)
+    except (OSError, ValueError) as exc:
+        return _message("since_previous", f"The previous run {previous} cannot be read: {exc}")
+    counts = [len(found[k]) for k in CHANGE_KINDS]
+    fig, ax = _figure("since_previous", height=2.2)
+    y = np.arange(len(CHANGE_KINDS))
+    ax.barh(y, counts, color=[_BAR, _FLAG, "#7f8c8d", _PREVIOUS])
+    ax.set_yticks(y, [f"{k} ({n:,})" for k, n in zip(CHANGE_KINDS, counts, strict=True)])
+    ax.invert_yaxis()
+    ax.set_xlabel("documents")
+    rows = [[kind, f"{len(found[kind]):,}", ", ".join(found[kind][:EXAMPLE_IDS])
+             + (" …" if len(found[kind]) > EXAMPLE_IDS else "")] for kind in CHANGE_KINDS]
+    drift = _drift(output_dir, previous, found["recomputed"], summary["task"])
+    rows.append(["recomputed (both runs)", f"{len(found['recomputed']):,}", drift])
+    return Panel("since_previous", _png(fig), note=(
+        f"Compared with {previous}: ids by text fingerprint; removed = ids of the previous "
+        "results in neither these results nor this run's dead letter."), table=rows,
+        header=["documents", "count", "examples / drift"])
+
+
+def _drift(output_dir: str, previous: str, ids: list[str], task: str) -> str:
+    """One line: how the rows of documents in both runs that this run computed again moved
+    (labels that changed; cosine similarity of the old and new embeddings)."""
+    if not ids:
+        return "none: every document in both runs was carried forward"
+    sample = set(ids[:SAMPLE_ROWS])
+    if task in LABEL_TASKS:
+        now, then = _rows_of(output_dir, sample, "label"), _rows_of(previous, sample, "label")
+        both = [i for i in sample if i in now and i in then]
+        moved = [(then[i], now[i]) for i in both if then[i] != now[i]]
+        top = sorted({m: moved.count(m) for m in set(moved)}.items(), key=lambda kv: -kv[1])[:3]
+        moves = ", ".join(f"{a} → {b} ×{n}" for (a, b), n in top)
+        return (f"label changed for {len(moved)} of {len(both)}" + (f" ({moves})" if moves else ""))
+    if task == "embed":
+        now, then = _rows_of(output_dir, sample, "embedding"), _rows_of(previous, sample, "embedding")
+        both = [i for i in sorted(sample) if i in now and i in then
+                and len(now[i]) == len(then[i])]
+        if not both:
+            return "no embeddings of the same dimension in both runs"
+        a = np.stack([now[i] for i in both])
+        b = np.stack([then[i] for i in both])
+        cos = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+        worst = both[int(np.argmin(cos))]
+        return (f"cosine similarity of old and new embeddings: mean {cos.mean():.3f}, min "
+                f"{cos.min():.3f} ({worst}) over {len(both)}")
+    return f"{len(ids)} recomputed"
 
 
 def _scores(output_dir: str) -> Panel:
@@ -301,6 +424,8 @@ def _windows(output_dir: str) -> Panel:
         return _message("windows", "This task reads the first window of each document only.")
     values = table.column(0).to_numpy(zero_copy_only=False)
     chunked = int((values > 1).sum())
+    if chunked == 0:
+        return _message("windows", f"Every one of the {len(values)} documents fit in one window.")
     return _histogram("windows", values, "windows per document",
                       f"{chunked} of {len(values)} documents had more than one window.",
                       integer=True)
@@ -314,6 +439,10 @@ def _dead_letter(summary: dict) -> Panel:
         return _message("dead_letter", "No document was dead-lettered.")
     names = sorted(reasons, key=lambda r: -reasons[r])
     stages = {r.value: stage.value for r, (stage, _) in REASONS.items() if isinstance(r, Reason)}
+    if len(names) == 1:
+        return _message("dead_letter", f"{reasons[names[0]]} of {summary['read']} read were "
+                                       f"dead-lettered, all {names[0]} ({stages.get(names[0], '?')} "
+                                       "stage).")
     fig, ax = _figure("dead_letter", height=max(2.0, 0.5 + 0.4 * len(names)))
     ax.barh(np.arange(len(names)), [reasons[n] for n in names], color=_BAR)
     ax.set_yticks(np.arange(len(names)), [f"{n} ({stages.get(n, '?')})" for n in names])
@@ -392,7 +521,7 @@ def _vectors(column: pa.ChunkedArray) -> np.ndarray:
 def _neighbours(output_dir: str, summary: dict) -> Panel:
     table = _columns(output_dir, ["id", "embedding"], limit=SAMPLE_ROWS)
     if table is None or table.num_rows < 4:
-        return Panel("neighbours", note="Too few embeddings for a neighbour sample.")
+        return _message("neighbours", "Too few embeddings for a neighbour sample.")
     ids = table.column("id").to_pylist()
     vectors = _vectors(table.column("embedding"))
     unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
@@ -442,49 +571,94 @@ def _input_texts(summary: dict, ids: set[str], max_rows: int = 200_000) -> dict[
 # -- the page -----------------------------------------------------------------------------
 
 _CSS = """
-body { font-family: system-ui, sans-serif; margin: 24px; color: #222; background: #fafafa; }
-h1 { font-size: 22px; margin: 0 0 4px; }
-.facts { color: #555; margin: 0 0 16px; display: flex; flex-wrap: wrap; gap: 4px 18px; }
-.facts span { white-space: nowrap; }
-.grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(660px, 1fr)); gap: 16px; }
-.panel { background: white; border-radius: 6px; padding: 10px 12px; border-top: 6px solid #ccc; }
-.panel h2 { font-size: 16px; margin: 4px 0 8px; } .panel p { color: #444; font-size: 13px; }
+body { font-family: system-ui, sans-serif; margin: 24px 32px; color: #222; background: #fff; }
+h1 { font-size: 20px; margin: 0 0 6px; font-weight: 600; }
+dl.header { display: grid; grid-template-columns: max-content 1fr; gap: 2px 14px; margin: 0 0 12px;
+            font-size: 13px; }
+dl.header dt { color: #666; } dl.header dd { margin: 0; }
+ul.facts { margin: 0 0 16px; padding-left: 18px; color: #444; font-size: 13px; }
+.grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(640px, 1fr)); gap: 20px 28px; }
+.panel h2 { font-size: 15px; margin: 6px 0; font-weight: 600; }
+.panel p { color: #555; font-size: 12px; margin: 4px 0; }
 .panel img { display: block; max-width: 100%; }
-table { border-collapse: collapse; font-size: 12px; } td { border: 1px solid #ddd; padding: 4px; }
+table { border-collapse: collapse; font-size: 12px; margin: 6px 0; }
+td, th { border-bottom: 1px solid #e4e4e4; padding: 3px 8px 3px 0; text-align: left;
+         vertical-align: top; } th { color: #666; font-weight: 500; }
+.verdict-failed { color: #c0392b; font-weight: 600; }
 """
+_DRAWN = ("<script>addEventListener('load', () => document.querySelectorAll('img').forEach("
+          "i => i.dataset.drawn = i.naturalWidth));</script>")
+"""Marks each figure with the width the browser decoded (tests read it with --dump-dom)."""
+
+
+def header_rows(summary: dict, previous: str | None) -> list[tuple[str, str]]:
+    """The header's lines: counts, speed, where it ran, the model, versions, times."""
+    def num(value: object, fmt: str = ",") -> str:
+        return format(value, fmt) if isinstance(value, int | float) else "n/a"
+
+    counts = [f"{num(summary['read'])} read", f"{num(summary.get('computed'))} computed",
+              f"{num(summary.get('carried_forward'))} carried forward"]
+    if summary.get("removed") is not None:
+        counts.append(f"{num(summary['removed'])} removed")
+    fraction = summary.get("dead_letter_fraction")
+    counts.append(f"{num(summary['dead_lettered'])} dead-lettered"
+                  + (f" ({100 * fraction:.1f}%)" if fraction is not None else ""))
+    speed = [f"{num(summary.get('docs_per_second'), ',.1f')} docs/s",
+             f"{num(summary.get('tokens_per_second'), ',.0f')} tokens/s",
+             f"padding efficiency {num(summary.get('padding_efficiency'), '.3f')}",
+             f"{num(summary.get('pipeline_seconds'), ',.1f')} s pipeline, "
+             f"{num(summary.get('process_seconds'), ',.1f')} s process"]
+    ran = [f"{summary.get('runner', 'n/a')}", f"backend {summary.get('backend', 'torch')}",
+           f"device {summary.get('device', 'n/a')}", f"dtype {summary.get('dtype', 'n/a')}"]
+    if summary.get("quantization") not in (None, "none"):
+        ran.append(f"quantization {summary['quantization']}")
+    if summary.get("threads"):
+        ran.append(f"{summary['threads']} threads")
+    versions = summary.get("versions") or {}
+    rows = [("documents", ", ".join(counts)), ("speed", ", ".join(speed)), ("ran on", ", ".join(ran)),
+            ("model", f"{summary['model']} ({summary.get('model_fingerprint', 'n/a')})"),
+            ("versions", ", ".join(f"{k} {v}" for k, v in versions.items() if v)),
+            ("when", f"{summary.get('started_at', 'n/a')} to {summary.get('finished_at', 'n/a')}")]
+    if previous:
+        rows.append(("previous run", previous))
+    if summary.get("sink"):
+        sink = summary["sink"]
+        rows.append(("sink", f"{sink['kind']} {sink['location']} / {sink['collection']}: "
+                             f"{num(sink.get('points'))} points, "
+                             f"{'verified' if sink.get('verified') else 'NOT verified'}"))
+    return rows
 
 
 def render(summary: dict, panels: list[Panel], previous: str | None = None) -> str:
-    """The HTML page of ``summary`` and its ``panels``: one file, figures inline."""
+    """The HTML page of ``summary`` and its ``panels``: one file, figures inline, the panels
+    whose data isn't there as one-line facts under the header."""
     esc = html.escape
-    facts = {
-        "task": summary["task"], "model": summary["model"],
-        "model fingerprint": summary.get("model_fingerprint"),
-        "read": summary["read"], "computed": summary.get("computed"),
-        "carried forward": summary.get("carried_forward"),
-        "dead-lettered": summary["dead_lettered"],
-        "started": summary.get("started_at"), "finished": summary.get("finished_at"),
-        "pipeline s": summary.get("pipeline_seconds"), "device": summary.get("device"),
-        "dtype": summary.get("dtype"), "previous run": previous,
-    }
-    fact_html = "".join(f"<span><b>{esc(k)}</b> {esc(str(v))}</span>" for k, v in facts.items()
-                        if v is not None)
+    header = "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in header_rows(summary, previous))
+    verdict = summary.get("verdict")
+    if verdict == "too_many_dead_letters":
+        header += ("<dt>verdict</dt><dd class='verdict-failed'>failed: more rows dead-lettered "
+                   "than the limits allow</dd>")
+    facts = "".join(f"<li>{esc(p.fact)}</li>" for p in panels if p.fact is not None)
     sections = []
     for panel in panels:
+        if panel.fact is not None:
+            continue
         body = ""
         if panel.png is not None:
             data = base64.b64encode(panel.png).decode("ascii")
-            body += f'<img alt="{esc(panel.title)}" src="data:image/png;base64,{data}">'
+            body += (f'<img id="figure-{panel.key}" alt="{esc(panel.title)}" '
+                     f'src="data:image/png;base64,{data}">')
         if panel.table:
+            head = panel.header or ["document", "1st", "2nd", "3rd"]
             cells = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>"
                             for row in panel.table)
-            body += (f'<table style="border: 6px solid {panel.color}"><tr><td><b>document</b></td>'
-                     "<td><b>1st</b></td><td><b>2nd</b></td>"
-                     f"<td><b>3rd</b></td></tr>{cells}</table>")
+            body += ("<table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in head)
+                     + f"</tr>{cells}</table>")
         sections.append(f'<section class="panel" id="panel-{panel.key}"><h2>{esc(panel.title)}'
                         f"</h2>{body}<p>{esc(panel.note)}</p></section>")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>bertbeam "
             f"{esc(summary['task'])} report</title><style>{_CSS}</style></head><body>"
             f"<h1>bertbeam {esc(summary['task'])}: {esc(summary.get('output', ''))}</h1>"
-            f"<p class='facts'>{fact_html}</p><div class='grid'>{''.join(sections)}</div>"
-            "</body></html>")
+            f"<dl class='header'>{header}</dl>"
+            + (f"<ul class='facts'>{facts}</ul>" if facts else "")
+            + f"<div class='grid'>{''.join(sections)}</div>{_DRAWN}</body></html>")
