@@ -41,10 +41,11 @@ PAGES: dict[str, tuple[str, str, str, list[list[str]]]] = {
         [["index", "build"], ["search"]],
     ),
     "cli/train-evaluate.md": (
-        "bertbeam train / evaluate",
-        "Fine-tune a classifier or a token tagger, and score label results against gold labels.",
+        "bertbeam train / distill / evaluate",
+        "Fine-tune a classifier or a token tagger, distill a classifier into a smaller one, "
+        "and score label results against gold labels.",
         "../training.md",
-        [["train"], ["evaluate"]],
+        [["train"], ["distill"], ["evaluate"]],
     ),
     "cli/report.md": (
         "bertbeam report",
