@@ -349,8 +349,8 @@ def changes(previous_files: Iterable[str], output_dir: str) -> dict[str, Any]:
     dead = read_table(output_dir, "dead_letter", ["id"])
     if dead.num_rows:
         current.update(d for d in dead.column("id").to_pylist() if d is not None)
-    out["removed"] = sorted(i for i in before if i not in current)
-    return out
+    out["removed"] = [i for i in before if i not in current]
+    return {kind: sorted(ids) for kind, ids in out.items()}
 
 
 def count_computed(output_dir: str, run_id: str) -> int:

@@ -203,7 +203,7 @@ def _histogram(key: str, values: np.ndarray, xlabel: str, note: str, *, integer:
     one-bar figure."""
     if len(values) == 0 or float(np.ptp(values)) <= 1e-6 * max(1.0, abs(float(values.max()))):
         value = f"{float(values[0]):.4g}" if len(values) else "none"
-        return Panel(key, fact=f"{PANELS[key]}: {value} for every one of {len(values)}. {note}".strip())
+        return Panel(key, fact=f"{PANELS[key]}: all {len(values)} are {value}. {note}".strip())
     fig, ax = _figure(key)
     span = None
     if log:
