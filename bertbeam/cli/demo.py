@@ -52,6 +52,19 @@ def write_demo_corpus(output_dir: str, *, files: int = 2, limit: int | None = No
     return paths
 
 
+def _other_demo_files(directory: str, *, labels: bool) -> str | None:
+    """A file of the other demo kind in ``directory`` (the corpus's ``corpus-*.parquet`` when
+    writing the labelled splits, the splits' ``train.parquet`` / ``test.parquet`` when writing
+    the corpus), or ``None``."""
+    fs, root = fsspec.core.url_to_fs(directory)
+    names = (["corpus-*.parquet"] if labels else ["train.parquet", "test.parquet"])
+    for name in names:
+        found = fs.glob(f"{root.rstrip('/')}/{name}")
+        if found:
+            return found[0].rsplit("/", 1)[-1]
+    return None
+
+
 def parser() -> CommandParser:
     p = CommandParser("bertbeam demo-corpus", "Write a Parquet corpus made from Python's own docs.",
                       epilog=None)
@@ -69,6 +82,16 @@ def run(argv: Sequence[str]) -> int:
         args = parser().parse_args([str(a) for a in argv])
     except UsageError as exc:
         print(f"bertbeam demo-corpus: error: {exc}", file=sys.stderr)
+        return 2
+    clash = _other_demo_files(args.directory, labels=args.labels)
+    if clash:
+        other = "labelled splits" if args.labels else "corpus"
+        print(f"bertbeam demo-corpus: error: {args.directory} holds the demo "
+              f"{'corpus' if args.labels else 'labelled splits'} ({clash}), which a glob such as "
+              f"'{args.directory.rstrip('/')}/*.parquet' would read together with the {other}; "
+              f"write them to a folder of their own, e.g. bertbeam demo-corpus "
+              f"{args.directory.rstrip('/')}-{'labels' if args.labels else 'corpus'}"
+              f"{' --labels' if args.labels else ''}.", file=sys.stderr)
         return 2
     if args.labels:
         from bertbeam.cli.demo_labels import write_demo_labels  # it imports this module
