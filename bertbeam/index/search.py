@@ -33,8 +33,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from bertbeam.core.fingerprint import model_fingerprint
 from bertbeam.config import check_positive
+from bertbeam.core.fingerprint import model_fingerprint
 from bertbeam.filesystems import url_to_fs
 from bertbeam.tasks.embed import TASK_COLUMNS
 
@@ -384,10 +384,10 @@ def build_index(embeddings: str, output: str, *, spec: IndexSpec | None = None) 
     model_columns = [c for c in ("model", "model_fingerprint") if c in first_schema.names]
     columns = ["id", "embedding", *carried, *model_columns]
 
-    staging = _Staging(output)
     index = faiss.IndexHNSWFlat(dim, spec.m, faiss.METRIC_INNER_PRODUCT)
     index.hnsw.efConstruction = spec.ef_construction
     threads_before = faiss.omp_get_max_threads()
+    staging = _Staging(output)
     if spec.threads:
         faiss.omp_set_num_threads(spec.threads)
     build_id = uuid.uuid4().hex
@@ -494,29 +494,42 @@ class _Staging:
                     f"--output {output} holds files other than an index ({', '.join(others[:3])}"
                     f"{', ...' if len(others) > 3 else ''}); an index build replaces its directory "
                     "whole: give an empty directory, a new one, or an earlier index.")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            self.directory = Path(tempfile.mkdtemp(prefix=f".{target.name}.building-",
-                                                   dir=target.parent))
-        else:
-            self.directory = Path(tempfile.mkdtemp(prefix="bertbeam-index-"))
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                self.directory = Path(tempfile.mkdtemp(prefix=f".{target.name}.building-",
+                                                       dir=target.parent))
+                return
+            except OSError:  # a parent we may not write: the files are replaced one by one
+                self._local = False
+        self.directory = Path(tempfile.mkdtemp(prefix="bertbeam-index-"))
 
     def publish(self) -> None:
         if self._local:
             target = Path(self._root)
-            old = None
-            if target.exists():
-                old = target.parent / f".{target.name}.replaced-{uuid.uuid4().hex[:12]}"
-                os.rename(target, old)
+            old = target.parent / f".{target.name}.replaced-{uuid.uuid4().hex[:12]}"
+            try:
+                if target.exists():
+                    os.rename(target, old)
+            except OSError:  # a mount point, say: replace the files one by one
+                self._copy_files()
+                return
             os.rename(self.directory, target)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
+            shutil.rmtree(old, ignore_errors=True)
             return
+        self._copy_files()
+
+    def _copy_files(self) -> None:
+        """The manifest removed first and written last; each file through a temporary name."""
+        from bertbeam.filesystems import replacing
+
         fs, root = self._fs, self._root
         fs.makedirs(root, exist_ok=True)
         if fs.exists(f"{root}/{MANIFEST_FILE}"):
             fs.rm(f"{root}/{MANIFEST_FILE}")
         for name in (VECTORS_FILE, ROWS_FILE, MANIFEST_FILE):
-            fs.put_file(str(self.directory / name), f"{root}/{name}")
+            with (self.directory / name).open("rb") as src, \
+                    replacing(fs.unstrip_protocol(f"{root}/{name}")) as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
 
     def discard(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)

@@ -7,6 +7,7 @@ carried columns cannot overwrite."""
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 
 import numpy as np
@@ -81,7 +82,8 @@ def test_non_finite_vectors_are_left_out_and_counted(tmp_path, model_dir, vector
     bad[5, 0] = np.inf
     glob = write_results(tmp_path / "res", results_table(IDS, bad, model_dir))
     capsys.readouterr()
-    assert run_cli("index", "build", "--embeddings", glob, "--output", tmp_path / "idx") == 0
+    with caplog.at_level(logging.WARNING, logger="bertbeam.index.search"):
+        assert run_cli("index", "build", "--embeddings", glob, "--output", tmp_path / "idx") == 0
     assert "2 vectors with NaN or infinite values left out" in caplog.text
     manifest = json.loads((tmp_path / "idx" / MANIFEST_FILE).read_text())
     assert (manifest["count"], manifest["skipped_non_finite"]) == (len(IDS) - 2, 2)

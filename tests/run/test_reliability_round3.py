@@ -88,17 +88,17 @@ def test_non_finite_values_in_a_previous_run_are_recomputed(day1, tmp_path):
 
 
 def test_the_report_does_not_write_through_a_planted_link(day1, tmp_path, capsys):
-    """A symlink planted in the output where a report PNG goes: refused in one line, the file
-    it points at untouched."""
+    """A symlink planted in the output where a report PNG or the page goes: refused in one
+    line, the file it points at untouched."""
     out = _copy_run(day1, tmp_path)
     outside = tmp_path / "precious.txt"
-    outside.write_text("precious")
-    from bertbeam.run.report import panels_for
-
-    key = panels_for("embed")[0]
-    (out / f"_REPORT-{key}.png").symlink_to(outside)
-    capsys.readouterr()
-    assert run_cli("report", out) == 2
-    err = capsys.readouterr().err.strip()
-    assert "symbolic link" in err and len(err.splitlines()) == 1
-    assert outside.read_text() == "precious"
+    for name in ("_REPORT-tokens.png", "_REPORT.html"):
+        outside.write_text("precious")
+        for old in out.glob("_REPORT*"):
+            old.unlink()
+        (out / name).symlink_to(outside)
+        capsys.readouterr()
+        assert run_cli("report", out) == 2, name
+        err = capsys.readouterr().err.strip()
+        assert "symbolic link" in err and len(err.splitlines()) == 1, err
+        assert outside.read_text() == "precious"
