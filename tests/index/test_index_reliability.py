@@ -187,3 +187,30 @@ def test_search_json_is_strict_and_carried_columns_cannot_overwrite_the_hit(tmp_
     assert json.loads(hits_json("q", [hit]))["hits"][0] == {
         "id": "x", "score": 0.25, "carried_id": "carried id", "carried_carried_score": 3.0,
         "carried_score": 1}
+
+
+def test_an_output_that_cannot_be_renamed_is_replaced_file_by_file(two_builds, tmp_path,
+                                                                   model_dir, vectors, monkeypatch):
+    """A mount point (or a parent that cannot be written) cannot be renamed: the files are
+    replaced one by one through temporary names, the manifest last."""
+    import errno
+    import os
+
+    from bertbeam.index import search
+
+    a, _, _ = two_builds
+    real = os.rename
+
+    def busy(src, dst):
+        if str(src) == str(a):
+            raise OSError(errno.EBUSY, "Device or resource busy", str(src))
+        return real(src, dst)
+
+    monkeypatch.setattr(search.os, "rename", busy)
+    manifest = build_index(write_results(tmp_path / "c", results_table(IDS[:4], vectors[:4], model_dir)),
+                           str(a))
+    assert sorted(p.name for p in a.iterdir()) == sorted([MANIFEST_FILE, ROWS_FILE, VECTORS_FILE])
+    assert not [p for p in a.parent.iterdir() if p.name.startswith(f".{a.name}.")]
+    with SearchIndex.open(str(a)) as index:
+        assert index.manifest.build_id == manifest.build_id and index.manifest.count == 4
+        assert index.search_vectors(vectors[1], k=1)[0][0].id == IDS[1]
