@@ -5,7 +5,12 @@ included, interpreter start and imports not) and prints one JSON line: documents
 real and padded tokens where it can count them, its own peak RSS and peak GPU memory, the
 cores it could use, and its start-up and steady state apart where it can tell them: bertbeam
 from its first model batch to the end of its last, the sorted loop from its tokenizer call
-on, st-encode its ``encode`` call, the tokenizer its one call.
+on, st-encode its ``encode`` call, the tokenizer its one call. Every steady window starts
+where the per-document work starts (bertbeam and the library: the first tokenizer call of
+the engine; the loop: its tokenizer call) and carries the CPU seconds spent in it, of the
+main (Python) thread and of the whole process (native threads: tokenizer, torch), so that a
+loaded machine's waiting does not count; on a GPU, ``gpu_seconds`` is the time the device
+spent on the model batches (CUDA events around each forward).
 
 Contenders:
   bertbeam       ``bertbeam embed`` through Beam on the local runner (the project's pipeline)
@@ -17,6 +22,7 @@ Contenders:
   st-encode      ``SentenceTransformer.encode`` (batch 32) on the job's device and dtype
   arrival-loop   transformers, batches of 32 in arrival order, padded to the longest
   sorted-loop    hand-written torch loop over length-sorted, token-budget batches: the ceiling
+  library        bertbeam's ``Engine`` without Beam: ``Engine.infer`` per buffer of documents
   tokenizer      the tokenizer alone, one batch call on every core: the CPU-side limit
   gemm           a large matrix product in the job's dtype: the machine's peak FLOP/s
 """
@@ -26,11 +32,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +62,7 @@ class Job:
     token_budget: int | None = None  # None: bertbeam's default, SORTED_TOKEN_BUDGET for the loop
     long_docs: str = "truncate"  # or "chunk": every window of bertbeam's stride, merged per doc
     cpus: tuple[int, ...] | None = None  # the cores the contender may use (None: all)
+    cpu_streams: int | None = None  # bertbeam's --cpu-streams (None: its default)
     bertbeam_args: tuple[str, ...] = ()  # more ``bertbeam embed`` flags
 
 
@@ -70,15 +79,77 @@ class Outcome:
     tokenize_seconds: float | None = None  # the loop's one tokenizer call (in its steady time)
     batches: int | None = None  # model batches, where counted
     last_batch_at: float | None = None  # epoch seconds its last model batch ended (bertbeam)
+    first_batch_seconds: float | None = None  # from the job's start to its first model batch
+    steady_main_cpu: float | None = None  # CPU seconds of the main thread in the steady window
+    steady_cpu: float | None = None  # CPU seconds of the whole process in the steady window
+    job_main_cpu: float | None = None  # the same over the whole timed job
+    job_cpu: float | None = None
+    gpu_seconds: float | None = None  # device time of the model batches (CUDA only)
+
+
+def cpu_clock() -> tuple[float, float]:
+    """(CPU seconds of the main thread, CPU seconds of the whole process, exited threads
+    included), readable from any thread."""
+    main = time.pthread_getcpuclockid(threading.main_thread().ident)
+    return time.clock_gettime(main), time.process_time()
+
+
+class Window:
+    """A stretch of a contender's run: wall and CPU clocks at its start and end; ``begin``
+    keeps the first call, ``mark`` the last."""
+
+    def __init__(self) -> None:
+        self.start: tuple[float, float, float] | None = None
+        self.end: tuple[float, float, float] | None = None
+
+    def begin(self) -> None:
+        if self.start is None:
+            self.start = (time.perf_counter(), *cpu_clock())
+
+    def mark(self) -> None:
+        self.end = (time.perf_counter(), *cpu_clock())
+
+    def figures(self, prefix: str = "steady") -> dict[str, float | None]:
+        """``{prefix}_seconds``, ``{prefix}_main_cpu`` and ``{prefix}_cpu`` (None where the
+        window was not seen, as when the runner forks its workers)."""
+        done = self.start is not None and self.end is not None
+        names = (f"{prefix}_seconds", f"{prefix}_main_cpu", f"{prefix}_cpu")
+        return {n: (self.end[i] - self.start[i] if done else None) for i, n in enumerate(names)}
+
+
+def threads_cpu() -> dict[str, float]:
+    """CPU seconds of this process's live threads, summed by thread name with digits dropped
+    (``/proc/self/task/*/stat``; Linux only, empty elsewhere)."""
+    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    out: dict[str, float] = {}
+    try:
+        tasks = list(Path("/proc/self/task").iterdir())
+    except OSError:
+        return out
+    main = str(os.getpid())
+    for task in tasks:
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:
+            continue  # the thread ended meanwhile
+        name = "main" if task.name == main else re.sub(r"[\d_-]+$", "", stat[stat.index("(") + 1:stat.rindex(")")])
+        fields = stat[stat.rindex(")") + 2:].split()
+        out[name] = round(out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / ticks, 2)
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
 
 def _texts(job: Job) -> list[str]:
+    return _ids_and_texts(job)[1]
+
+
+def _ids_and_texts(job: Job) -> tuple[list[str], list[str]]:
     import pyarrow.parquet as pq
 
     from bertbeam.filesystems import expand_glob
 
-    return [t for f in expand_glob(job.corpus_glob) for t in pq.read_table(f, columns=["text"])
-            .column("text").to_pylist()]
+    tables = [pq.read_table(f, columns=["id", "text"]) for f in expand_glob(job.corpus_glob)]
+    return ([i for t in tables for i in t.column("id").to_pylist()],
+            [x for t in tables for x in t.column("text").to_pylist()])
 
 
 def _mean_pool(hidden: Any, mask: Any) -> Any:
@@ -118,53 +189,115 @@ def _bertbeam(job: Job, extra: list[str]) -> Outcome:
             "--device", job.device, "--dtype", job.dtype, *job.bertbeam_args, *extra]
     if job.token_budget:
         argv += ["--token-budget", str(job.token_budget)]
-    start = time.perf_counter()
-    with _BatchClock.installed() as clock:
+    if job.cpu_streams:
+        argv += ["--cpu-streams", str(job.cpu_streams)]
+    job_window = Window()
+    job_window.begin()
+    with _EngineClock.installed(job.device) as clock:
         code = main(argv)
-    seconds = time.perf_counter() - start
+    job_window.mark()
     if code != 0:
         raise RuntimeError(f"bertbeam {' '.join(argv)} exited with {code}")
     summary = read_summary(output)
-    timed = clock.first is not None and clock.last is not None  # not when the runner forks
-    return Outcome(summary["written"], seconds, summary["real_tokens"], summary["padded_tokens"],
-                   startup_seconds=clock.first - start if timed else None,
-                   steady_seconds=clock.last - clock.first if timed else None,
-                   batches=summary["batches"],
-                   last_batch_at=time.time() - (time.perf_counter() - clock.last) if timed else None)
+    return Outcome(summary["written"], job_window.end[0] - job_window.start[0],
+                   summary["real_tokens"], summary["padded_tokens"],
+                   batches=summary["batches"], **clock.figures(job_window))
 
 
-class _BatchClock:
-    """When bertbeam's engine starts its first model batch and finishes its last: wraps
-    ``Engine.submit`` (a plan's batches start) and ``Engine.collect_parts`` (outputs are on
-    the host)."""
+class _EngineClock:
+    """When bertbeam's engine starts its per-document work and finishes its last batch, with
+    the CPU clocks there: wraps ``Engine.encode`` (the steady window begins at its first
+    call, as the loop's does at its tokenizer call), ``Engine.submit`` (the first model batch)
+    and ``Engine.collect_parts`` / ``Engine.collect`` (outputs are on the host; the window
+    ends at the last). On a GPU, CUDA events around ``Engine._forward`` add up the device
+    time of the batches."""
 
-    def __init__(self) -> None:
-        self.first: float | None = None
-        self.last: float | None = None
+    def __init__(self, device: str = "cpu") -> None:
+        self.steady = Window()
+        self.first_batch: float | None = None
+        self.gpu = _GpuTimer() if device == "cuda" else None
 
     @classmethod
     @contextmanager
-    def installed(cls) -> Iterator[_BatchClock]:
+    def installed(cls, device: str = "cpu") -> Iterator[_EngineClock]:
         from bertbeam.core.engine import Engine
 
-        clock = cls()
-        submit, parts = Engine.submit, Engine.collect_parts
+        clock = cls(device)
+        originals = {name: getattr(Engine, name)
+                     for name in ("encode", "submit", "collect_parts", "collect", "_forward")}
+        encode, submit, parts, collect, forward = originals.values()
+
+        def timed_encode(engine: Engine, docs: Any) -> Any:
+            clock.steady.begin()
+            return encode(engine, docs)
 
         def timed_submit(engine: Engine, plan: Any) -> Any:
-            if clock.first is None:
-                clock.first = time.perf_counter()
+            if clock.first_batch is None:
+                clock.first_batch = time.perf_counter()
             return submit(engine, plan)
 
         def timed_parts(engine: Engine, plan: Any, launched: Any) -> Any:
             for part in parts(engine, plan, launched):
-                clock.last = time.perf_counter()
+                clock.steady.mark()
                 yield part
 
-        Engine.submit, Engine.collect_parts = timed_submit, timed_parts
+        def timed_collect(engine: Engine, plan: Any, launched: Any) -> Any:
+            out = collect(engine, plan, launched)
+            clock.steady.mark()
+            return out
+
+        def timed_forward(engine: Engine, *args: Any) -> Any:
+            if clock.gpu is None:
+                return forward(engine, *args)
+            with clock.gpu.timing():
+                return forward(engine, *args)
+
+        Engine.encode, Engine.submit, Engine.collect_parts = timed_encode, timed_submit, timed_parts
+        Engine.collect, Engine._forward = timed_collect, timed_forward
         try:
             yield clock
         finally:
-            Engine.submit, Engine.collect_parts = submit, parts
+            for name, original in originals.items():
+                setattr(Engine, name, original)
+
+    def figures(self, job: Window) -> dict[str, Any]:
+        """The Outcome fields this clock measured, against the whole job's window."""
+        steady, timed = self.steady, self.steady.start is not None and self.steady.end is not None
+        return {
+            "startup_seconds": steady.start[0] - job.start[0] if timed else None,
+            "first_batch_seconds": (self.first_batch - job.start[0]
+                                    if self.first_batch is not None else None),
+            "last_batch_at": time.time() - (time.perf_counter() - steady.end[0]) if timed else None,
+            "job_main_cpu": job.end[1] - job.start[1], "job_cpu": job.end[2] - job.start[2],
+            "gpu_seconds": self.gpu.seconds() if self.gpu is not None else None,
+            **steady.figures(),
+        }
+
+
+class _GpuTimer:
+    """Device time of timed stretches: a CUDA event pair around each, summed at the end
+    (the events time the device's stream, not the host's waiting)."""
+
+    def __init__(self) -> None:
+        self._pairs: list[tuple[Any, Any]] = []
+
+    @contextmanager
+    def timing(self) -> Iterator[None]:
+        import torch
+
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        try:
+            yield
+        finally:
+            end.record()
+            self._pairs.append((start, end))
+
+    def seconds(self) -> float:
+        import torch
+
+        torch.cuda.synchronize()
+        return sum(a.elapsed_time(b) for a, b in self._pairs) / 1000
 
 
 class _TokenCounter:
@@ -293,9 +426,10 @@ def loop_embeddings(job: Job) -> tuple[Any, Outcome]:
     import torch
 
     texts = _texts(job)
-    start = time.perf_counter()
+    whole, steady = Window(), Window()
+    whole.begin()
     tokenizer, model = _load(job)
-    tokenizing = time.perf_counter()
+    steady.begin()
     ids, owners = token_windows(tokenizer, texts, max_length=job.max_length,
                                 long_docs=job.long_docs)
     tokenized = time.perf_counter()
@@ -308,6 +442,7 @@ def loop_embeddings(job: Job) -> tuple[Any, Outcome]:
     budget = job.token_budget or SORTED_TOKEN_BUDGET
     pooled = torch.empty((len(ids), model.config.hidden_size), dtype=torch.float32, pin_memory=cuda)
     padded = batches = 0
+    gpu = _GpuTimer() if cuda else None
     with torch.inference_mode():
         i = 0
         while i < len(order):
@@ -323,8 +458,9 @@ def loop_embeddings(job: Job) -> tuple[Any, Outcome]:
             input_ids = host.to(job.device, non_blocking=cuda)
             n_real = (host_lengths.pin_memory() if cuda else host_lengths).to(job.device, non_blocking=cuda)
             mask = (torch.arange(longest, device=job.device) < n_real[:, None]).long()
-            hidden = model(input_ids=input_ids, attention_mask=mask).last_hidden_state
-            pooled[i:i + len(rows)].copy_(_mean_pool(hidden, mask), non_blocking=cuda)
+            with gpu.timing() if gpu is not None else nullcontext():
+                hidden = model(input_ids=input_ids, attention_mask=mask).last_hidden_state
+                pooled[i:i + len(rows)].copy_(_mean_pool(hidden, mask), non_blocking=cuda)
             padded += len(rows) * longest
             batches += 1
             i += len(rows)
@@ -335,10 +471,18 @@ def loop_embeddings(job: Job) -> tuple[Any, Outcome]:
         docs = np.zeros((len(texts), vectors.shape[1]), dtype=np.float32)
         np.add.at(docs, owners, vectors * lengths[:, None])
         vectors = docs / np.linalg.norm(docs, axis=1, keepdims=True)
-    end = time.perf_counter()
-    return vectors, Outcome(len(vectors), end - start, int(lengths.sum()), padded,
-                            startup_seconds=tokenizing - start, steady_seconds=end - tokenizing,
-                            tokenize_seconds=tokenized - tokenizing, batches=batches)
+    steady.mark()
+    whole.mark()
+    return vectors, Outcome(len(vectors), whole.end[0] - whole.start[0], int(lengths.sum()), padded,
+                            startup_seconds=steady.start[0] - whole.start[0],
+                            tokenize_seconds=tokenized - steady.start[0], batches=batches,
+                            first_batch_seconds=tokenized - whole.start[0],
+                            gpu_seconds=gpu.seconds() if gpu is not None else None,
+                            **steady.figures(), **_job_cpu(whole))
+
+
+def _job_cpu(whole: Window) -> dict[str, float]:
+    return {"job_main_cpu": whole.end[1] - whole.start[1], "job_cpu": whole.end[2] - whole.start[2]}
 
 
 def _tokenizer(job: Job) -> Outcome:
@@ -347,11 +491,51 @@ def _tokenizer(job: Job) -> Outcome:
 
     texts = _texts(job)
     tokenizer = AutoTokenizer.from_pretrained(job.model_dir)
-    start = time.perf_counter()
+    steady = Window()
+    steady.begin()
     ids, _ = token_windows(tokenizer, texts, max_length=job.max_length, long_docs=job.long_docs)
-    seconds = time.perf_counter() - start
+    steady.mark()
     real = sum(map(len, ids))
-    return Outcome(len(texts), seconds, real, None, startup_seconds=0.0, steady_seconds=seconds)
+    return Outcome(len(texts), steady.end[0] - steady.start[0], real, None, startup_seconds=0.0,
+                   **steady.figures(), **_job_cpu(steady))
+
+
+def _library(job: Job) -> Outcome:
+    """bertbeam's engine without Beam, as a library user runs it: ``Engine.infer`` over
+    buffers of ``BatchSpec.buffer_size`` documents (one tokenizer call, length-sorted batches,
+    post-processing), each turned into an Arrow record batch of the result schema."""
+    from bertbeam.config import BatchSpec, ModelSpec, RunSpec, TokenizeSpec
+    from bertbeam.core.engine import Engine, engine_spec
+    from bertbeam.core.records import DocumentChunk
+    from bertbeam.tasks.embed import EmbedTask
+
+    ids, texts = _ids_and_texts(job)
+    run = RunSpec(
+        model=ModelSpec(uri=job.model_dir, device=job.device, dtype=job.dtype,
+                        num_threads=job.threads, cpu_streams=job.cpu_streams or "auto"),
+        tokenize=TokenizeSpec(max_length=job.max_length, long_docs=job.long_docs),
+        batch=BatchSpec(**({"token_budget": job.token_budget} if job.token_budget else {})))
+    task = EmbedTask()
+    whole = Window()
+    whole.begin()
+    with _EngineClock.installed(job.device) as clock:
+        engine = Engine.acquire(engine_spec(task, run))
+        schema = task.schema(engine.config)
+        size, written, real, padded, batches = run.batch.buffer_size, 0, 0, 0, 0
+        for at in range(0, len(texts), size):
+            docs = DocumentChunk(ids[at:at + size], texts[at:at + size])
+            windows, _ = engine.encode(docs)
+            if windows is None:
+                continue
+            plan = engine.plan(windows, run.batch)
+            real += int(windows.lengths.sum())
+            padded += sum(len(rows) * p for rows, p in zip(plan.batches, plan.padded, strict=True))
+            batches += len(plan.batches)
+            results = engine.postprocess(engine.run(plan))
+            written += results.record_batch(schema).num_rows
+    whole.mark()
+    return Outcome(written, whole.end[0] - whole.start[0], real, padded, batches=batches,
+                   **clock.figures(whole))
 
 
 def _gemm(job: Job) -> Outcome:
@@ -386,6 +570,7 @@ CONTENDERS: dict[str, Callable[[Job], Outcome]] = {
     "st-encode": _st_encode,
     "arrival-loop": _arrival_loop,
     "sorted-loop": _sorted_loop,
+    "library": _library,
     "tokenizer": _tokenizer,
     "gemm": _gemm,
 }
@@ -447,8 +632,10 @@ def run_named(name: str, job: Job) -> dict:
             outcome = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
         outcome["returned_at"] = time.time()  # the parent times the exit from here
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        main_cpu, process_cpu = cpu_clock()
         return {"name": name, **outcome, "peak_rss_mb": peak_rss_mb(), "gpu_peak_mb": gpu_peak_mb(),
-                "cores": cores}
+                "cores": cores, "main_cpu": main_cpu, "cpu": process_cpu,
+                "threads_cpu": threads_cpu()}
     finally:
         if affinity is not None:
             os.sched_setaffinity(0, affinity)

@@ -54,6 +54,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from benchmarks import report
+from benchmarks.checkpoints import random_bert
 from benchmarks.contenders import LOOP_BATCH_SIZE, Job
 from benchmarks.corpus import Corpus, long_texts, write_corpus, write_texts
 from benchmarks.run import (
@@ -121,16 +122,7 @@ class Suite:
 
 def bert_base_dir(root: Path, tokenizer_dir: str, *, smoke: bool) -> str:
     """Writes a random BERT-base checkpoint (a small one for ``smoke``) with MiniLM's tokenizer."""
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    config = BertConfig() if not smoke else BertConfig(hidden_size=64, num_hidden_layers=2,
-                                                        num_attention_heads=2, intermediate_size=256)
-    torch.manual_seed(0)
-    directory = root / "bert-base-random"
-    BertModel(config).save_pretrained(directory)
-    AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(directory)
-    return str(directory)
+    return random_bert(root, tokenizer_dir, "bert-base-smoke" if smoke else "bert-base")
 
 
 def plan(suites: dict[str, Suite], models: dict[str, str], args: argparse.Namespace, tmp: Path,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -53,7 +54,7 @@ def run_contender(name: str, job: Job, *, timeout: float | None) -> dict:
            "TOKENIZERS_PARALLELISM": "true", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     cmd = [sys.executable, "-m", "benchmarks.contenders", name, "--job", json.dumps(asdict(job))]
-    start = time.perf_counter()
+    start, cpu_before = time.perf_counter(), _children_cpu()
     try:
         proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
         exited_at = time.time()
@@ -63,7 +64,15 @@ def run_contender(name: str, job: Job, *, timeout: float | None) -> dict:
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
         return {"name": name, "error": f"exit {proc.returncode}: {' | '.join(tail)}"[:2000]}
-    return {**with_shutdown(json.loads(lines[-1]), exited_at), "process_seconds": time.perf_counter() - start}
+    return {**with_shutdown(json.loads(lines[-1]), exited_at), "process_seconds": time.perf_counter() - start,
+            "process_cpu": _children_cpu() - cpu_before}
+
+
+def _children_cpu() -> float:
+    """CPU seconds (user + system) of the child processes waited for so far: a contender's
+    whole process, interpreter start and imports included, is the difference around it."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def with_shutdown(outcome: dict, exited_at: float) -> dict:
