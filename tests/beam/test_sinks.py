@@ -20,8 +20,8 @@ from tests.run.test_run_metadata import validate
 pytest.importorskip("pymilvus")
 pytest.importorskip("qdrant_client")
 
-N_DOCS = 200
-REMOVED, CHANGED, ADDED = 10, 6, 4
+SMALL = (200, 10, 6, 4)  # documents on night 1; removed, changed, added on night 2
+ISSUE = (1000, 50, 30, 20)  # issue 25's case (slow)
 
 
 def _corpus(path, ids: list[str], texts: dict[str, str]) -> str:
@@ -66,15 +66,18 @@ def _vectors(sink, ids: list[str]) -> dict[str, np.ndarray]:
         sink.close(client)
 
 
-def _nightly(tmp_path, sink, model: str, *extra: str) -> tuple[list[str], dict[str, str]]:
-    """Night 1 (all documents) and night 2 (REMOVED gone, CHANGED edited, ADDED new)."""
-    texts = _texts(N_DOCS + ADDED)
-    ids1 = list(texts)[:N_DOCS]
-    common = ["--model", model, "--quiet", "--no-report", *_flag(sink), *extra]
+def _nightly(tmp_path, sink, model: str, sizes: tuple[int, int, int, int]
+             ) -> tuple[list[str], dict[str, str]]:
+    """Night 1 (all documents) and night 2 (the first ``removed`` gone, the next ``changed``
+    edited, ``added`` new)."""
+    n_docs, removed, changed, added = sizes
+    texts = _texts(n_docs + added)
+    ids1 = list(texts)[:n_docs]
+    common = ["--model", model, "--quiet", "--no-report", *_flag(sink)]
     assert run_cli("embed", "--input", _corpus(tmp_path / "in1", ids1, texts),
                    "--output", tmp_path / "night1", *common) == 0
-    ids2 = ids1[REMOVED:] + list(texts)[N_DOCS:]
-    for doc_id in ids2[:CHANGED]:
+    ids2 = ids1[removed:] + list(texts)[n_docs:]
+    for doc_id in ids2[:changed]:
         texts[doc_id] += " (edited)"
     corpus2 = _corpus(tmp_path / "in2", ids2, texts)
     assert run_cli("embed", "--input", corpus2, "--output", tmp_path / "night2",
@@ -82,12 +85,15 @@ def _nightly(tmp_path, sink, model: str, *extra: str) -> tuple[list[str], dict[s
     return ids2, texts
 
 
+@pytest.mark.parametrize("sizes", [SMALL, pytest.param(ISSUE, marks=pytest.mark.slow)],
+                         ids=["200", "1000"])
 @pytest.mark.parametrize("kind", ["milvus", "qdrant"])
-def test_nightly_sync_holds_exactly_the_current_documents(tmp_path, tiny_model, kind):
+def test_nightly_sync_holds_exactly_the_current_documents(tmp_path, tiny_model, kind, sizes):
     """After night 2 the collection holds exactly its ids, with night 2's vectors; the
-    summary says removed 10 and computed 10 (6 changed + 4 added)."""
+    summary says removed and computed (changed + added) as they were."""
     sink = _sink(kind, tmp_path)
-    ids2, _ = _nightly(tmp_path, sink, tiny_model("bert", "base"))
+    _, REMOVED, CHANGED, ADDED = sizes  # noqa: N806
+    ids2, _ = _nightly(tmp_path, sink, tiny_model("bert", "base"), sizes)
     summary = read_summary(tmp_path / "night2")
     validate(summary)
     assert (summary["removed"], summary["computed"], summary["carried_forward"]) == (
@@ -125,7 +131,7 @@ def test_a_run_killed_mid_write_and_run_again_leaves_one_point_per_document(tmp_
                                                                              kind):
     sink = _sink(kind, tmp_path)
     model = tiny_model("bert", "base")
-    texts = _texts(N_DOCS)
+    texts = _texts(SMALL[0])
     ids = list(texts)
     corpus = _corpus(tmp_path / "in", ids, texts)
     args = ["embed", "--input", corpus, "--output", str(tmp_path / "out"), "--model", model,
