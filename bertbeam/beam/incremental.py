@@ -207,7 +207,8 @@ class _ListGroupsFn(beam.DoFn):
 
 class _ReadPreviousFn(beam.DoFn):
     """(location index, url, row group) -> (id, (location index, row)) for the rows of this
-    job's fingerprint; other rows are never turned into Python objects."""
+    job's fingerprint, ``(location index, row, names)`` for a row whose columns ``names``
+    hold NaN or infinite values; other rows are never turned into Python objects."""
 
     def __init__(self, job_fp: str):
         self._job_fp = job_fp
@@ -226,22 +227,14 @@ class _ReadPreviousFn(beam.DoFn):
                          "again, not carried forward.", group, url, str(exc).splitlines()[0])
             return
         table = table.filter(pc.equal(table.column(JOB_FP), self._job_fp))
-        finite = finite_rows(table)
-        if not finite.all():
-            _LOG.warning("%d rows of row group %d of %s hold non-finite values: their documents "
-                         "are computed again, not carried forward.", int((~finite).sum()), group, url)
-            table = table.filter(pa.array(finite))
-        for row in table_rows(table):
-            yield row["id"], (index, row)
-
-
-def finite_rows(table: pa.Table) -> np.ndarray:
-    """A boolean per row of ``table``: no floating value in it (at any depth: the embedding, a
-    score, the scores of a label list) is NaN or infinite. Nulls count as finite."""
-    ok = np.ones(table.num_rows, dtype=bool)
-    for column in table.columns:
-        ok &= _finite(column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column)
-    return ok
+        # Which columns of each row are not finite: a result column makes the row unusable, a
+        # carried input column may hold NaN as the input does (_ChooseFn tells them apart).
+        finite = {name: _finite(column.combine_chunks())
+                  for name, column in zip(table.column_names, table.columns, strict=True)}
+        bad = [name for name, ok in finite.items() if not ok.all()]
+        for i, row in enumerate(table_rows(table)):
+            names = tuple(name for name in bad if not finite[name][i])
+            yield row["id"], ((index, row, names) if names else (index, row))
 
 
 def _finite(array: pa.Array) -> np.ndarray:
@@ -269,6 +262,8 @@ class _ChooseFn(beam.DoFn):
     text is unchanged, else the document (to compute); the id (tagged ``removed``) when it
     left the corpus."""
 
+    _warned = False
+
     def process(self, element: tuple[str, dict[str, list]]) -> Iterator[Any]:
         doc_id, joined = element
         docs, previous = joined["documents"], joined["previous"]
@@ -277,12 +272,27 @@ class _ChooseFn(beam.DoFn):
             return
         doc = docs[0]
         fp = text_fingerprint(doc.text, doc.text_pair, doc.extra)
-        matches = sorted((p for p in previous if p[1][TEXT_FP] == fp), key=lambda p: p[0])
+        same = [p for p in previous if p[1][TEXT_FP] == fp]
+        # A NaN or inf in a result column (a damaged earlier file) is never carried forward;
+        # in a carried input column it is the input's own value (the text fingerprint covers it).
+        inputs = doc.extra or {}
+        matches = sorted((p for p in same if all(name in inputs for name in _non_finite(p))),
+                         key=lambda p: p[0])
+        if len(matches) < len(same) and not self._warned:
+            self._warned = True
+            _LOG.warning("Earlier rows with NaN or infinite results (a damaged --previous file?) "
+                         "are not carried forward: their documents are computed again (first: %r).",
+                         doc.id)
         if matches:
             metrics.inc(metrics.CARRIED_FORWARD)
             yield beam.pvalue.TaggedOutput(CARRIED, matches[0][1])
         else:
             yield doc
+
+
+def _non_finite(previous: tuple) -> tuple[str, ...]:
+    """The columns with NaN or infinite values of an earlier row from :class:`_ReadPreviousFn`."""
+    return previous[2] if len(previous) > 2 else ()
 
 
 class JoinPrevious(beam.PTransform):

@@ -87,6 +87,24 @@ def test_non_finite_values_in_a_previous_run_are_recomputed(day1, tmp_path):
     assert (summary["computed"], summary["carried_forward"]) == (2, N - 2)
 
 
+def test_a_nan_in_a_carried_input_column_is_the_inputs_and_still_carried(tiny_model, tmp_path):
+    """NaN in a column carried from the input is the input's own value (the text fingerprint
+    covers it), not damage: those rows are carried forward like any other."""
+    ids = [f"p{i}" for i in range(12)]
+    price = [float("nan") if i % 3 == 0 else float(i) for i in range(12)]
+    corpus = write_corpus(tmp_path / "in" / "p.parquet",
+                          {"id": ids, "text": [f"text number {i}" for i in range(12)], "price": price})
+    options = ["--model", tiny_model("bert", "base"), "--quiet", "--no-report",
+               "--carry-columns", "price", "--input", corpus]
+    assert run_cli("embed", "--output", tmp_path / "day-1", *options) == 0
+    assert run_cli("embed", "--output", tmp_path / "day-2", *options,
+                   "--previous", tmp_path / "day-1") == 0
+    summary = read_summary(tmp_path / "day-2")
+    assert (summary["computed"], summary["carried_forward"]) == (0, 12)
+    rows = {r["id"]: r for r in read_output(tmp_path / "day-2")}
+    assert [np.isnan(rows[i]["price"]) for i in ids] == [np.isnan(p) for p in price]
+
+
 def test_the_report_does_not_write_through_a_planted_link(day1, tmp_path, capsys):
     """A symlink planted in the output where a report PNG or the page goes: refused in one
     line, the file it points at untouched."""
