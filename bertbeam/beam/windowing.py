@@ -149,7 +149,8 @@ class DropRepeatedIds(beam.PTransform):
 
     def expand(self, docs: beam.PCollection[Document]) -> dict[str, beam.PCollection]:
         kept = (docs
-                | "KeyById" >> beam.Map(lambda d: (d.id, d))
+                | "KeyById" >> beam.Map(lambda d: (d.id, d)).with_output_types(
+                    tuple[str, Document])
                 | "FirstOfId" >> beam.ParDo(_FirstOfIdFn()).with_outputs(
                     DEAD_LETTER, main="documents"))
         return {"documents": kept.documents, DEAD_LETTER: kept[DEAD_LETTER]}

@@ -14,13 +14,14 @@ from bertbeam.cli.options import (
     CommandParser,
     EmbedOptions,
     JobOptions,
+    StreamOptions,
     command_parser,
     parse_command,
 )
 from bertbeam.run.job import Job
 from bertbeam.tasks.embed import EmbedTask
 
-OPTIONS = (JobOptions, EmbedOptions)
+OPTIONS = (JobOptions, EmbedOptions, StreamOptions)
 
 
 def parser() -> CommandParser:

@@ -14,7 +14,8 @@ from bertbeam.beam.reading import InputError
 from bertbeam.config import BatchSpec, ModelSpec, RunSpec, TokenizeSpec
 from bertbeam.core.engine import BrokenTokenizerError
 from bertbeam.core.models import ModelLoadError
-from bertbeam.run import stopping, summary
+from bertbeam.cli.options import StreamOptions
+from bertbeam.run import stopping, streaming, summary
 from bertbeam.run.control import RunControl
 from bertbeam.run.finish import AccountingError, DeadLetterLimitError
 from bertbeam.run.job import Job, execute
@@ -44,7 +45,8 @@ def run_spec(args: argparse.Namespace, options: PipelineOptions) -> RunSpec:
         tokenize=TokenizeSpec(max_length=args.max_length, long_docs=args.long_docs,
                               stride=args.stride),
         batch=BatchSpec(token_budget=args.token_budget, buffer_size=args.buffer_size,
-                        max_batch_size=args.max_batch_size),
+                        max_batch_size=args.max_batch_size,
+                        max_wait=getattr(args, "max_wait", BatchSpec.max_wait)),
     )
 
 
@@ -57,6 +59,14 @@ def run_control(args: argparse.Namespace, beam_args: list[str]) -> RunControl:
         options={"bertbeam": {k: v for k, v in sorted(vars(args).items())}, "beam": list(beam_args)})
 
 
+def stream_spec(options: PipelineOptions) -> streaming.StreamSpec:
+    """The windows, watch and stop of a ``--streaming`` job (:class:`StreamOptions`)."""
+    flags = options.view_as(StreamOptions)
+    return streaming.StreamSpec(window_seconds=flags.window_seconds,
+                                watch_interval=flags.watch_interval,
+                                drain_timeout=flags.drain_timeout)
+
+
 def run_job(make_job: MakeJob, argv: Sequence[str] | None) -> int:
     """Runs the task job ``make_job`` builds from argv; returns the process exit status: 0,
     1 (the run failed: a machine or service fault), 2 (a mistake in the command line, the
@@ -67,6 +77,9 @@ def run_job(make_job: MakeJob, argv: Sequence[str] | None) -> int:
         with stopping.interrupts():
             job, options = make_job(sys.argv[1:] if argv is None else argv)
             _set_log_level(job.control)
+            if streaming.is_streaming(job, options):
+                streaming.execute(job, options, stream_spec(options))
+                return 0
             report = execute(job, options)
     except (InputError, ModelLoadError, ValueError, BrokenTokenizerError) as exc:
         print(f"bertbeam: error: {exc}", file=sys.stderr)

@@ -23,12 +23,13 @@ from bertbeam.cli.options import (
     LabelOptions,
     command_parser,
     options_by_flag,
+    StreamOptions,
     parse_command,
 )
 from bertbeam.run.job import Job
 from bertbeam.tasks import make_task
 
-OPTIONS = (LabelOptions, JobOptions)
+OPTIONS = (LabelOptions, JobOptions, StreamOptions)
 
 
 def parser() -> CommandParser:

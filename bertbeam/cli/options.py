@@ -281,6 +281,37 @@ class LabelOptions(PipelineOptions):
                             help='file with one "label" or "label: description" a line')
 
 
+def seconds(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = -1.0
+    if not 0.0 <= number < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds (0 or more), got {value!r}")
+    return number
+
+
+class StreamOptions(PipelineOptions):
+    """The options of ``bertbeam embed|label --streaming`` (Beam's own ``--streaming`` turns
+    it on): windows, the watch, the partial batch's wait and the stop."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser: Any) -> None:
+        g = parser.add_argument_group(
+            "streaming (StreamOptions; with --streaming and --input 'watch:GLOB' or "
+            "'pubsub:projects/P/subscriptions/S')")
+        g.add_argument("--window-seconds", type=positive_int, default=60,
+                       help="fixed windows: results are written in files per window, ids are "
+                            "unique per window")
+        g.add_argument("--watch-interval", type=seconds, default=2.0,
+                       help="seconds between two matches of a watch: glob")
+        g.add_argument("--max-wait", type=seconds, default=BatchSpec.max_wait,
+                       help="the longest a partial batch waits for more documents, in seconds")
+        g.add_argument("--drain-timeout", type=seconds, default=300.0,
+                       help="on Ctrl-C, the longest to wait for the files that have landed "
+                            "to be written, in seconds")
+
+
 class CheckGpuOptions(PipelineOptions):
     """The options of ``bertbeam check-gpu``."""
 
@@ -294,7 +325,7 @@ class CheckGpuOptions(PipelineOptions):
 
 
 BERTBEAM_OPTIONS: tuple[type[PipelineOptions], ...] = (
-    JobOptions, EmbedOptions, LabelOptions, CheckGpuOptions)
+    JobOptions, EmbedOptions, LabelOptions, StreamOptions, CheckGpuOptions)
 
 
 def beam_option_classes() -> list[type[PipelineOptions]]:

@@ -4,6 +4,7 @@ row in its document's window and at its timestamp; dead letters keep their windo
 
 from __future__ import annotations
 
+import json
 import pickle
 from collections import defaultdict
 from pathlib import Path
@@ -157,3 +158,166 @@ def test_classify_over_a_test_stream_matches_the_batch_run_window_by_window(tiny
     _assert_same_as_batch(streamed, expected, docs, compare)
     assert _dead_by_window(dead) == [(WINDOW, "w1-0", "duplicate_id"),
                                      (2 * WINDOW, "blank", "empty_text")]
+
+
+# -- the pieces: buffering per window, messages, file names ------------------------------------
+
+
+class _Collect(BufferedDoFn):
+    def flush(self, items):
+        yield list(items)
+
+
+def test_per_window_buffer_flushes_per_window_when_full_after_max_wait_and_at_bundle_end():
+    """Elements of two windows never share a flush; a buffer goes when full, when its first
+    element has waited max_wait, and at the end of the bundle, in its own window, at the
+    earliest timestamp of its elements."""
+    from apache_beam.transforms.window import IntervalWindow
+    from apache_beam.utils.timestamp import Timestamp
+
+    now = [0.0]
+    fn = PerWindowBuffer(_Collect(3), max_wait=0.5, clock=lambda: now[0])
+    w1, w2 = IntervalWindow(0, 60), IntervalWindow(60, 120)
+    fn.setup()
+    fn.start_bundle()
+    out = list(fn.process("a", w1, Timestamp(5))) + list(fn.process("x", w2, Timestamp(61)))
+    out += list(fn.process("b", w1, Timestamp(3)))
+    assert out == []
+    out = list(fn.process("c", w1, Timestamp(9)))  # w1 is full
+    assert [(o.value, o.windows, o.timestamp) for o in out] == [(["a", "b", "c"], (w1,), Timestamp(3))]
+    now[0] = 0.6  # x has waited past max_wait: it goes with the next element's arrival
+    out = list(fn.process("d", w1, Timestamp(10)))
+    assert [(o.value, o.windows) for o in out] == [(["x"], (w2,))]
+    out = list(fn.finish_bundle())
+    assert [(o.value, o.windows, o.timestamp) for o in out] == [(["d"], (w1,), Timestamp(10))]
+
+
+def test_max_wait_is_validated():
+    with pytest.raises(ValueError, match="max_wait must be a number of seconds from 0 to 60"):
+        BatchSpec(max_wait=-1)
+    with pytest.raises(ValueError, match="max_wait must be at least 0"):
+        PerWindowBuffer(_Collect(3), max_wait=-0.1)
+
+
+def test_pubsub_messages_become_documents_or_dead_letters():
+    """A JSON payload gives id, text and carried fields by name; any other payload is the
+    text, with the id in the attributes; a message that cannot be a document is a dead
+    letter with the batch reader's reasons."""
+    from bertbeam.beam.reading import Columns
+    from bertbeam.beam.sources import message_document
+
+    cols = Columns(id="id", text="body", carry=("lang",))
+    doc = message_document(b'{"id": 7, "body": "hello there", "lang": "en"}', {}, cols)
+    assert (doc.id, doc.text, doc.extra) == ("7", "hello there", {"lang": "en"})
+    doc = message_document("plain text é".encode(), {"id": "m-1", "lang": "fr"}, cols)
+    assert (doc.id, doc.text, doc.extra) == ("m-1", "plain text é", {"lang": "fr"})
+    bad = [message_document(b"text without id", {}, cols),
+           message_document(b'{"id": "x"}', {}, cols),
+           message_document(b"\xff\xfe", {"id": "y"}, cols),
+           message_document(b'{"id": "z", "body": "  "}', {}, cols),
+           message_document(b'{"id": "w", "body": ', {}, cols)]
+    assert [(d.id, d.reason) for d in bad] == [
+        (None, "missing_id"), ("x", "missing_column"), ("y", "invalid_utf8"),
+        ("z", "empty_text"), (None, "not_a_string")]
+
+
+def test_stream_inputs_are_parsed_or_refused_in_one_line():
+    from bertbeam.beam.sources import StreamSource
+
+    assert StreamSource.parse("watch:gs://b/in/*.parquet") == StreamSource("watch", "gs://b/in/*.parquet")
+    assert StreamSource.parse("pubsub:projects/p/subscriptions/s") == StreamSource(
+        "pubsub", "projects/p/subscriptions/s")
+    with pytest.raises(ValueError, match="expected 'pubsub:projects/PROJECT/subscriptions/SUB"):
+        StreamSource.parse("pubsub:projects/p/topics/t")
+    with pytest.raises(ValueError, match="is 'watch:GLOB'"):
+        StreamSource.parse("in/*.parquet")
+
+
+def test_the_pubsub_graph_builds_with_stable_step_names(tiny_model, tmp_path):
+    """Pub/Sub cannot be reached here: the streaming job's graph is built (not run) with its
+    update-compatible step names."""
+    from bertbeam.beam.reading import Columns
+    from bertbeam.run import streaming
+    from bertbeam.run.job import Job
+    from bertbeam.tasks.embed import EmbedTask
+
+    job = Job(task=EmbedTask(), run=RunSpec(model=ModelSpec(uri=tiny_model("bert", "base"))),
+              input="pubsub:projects/my-project/subscriptions/docs", output=str(tmp_path / "out"),
+              columns=Columns())
+    spec = streaming.StreamSpec(window_seconds=30)
+    prepared = streaming.preflight(job, spec)
+    options = PipelineOptions(["--streaming"])
+    p = beam.Pipeline(options=options)
+    streaming.build(p, job, prepared, spec)
+    labels = {t.full_label for t in p.transforms_stack[0].parts}
+    assert {"ReadDocuments", "Window", "DropRepeatedIds", "ChunkDocuments", "Tokenize",
+            "BatchByTokens", "RunModel", "Postprocess", "WriteResults"} <= labels
+    names = {t.full_label for t in p.transforms_stack[0].parts[0].parts}
+    assert "ReadDocuments/ReadFromPubSub" in names
+
+
+def _land(inbox: Path, name: str, ids: list, texts: list) -> None:
+    """Writes a Parquet file beside the watched glob and renames it in: it lands whole."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    temp = inbox / f".{name}.tmp"
+    pq.write_table(pa.table({"id": ids, "text": texts}), temp)
+    temp.rename(inbox / name)
+
+
+def test_watch_embeds_files_landing_while_it_runs_and_stops_on_sigint(tiny_model, tmp_path):
+    """`bertbeam embed --streaming --input 'watch:DIR/*.parquet'`: a file there at the start
+    and one copied in while it runs are embedded; Ctrl-C (SIGINT) stops it with exit status
+    0 once every row of the files that landed is in the results or the dead letter, written
+    in files per window."""
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import pyarrow.parquet as pq
+
+    inbox, out = tmp_path / "in", tmp_path / "out"
+    inbox.mkdir()
+    _land(inbox, "a.parquet", [f"a{i}" for i in range(12)], [SAMPLE_TEXTS[i % len(SAMPLE_TEXTS)] for i in range(12)])
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bertbeam.cli.main", "embed", "--streaming",
+         "--input", f"watch:{inbox}/*.parquet", "--output", str(out),
+         "--model", tiny_model("bert", "base"), "--window-seconds", "5",
+         "--watch-interval", "0.5", "--drain-timeout", "60"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.time() + 120
+        while not list(out.glob("results-*.parquet")) and time.time() < deadline:
+            assert proc.poll() is None, proc.communicate()[1]
+            time.sleep(0.5)
+        assert list(out.glob("results-*.parquet")), "the file there at the start was not embedded"
+        _land(inbox, "b.parquet", ["b0", "b1", "b0", "b2"],
+              ["a landed text", "another one", "the same id again", "   "])
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, stderr
+    assert "Traceback" not in stderr
+    assert "14 written, 2 dead-lettered of 16 rows in 2 file(s)" in stdout
+    results = {}
+    for f in out.glob("results-*.parquet"):
+        window = re.fullmatch(r"results-(\d{8}T\d{6}Z)_(\d{8}T\d{6}Z)-[0-9a-f]{16}\.parquet", f.name)
+        assert window, f.name
+        for row in pq.read_table(f).to_pylist():
+            assert row["id"] not in results
+            results[row["id"]] = row
+    assert sorted(results) == sorted([f"a{i}" for i in range(12)] + ["b0", "b1"])
+    dead = sorted((r["id"], r["reason"]) for f in out.glob("dead_letter-*.parquet")
+                  for r in pq.read_table(f).to_pylist())
+    assert dead == [("b0", "duplicate_id"), ("b2", "empty_text")]
+    summary = json.loads((out / "_SUMMARY.json").read_text())
+    assert (summary["read"], summary["written"], summary["dead_lettered"], summary["accounted"]) == (
+        16, 14, 2, True)

@@ -1,0 +1,329 @@
+"""A task job on unbounded input (``--streaming``): documents from ``watch:GLOB`` or
+``pubsub:...`` embedded or labeled as they arrive, in fixed windows, written per window.
+
+The inference is the batch job's (``InferChunks``, the same engine); what differs is around
+it: the source, the windows, duplicate ids per window (first arrival kept) and per-window
+Parquet files written bundle by bundle. On the local runner the job runs until Ctrl-C or
+SIGTERM; then no file that has landed is left half done: the launcher waits until every row
+of the files that had landed is in the results or the dead letter, and only then stops.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import apache_beam as beam
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.transforms.window import FixedWindows
+
+from bertbeam.beam.batching import BatchByTokens
+from bertbeam.beam.inference import RunModel
+from bertbeam.beam.postprocess import Postprocess
+from bertbeam.beam.reading import carried_fields
+from bertbeam.beam.sources import (
+    PUBSUB,
+    WATCH,
+    ReadPubSubDocuments,
+    StreamSource,
+    WatchDocuments,
+)
+from bertbeam.beam.tokenization import ChunkDocuments, Tokenize
+from bertbeam.beam.transforms import InferChunks, with_carried
+from bertbeam.beam.window_files import WriteWindowFiles, count_window_rows, window_files
+from bertbeam.beam.windowing import DropRepeatedIds
+from bertbeam.core.deadletter import DEAD_LETTER, DEAD_LETTER_SCHEMA
+from bertbeam.core.engine import engine_spec, resolve_max_length
+from bertbeam.core.models import check_task_fit, check_weights, resolve_model_dir
+from bertbeam.filesystems import expand_glob, url_to_fs, write_json_atomically
+from bertbeam.run import checks
+from bertbeam.run.finish import AccountingError
+from bertbeam.run.job import Job
+from bertbeam.run.runners import is_local, resolve_runner
+
+_LOG = logging.getLogger("bertbeam")
+
+
+@dataclass(frozen=True, kw_only=True)
+class StreamSpec:
+    """How a streaming job windows, watches and stops.
+
+    Attributes:
+        window_seconds: length of the fixed windows; results and dead letters are written in
+            files per window, and ids are unique per window.
+        watch_interval: seconds between two matches of a ``watch:`` glob.
+        drain_timeout: on Ctrl-C, the longest the launcher waits for the files that have
+            landed to be written, in seconds.
+    """
+
+    window_seconds: int = 60
+    watch_interval: float = 2.0
+    drain_timeout: float = 120.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.window_seconds, bool) or not isinstance(self.window_seconds, int) or (
+                self.window_seconds <= 0):
+            raise ValueError(f"window_seconds must be a positive integer, got {self.window_seconds!r}.")
+        for name in ("watch_interval", "drain_timeout"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+                raise ValueError(f"{name} must be a positive number of seconds, got {value!r}.")
+
+
+@dataclass(frozen=True)
+class Prepared:
+    source: StreamSource
+    config: Any
+    schema: pa.Schema
+    carry: tuple[pa.Field, ...]
+
+
+def preflight(job: Job, spec: StreamSpec) -> Prepared:
+    """The launcher checks of a streaming job, each failing in one line: the source, an
+    output that holds no results yet (a restarted watch reads its files again), the model
+    and the task (the batch job's checks)."""
+    source = StreamSource.parse(job.input)
+    checks.check_location("--output", job.output)
+    if source.kind == "watch":
+        checks.check_location("--input", source.location)
+        checks.check_output_outside_input(source.location, job.output)
+    if job.control.previous or job.sink is not None:
+        raise ValueError("--previous and --sink apply to batch runs; a --streaming run "
+                         "computes every document it receives and writes Parquet per window.")
+    checks.check_output_writable(job.output)
+    if window_files(job.output) or expand_glob(f"{job.output.rstrip('/')}/results-*.parquet"):
+        raise ValueError(f"Output {job.output!r} already holds results; a streaming run writes "
+                         "into a new or empty directory.")
+    spec_model = job.run.model
+    local_dir = resolve_model_dir(spec_model.uri, spec_model.cache_dir)
+    check_weights(local_dir, spec_model.uri, allow_pickle_weights=spec_model.allow_pickle_weights)
+    config = checks.load_config(local_dir, spec_model.uri, trust_remote_code=spec_model.trust_remote_code)
+    check_task_fit(config, job.task.model_class, spec_model.uri)
+    tokenizer = checks.load_tokenizer(local_dir, spec_model)
+    max_length = resolve_max_length(tokenizer, config, local_dir, job.run.tokenize)
+    checks.check_window(tokenizer, max_length, job.run.tokenize, pairs=job.task.pair_input)
+    carry: tuple[pa.Field, ...] = ()
+    if job.columns.carry:
+        if source.kind == "pubsub":
+            carry = tuple(pa.field(c, pa.string()) for c in job.columns.carry)
+        elif expand_glob(source.location):
+            carry = tuple(carried_fields(source.location, job.columns))
+        else:
+            raise ValueError(f"--carry-columns and --keep-text read the columns' types from a "
+                             f"file of {source.location!r}, and none has landed yet.")
+    schema = with_carried(job.task.schema(config), carry)
+    return Prepared(source, config, schema, carry)
+
+
+class _StopWhenAskedFn(beam.DoFn):
+    """Local runs only: fails the pipeline once the launcher has drained it and created
+    ``flag``: the FnApiRunner has no cancel, and its watch never ends by itself."""
+
+    def __init__(self, flag: str):
+        self._flag = flag
+
+    def process(self, tick: Any) -> Iterator[Any]:
+        if os.path.exists(self._flag):
+            raise _Stopped("stopped by the launcher")
+        return iter(())
+
+
+class _Stopped(RuntimeError):
+    pass
+
+
+def build(p: beam.Pipeline, job: Job, prepared: Prepared, spec: StreamSpec,
+          stop_flag: str | None = None) -> None:
+    """Source -> fixed windows -> first of each id per window -> InferChunks -> Parquet per
+    window (results and dead letter). The step labels are stable, so a Dataflow job can be
+    updated in place (``--update``) by a later bertbeam."""
+    source, window = prepared.source, FixedWindows(spec.window_seconds)
+    if source.kind == "watch":
+        reader = WatchDocuments(source.location, job.columns, interval=spec.watch_interval)
+    else:
+        reader = ReadPubSubDocuments(source.location, job.columns)
+    read = p | "ReadDocuments" >> reader
+    docs = read["documents"] | "Window" >> beam.WindowInto(window)
+    first = docs | "DropRepeatedIds" >> DropRepeatedIds()
+    chunks = first["documents"] | "ChunkDocuments" >> ChunkDocuments(
+        job.run.tokenize.chunk_size, max_wait=job.run.batch.max_wait)
+    # InferChunks' stages one by one, and one writer per dead-letter output rather than a
+    # Flatten: the local runner (FnApiRunner) runs a Flatten's read only after every stage
+    # that feeds it has finished, which a watch never does; each writer here is fused into
+    # the stage that makes its dead letters.
+    task, run = job.task, InferChunks(job.task, run=job.run).run
+    tokenized = chunks | "Tokenize" >> Tokenize(task, run=run)
+    finished = (
+        tokenized["windows"]
+        | "BatchByTokens" >> BatchByTokens(run.batch, engine=engine_spec(task, run))
+        | "RunModel" >> RunModel(task, run=run)
+        | "Postprocess" >> Postprocess(task, run=run, schema=prepared.schema)
+    )
+    finished["results"] | "WriteResults" >> WriteWindowFiles(job.output, schema=prepared.schema)
+    dead = {"Read": read[DEAD_LETTER] | "WindowDeadLetter" >> beam.WindowInto(window),
+            "Duplicate": first[DEAD_LETTER], "Tokenize": tokenized[DEAD_LETTER],
+            "Infer": finished[DEAD_LETTER]}
+    for stage, letters in dead.items():
+        letters | f"Write{stage}DeadLetter" >> WriteWindowFiles(
+            job.output, schema=DEAD_LETTER_SCHEMA, prefix="dead_letter")
+    if stop_flag is not None:
+        # this part of Beam only where it is used (start-up)
+        from apache_beam.transforms.periodicsequence import PeriodicImpulse
+
+        (p | "StopTicks" >> PeriodicImpulse(fire_interval=0.5)
+         | "StopWhenAsked" >> beam.ParDo(_StopWhenAskedFn(stop_flag)))
+
+
+def landed_rows(pattern: str) -> tuple[int, int]:
+    """(files, input units) of the files matching ``pattern`` now: each file's rows, or one
+    unit for a file whose footer does not read (its one dead letter)."""
+    files = expand_glob(pattern)
+    total = 0
+    for url in files:
+        fs, path = url_to_fs(url)
+        try:
+            with fs.open(path, "rb") as f:
+                total += pq.ParquetFile(f).metadata.num_rows
+        except Exception:  # noqa: BLE001 - an unreadable file is one dead-lettered unit
+            total += 1
+    return len(files), total
+
+
+def is_streaming(job: Job, options: PipelineOptions) -> bool:
+    """Whether ``job`` runs as a streaming job (Beam's ``--streaming``); a ``watch:`` or
+    ``pubsub:`` input without it is refused in one line."""
+    if options.view_as(StandardOptions).streaming:
+        return True
+    if job.input.startswith((WATCH, PUBSUB)):
+        raise ValueError(f"Input {job.input!r} is unbounded: add --streaming.")
+    return False
+
+
+def execute(job: Job, options: PipelineOptions, spec: StreamSpec) -> dict | None:
+    """Runs the streaming job. On a remote runner (Dataflow) it submits the job and returns
+    (drain it to stop: in-flight windows are written). On the local runner it runs until
+    Ctrl-C / SIGTERM, drains the files that had landed, writes ``_SUMMARY.json`` and returns
+    the summary."""
+    options.view_as(StandardOptions).streaming = True
+    prepared = preflight(job, spec)
+    fs, root = url_to_fs(job.output)
+    fs.makedirs(root, exist_ok=True)
+    if not is_local(options):
+        p = beam.Pipeline(runner=resolve_runner(options), options=options)
+        build(p, job, prepared, spec)
+        result = p.run()
+        print(f"bertbeam: streaming job submitted ({type(result).__name__}); drain it to stop.")
+        return None
+    if prepared.source.kind == "pubsub":
+        raise ValueError("Reading Pub/Sub needs a streaming runner that reaches it "
+                         "(--runner DataflowRunner); locally, use --input 'watch:GLOB'.")
+    return _run_locally(job, options, spec, prepared)
+
+
+def _run_locally(job: Job, options: PipelineOptions, spec: StreamSpec, prepared: Prepared) -> dict:
+    started = time.time()
+    flag = os.path.join(tempfile.mkdtemp(prefix="bertbeam-stop-"), "stop")
+    p = beam.Pipeline(runner=resolve_runner(options), options=options)
+    build(p, job, prepared, spec, stop_flag=flag)
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            p.run().wait_until_finish()
+        except BaseException as exc:  # noqa: BLE001 - reported by the launcher
+            failure.append(exc)
+
+    stop = threading.Event()
+    received: list[int] = []
+
+    def _ask_stop(signum: int, frame: object) -> None:
+        received.append(signum)
+        stop.set()
+
+    previous = {s: signal.signal(s, _ask_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    thread = threading.Thread(target=run, name="bertbeam-streaming", daemon=True)
+    try:
+        thread.start()
+        print(f"bertbeam {job.task.name}: watching {prepared.source.location} (windows of "
+              f"{spec.window_seconds} s); Ctrl-C stops once the files landed are written.",
+              file=sys.stderr, flush=True)
+        while not stop.wait(0.2):
+            if not thread.is_alive():
+                break
+        if failure or not thread.is_alive():
+            _fail(failure)
+        files, expected = landed_rows(prepared.source.location)
+        deadline = time.time() + spec.drain_timeout
+        accounted = 0
+        while time.time() < deadline and thread.is_alive():
+            accounted = count_window_rows(job.output) + count_window_rows(job.output, "dead_letter")
+            if accounted >= expected:
+                break
+            time.sleep(0.2)
+        if failure:
+            _fail(failure)
+        # The stop is a failure to the runner, which logs it with a traceback: not the user's.
+        beam_log = logging.getLogger("apache_beam")
+        level, beam_log.level = beam_log.level, logging.CRITICAL + 1
+        open(flag, "w").close()
+        thread.join(timeout=30)
+        beam_log.setLevel(level)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    summary = _summary(job, prepared, files=files, read=expected,
+                       wall=time.time() - started)
+    write_json_atomically(job.output, "_SUMMARY.json", summary)
+    if not summary["accounted"]:
+        raise AccountingError(
+            f"{expected - accounted} of the {expected} rows of the {files} file(s) that had "
+            f"landed were not written within {spec.drain_timeout:.0f} s of the stop; "
+            "they are not in the output.")
+    print(f"bertbeam {job.task.name}: stopped; {summary['written']} written, "
+          f"{summary['dead_lettered']} dead-lettered of {expected} rows in {files} file(s), "
+          f"{summary['windows']} window(s), {summary['wall_seconds']:.1f} s.")
+    return summary
+
+
+def _fail(failure: list[BaseException]) -> None:
+    """The pipeline failed (a machine fault, a worker error): one line, exit status 1."""
+    line = "it ended on its own"
+    if failure:
+        text = str(failure[0]).strip().splitlines()
+        line = (text[-1] if text else type(failure[0]).__name__)[:300]
+    print(f"bertbeam: error: the streaming run failed: {line}", file=sys.stderr)
+    raise SystemExit(1)
+
+
+def _summary(job: Job, prepared: Prepared, *, files: int, read: int, wall: float) -> dict:
+    written = count_window_rows(job.output)
+    dead = count_window_rows(job.output, "dead_letter")
+    windows = {url.rsplit("/", 1)[-1].split("-", 2)[1]
+               for prefix in ("results", "dead_letter") for url in window_files(job.output, prefix)}
+    return {
+        "task": job.task.name,
+        "model": job.run.model.uri,
+        "mode": "streaming",
+        "input": job.input,
+        "files": files,
+        "read": read,
+        "written": written,
+        "computed": written,
+        "carried_forward": 0,
+        "dead_lettered": dead,
+        "accounted": written + dead >= read,
+        "windows": len(windows),
+        "wall_seconds": round(wall, 3),
+        "docs_per_second": round(written / wall, 2) if wall > 0 else None,
+        "options": getattr(job.control, "options", None),
+    }
