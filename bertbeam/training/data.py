@@ -20,6 +20,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from bertbeam.filesystems import expand_glob
+
 _BIO = re.compile(r"^(O|[BI]-.+)$")
 _SHOWN_IDS = 5
 
@@ -56,8 +58,6 @@ class Skips:
 
 def expand(pattern: str) -> list[str]:
     """Sorted full URLs of the files matching ``pattern``; an error when there are none."""
-    from bertbeam.filesystems import expand_glob
-
     files = expand_glob(pattern)
     if not files:
         raise TrainingDataError(f"{pattern!r} matches no files.")
@@ -67,7 +67,7 @@ def expand(pattern: str) -> list[str]:
 def read_columns(pattern: str, required: list[str], optional: tuple[str, ...] = ()) -> pa.Table:
     """The ``required`` (and any present ``optional``) columns of every file of ``pattern``,
     in file order; an error naming the file and its columns when one lacks a required one."""
-    import fsspec
+    import fsspec  # on the first file opened (start-up)
 
     tables = []
     for url in expand(pattern):
@@ -208,8 +208,13 @@ def ner_examples(table: pa.Table, *, tokens_column: str, tags_column: str, text_
     texts = (strings(table.column(text_column)) if text_column in table.column_names
              else [None] * table.num_rows)
     out = Examples([], [], [], [])
-    for row_id, tokens, tags, text in zip(ids, table.column(tokens_column).to_pylist(),
-                                          table.column(tags_column).to_pylist(), texts, strict=True):
+    try:
+        words, labels = table.column(tokens_column).to_pylist(), table.column(tags_column).to_pylist()
+    except UnicodeDecodeError as exc:
+        raise TrainingDataError(
+            f"Column {tokens_column!r} or {tags_column!r} holds a string that is not valid UTF-8 "
+            f"({exc.reason} at byte {exc.start}); re-encode the data as UTF-8.") from exc
+    for row_id, tokens, tags, text in zip(ids, words, labels, texts, strict=True):
         if text is NOT_UTF8:
             skips.add("text not valid UTF-8", row_id)
             continue

@@ -191,3 +191,16 @@ def test_disjoint_labels_of_model_and_gold_are_an_error(tmp_path, capsys):
     _one_line_error(capsys, "None of the predicted labels (LABEL_0, LABEL_1) occurs in the gold "
                             "labels (cat, dog)", "evaluate")
     assert not Path(tmp_path / "out" / "_EVAL.json").exists()
+
+
+def test_invalid_utf8_words_name_the_column():
+    """ner words cannot be skipped one by one (a list column): one line naming the column."""
+    from bertbeam.training.data import Skips, TrainingDataError, ner_examples
+
+    words = pa.array([[b"Ada", b"Lovelace"], [b"caf\xe9"]], type=pa.list_(pa.binary()))
+    table = pa.table({"tokens": words.cast(pa.list_(pa.binary())).view(pa.list_(pa.string())),
+                      "tags": [["B-PER", "I-PER"], ["O"]]})
+    with pytest.raises(TrainingDataError, match="Column 'tokens' or 'tags' holds a string that is "
+                                                "not valid UTF-8"):
+        ner_examples(table, tokens_column="tokens", tags_column="tags", text_column="text",
+                     id_column="id", skips=Skips())
