@@ -41,7 +41,7 @@ TARGETS = (
     ("bertbeam", "st-encode", 1.5),
     ("bertbeam-int8", "bertbeam", 1.8),
     ("bertbeam-onnx-int8", "bertbeam", 1.8),
-    ("bertbeam-bf16", "bertbeam", None),  # no target: AMX CPUs only (README: bfloat16 on CPU)
+    ("bertbeam-bf16", "bertbeam", None),  # no target: AMX CPUs only (docs/performance.md)
 )
 ONNX_CONTENDERS = {"bertbeam-onnx": "none", "bertbeam-onnx-int8": "int8"}
 FULL_EXTRAS = ("bertbeam-int8", *ONNX_CONTENDERS, "bertbeam-bf16")

@@ -366,7 +366,7 @@ def test_train_label_evaluate_with_every_location_on_gs(gcs, tmp_path, classify_
 
 @pytest.mark.slow
 def test_demo_classifier_beats_zero_shot_by_ten_points(tmp_path):
-    """The README's demo (issue 15): the embedded MiniLM fine-tuned for one epoch on the demo
+    """The training demo of docs/training.md (issue 15): the embedded MiniLM fine-tuned for one epoch on the demo
     labels beats zero-shot with the same model by at least 10 accuracy points on the test
     split, measured by `bertbeam evaluate`. Several minutes on a 2-core CPU."""
     from bertbeam.cli.demo_labels import FAMILIES
