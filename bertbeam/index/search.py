@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import bisect
 import datetime
+import hashlib
 import json
 import logging
 import os
@@ -33,10 +34,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from bertbeam.config import check_positive
-from bertbeam.core.fingerprint import model_fingerprint
-from bertbeam.filesystems import url_to_fs
-from bertbeam.tasks.embed import TASK_COLUMNS
+from bertbeam.beam.validation import check_document
+from bertbeam.config import ModelSpec, RunSpec, check_positive
+from bertbeam.core.deadletter import DeadLetter
+from bertbeam.core.engine import Engine, engine_spec
+from bertbeam.core.fingerprint import fingerprint_matches, model_fingerprint
+from bertbeam.core.models import ModelLoadError, check_task_fit, resolve_model_dir
+from bertbeam.core.records import DocumentChunk
+from bertbeam.filesystems import expand_glob, replacing, url_to_fs
+from bertbeam.tasks.embed import TASK_COLUMNS, EmbedTask
 
 _LOG = logging.getLogger(__name__)
 
@@ -59,7 +65,7 @@ class SearchIndexError(ValueError):
 
 def _require_faiss() -> Any:
     try:
-        import faiss
+        import faiss  # the index library, on use
     except ImportError as exc:
         raise SearchIndexError(
             "bertbeam's search index needs FAISS: pip install 'bertbeam[index]'.") from exc
@@ -295,9 +301,6 @@ def _the_model(pairs: dict[tuple[Any, ...], None], source: str) -> tuple[str, st
     The rows' recorded model fingerprints decide, not their URIs: the same checkpoint under
     a new path (a nightly run's carried and computed rows) is one model. Rows without a
     recorded fingerprint are fingerprinted by the model their URI names now."""
-    from bertbeam.core.fingerprint import fingerprint_matches
-    from bertbeam.core.models import ModelLoadError, resolve_model_dir
-
     uris = list(dict.fromkeys(pair[0] for pair in pairs))
     if not uris or None in uris:
         raise SearchIndexError(f"{source} has no 'model' column values: the index needs the "
@@ -360,8 +363,6 @@ def build_index(embeddings: str, output: str, *, spec: IndexSpec | None = None) 
         manifest = build_index("out/results-*.parquet", "idx/")
         hits = SearchIndex.open("idx/").search(["how do I open a file?"], k=5)[0]
     """
-    from bertbeam.filesystems import expand_glob
-
     faiss = _require_faiss()
     spec = spec or IndexSpec()
     files = expand_glob(embeddings)
@@ -420,6 +421,8 @@ def build_index(embeddings: str, output: str, *, spec: IndexSpec | None = None) 
                 hashes.append(_id_hashes(batch.column("id")))
                 rows.write_table(pa.Table.from_batches([batch]).select(["id", *carried]),
                                  row_group_size=_ROWS_PER_GROUP)
+            for later in range(current + 1, len(files)):  # files without rows at the end
+                file_starts[later] = int(index.ntotal)
         if skipped:
             _LOG.warning("%d vectors with NaN or infinite values left out of the index (their "
                          "documents cannot be found): recompute them with `bertbeam embed`.", skipped)
@@ -450,8 +453,6 @@ def build_index(embeddings: str, output: str, *, spec: IndexSpec | None = None) 
 def _edges_digest(path: Path) -> str:
     """SHA-256 of a file's size, first and last MiB: tells a vectors file of another build
     (the graph's header and the last vectors differ) at the cost of 2 MiB read."""
-    import hashlib
-
     size = path.stat().st_size
     digest = hashlib.sha256(str(size).encode())
     with path.open("rb") as f:
@@ -475,6 +476,7 @@ class _Staging:
     _INDEX_FILES = frozenset({MANIFEST_FILE, VECTORS_FILE, ROWS_FILE})
 
     def __init__(self, output: str):
+        # on the first file opened (start-up)
         from fsspec.implementations.local import LocalFileSystem
 
         self._fs, root = url_to_fs(output)
@@ -520,8 +522,6 @@ class _Staging:
 
     def _copy_files(self) -> None:
         """The manifest removed first and written last; each file through a temporary name."""
-        from bertbeam.filesystems import replacing
-
         fs, root = self._fs, self._root
         fs.makedirs(root, exist_ok=True)
         if fs.exists(f"{root}/{MANIFEST_FILE}"):
@@ -604,6 +604,7 @@ class SearchIndex:
         manifest = Manifest.from_json(fs.cat(f"{root}/{MANIFEST_FILE}").decode(), location)
         workdir = None
         local = root
+        # on the first file opened (start-up)
         from fsspec.implementations.local import LocalFileSystem
 
         if not isinstance(fs, LocalFileSystem):
@@ -721,10 +722,6 @@ class QueryEncoder:
     """
 
     def __init__(self, uri: str, *, prompt: str | None = None, dimension: int | None = None):
-        from bertbeam.config import ModelSpec, RunSpec
-        from bertbeam.core.engine import engine_spec
-        from bertbeam.tasks.embed import EmbedTask
-
         self.uri = uri
         self.prompt = prompt
         self.dimension = dimension
@@ -743,9 +740,6 @@ class QueryEncoder:
         Raises:
             SearchIndexError: the model cannot be loaded or is not the one that built the index.
         """
-        from bertbeam.core.fingerprint import fingerprint_matches
-        from bertbeam.core.models import ModelLoadError, resolve_model_dir
-
         uri = model or manifest.model
         try:
             local_dir = resolve_model_dir(uri)
@@ -764,9 +758,6 @@ class QueryEncoder:
         """Loads the tokenizer and model now (the first :meth:`encode` does otherwise), e.g.
         on a thread while an interactive search waits for its first query."""
         if self._engine is None:
-            from bertbeam.core.engine import Engine
-            from bertbeam.core.models import check_task_fit
-
             engine = Engine.acquire(self._spec)
             check_task_fit(engine.config, self._spec.task.model_class, engine.uri)
             self._engine = engine
@@ -774,10 +765,6 @@ class QueryEncoder:
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """``(len(texts), dimension)`` float32 query embeddings."""
-        from bertbeam.beam.validation import check_document
-        from bertbeam.core.deadletter import DeadLetter
-        from bertbeam.core.records import DocumentChunk
-
         if isinstance(texts, str) or not all(isinstance(t, str) and t.strip() for t in texts):
             raise SearchIndexError(f"Queries must be a list of non-empty strings, got {texts!r:.200}.")
         engine = self.load()._engine
