@@ -30,6 +30,7 @@ from apache_beam.transforms.window import FixedWindows
 from bertbeam.beam.batching import BatchByTokens
 from bertbeam.beam.inference import RunModel
 from bertbeam.beam.postprocess import Postprocess
+from bertbeam.beam.sinks import FitSink, _SyncFn
 from bertbeam.beam.reading import carried_fields
 from bertbeam.beam.sources import (
     PUBSUB,
@@ -49,7 +50,7 @@ from bertbeam.filesystems import expand_glob, url_to_fs, write_json_atomically
 from bertbeam.run import checks
 from bertbeam.run.finish import AccountingError
 from bertbeam.run.job import Job
-from bertbeam.run.runners import is_local, resolve_runner
+from bertbeam.run.runners import is_local, local_processes, resolve_runner
 
 _LOG = logging.getLogger("bertbeam")
 
@@ -86,9 +87,10 @@ class Prepared:
     config: Any
     schema: pa.Schema
     carry: tuple[pa.Field, ...]
+    sink_text: str | None = None  # the results column a --sink takes as text (--keep-text)
 
 
-def preflight(job: Job, spec: StreamSpec) -> Prepared:
+def preflight(job: Job, spec: StreamSpec, options: PipelineOptions | None = None) -> Prepared:
     """The launcher checks of a streaming job, each failing in one line: the source, an
     output that holds no results yet (a restarted watch reads its files again), the model
     and the task (the batch job's checks)."""
@@ -97,9 +99,9 @@ def preflight(job: Job, spec: StreamSpec) -> Prepared:
     if source.kind == "watch":
         checks.check_location("--input", source.location)
         checks.check_output_outside_input(source.location, job.output)
-    if job.control.previous or job.sink is not None:
-        raise ValueError("--previous and --sink apply to batch runs; a --streaming run "
-                         "computes every document it receives and writes Parquet per window.")
+    if job.control.previous:
+        raise ValueError("--previous applies to batch runs; a --streaming run computes every "
+                         "document it receives.")
     checks.check_output_writable(job.output)
     if window_files(job.output) or expand_glob(f"{job.output.rstrip('/')}/results-*.parquet"):
         raise ValueError(f"Output {job.output!r} already holds results; a streaming run writes "
@@ -122,7 +124,12 @@ def preflight(job: Job, spec: StreamSpec) -> Prepared:
             raise ValueError(f"--carry-columns and --keep-text read the columns' types from a "
                              f"file of {source.location!r}, and none has landed yet.")
     schema = with_carried(job.task.schema(config), carry)
-    return Prepared(source, config, schema, carry)
+    sink_text = job.columns.text if job.columns.text in schema.names else None
+    if job.sink is not None:
+        local = options is None or is_local(options)
+        job.sink.check(schema, text_column=sink_text, local=local,
+                       processes=1 if options is None else local_processes(options))
+    return Prepared(source, config, schema, carry, sink_text)
 
 
 class _StopWhenAskedFn(beam.DoFn):
@@ -169,10 +176,18 @@ def build(p: beam.Pipeline, job: Job, prepared: Prepared, spec: StreamSpec,
         | "RunModel" >> RunModel(task, run=run)
         | "Postprocess" >> Postprocess(task, run=run, schema=prepared.schema)
     )
-    finished["results"] | "WriteResults" >> WriteWindowFiles(job.output, schema=prepared.schema)
+    results = finished["results"]
     dead = {"Read": read[DEAD_LETTER] | "WindowDeadLetter" >> beam.WindowInto(window),
             "Duplicate": first[DEAD_LETTER], "Tokenize": tokenized[DEAD_LETTER],
             "Infer": finished[DEAD_LETTER]}
+    if job.sink is not None:
+        # The batch job's sink code, bundle by bundle: rows the collection cannot take are
+        # dead letters; the others are upserted under deterministic point ids, so a bundle
+        # that runs again writes the same points.
+        fitted = results | "FitSink" >> FitSink(job.sink, prepared.sink_text)
+        results, dead["Sink"] = fitted["results"], fitted[DEAD_LETTER]
+        results | "SyncSink" >> beam.ParDo(_SyncFn(job.sink, prepared.sink_text))
+    results | "WriteResults" >> WriteWindowFiles(job.output, schema=prepared.schema)
     for stage, letters in dead.items():
         letters | f"Write{stage}DeadLetter" >> WriteWindowFiles(
             job.output, schema=DEAD_LETTER_SCHEMA, prefix="dead_letter")
@@ -215,7 +230,7 @@ def execute(job: Job, options: PipelineOptions, spec: StreamSpec) -> dict | None
     Ctrl-C / SIGTERM, drains the files that had landed, writes ``_SUMMARY.json`` and returns
     the summary."""
     options.view_as(StandardOptions).streaming = True
-    prepared = preflight(job, spec)
+    prepared = preflight(job, spec, options)
     fs, root = url_to_fs(job.output)
     fs.makedirs(root, exist_ok=True)
     if not is_local(options):

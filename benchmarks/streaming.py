@@ -1,0 +1,175 @@
+"""Streaming latency: ``bertbeam embed --streaming --input 'watch:DIR/*.parquet'`` fed at a
+fixed arrival rate, end to end, as a user runs it.
+
+    python -m benchmarks.streaming                          # 50 docs/s for 60 s, MiniLM
+    python -m benchmarks.streaming --rate 100 --seconds 30 --out /tmp/results
+
+The command runs in a process of its own with the default model (all-MiniLM-L6-v2) on the
+CPU. After a warm-up file (model load and pipeline start are not a document's latency), the
+feeder lands Parquet files of ``--docs-per-file`` demo documents at a fixed pace (renamed
+into the watched directory, so each lands whole) so that documents arrive at ``--rate`` per
+second; after ``--seconds`` it sends SIGINT, and the command stops once every landed row is
+written. A document's latency runs from its file's landing to the modification time of the
+results file that holds its row (arrival to written row: the watch's poll, the read, the
+batching wait, the model and the write). Reported: latency p50/p90/p99/max, over all documents
+and over the last fifth (a growing backlog shows there), the sustained rate (documents
+written per second from the first landing to the last write), and the machine. Writes
+``<out>/streaming.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _land(inbox: Path, name: str, ids: list[str], texts: list[str]) -> float:
+    temp = inbox.parent / f".{name}.tmp"
+    pq.write_table(pa.table({"id": ids, "text": texts}), temp)
+    os.replace(temp, inbox / name)
+    return time.time()
+
+
+def _quantiles(values: np.ndarray) -> dict[str, float]:
+    if len(values) == 0:
+        return {}
+    q = np.percentile(values, [50, 90, 99])
+    return {"p50": round(float(q[0]), 3), "p90": round(float(q[1]), 3),
+            "p99": round(float(q[2]), 3), "max": round(float(values.max()), 3),
+            "mean": round(float(values.mean()), 3)}
+
+
+def run(rate: float, seconds: float, docs_per_file: int, window: int, interval: float,
+        max_wait: float, model: str | None) -> dict:
+    from bertbeam.cli.demo import demo_texts
+
+    texts = demo_texts()
+    work = Path(tempfile.mkdtemp(prefix="bertbeam-streaming-bench-"))
+    inbox, out = work / "in", work / "out"
+    inbox.mkdir()
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+    landed: dict[str, float] = {}
+    _land(inbox, "warmup.parquet", ["warmup"], [texts[0]])
+    argv = [sys.executable, "-m", "bertbeam.cli.main", "embed", "--streaming",
+            "--input", f"watch:{inbox}/*.parquet", "--output", str(out),
+            "--window-seconds", str(window), "--watch-interval", str(interval),
+            "--max-wait", str(max_wait)] + (["--model", model] if model else [])
+    started = time.time()
+    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        while not list(out.glob("results-*.parquet")):
+            if proc.poll() is not None:
+                raise RuntimeError(f"the command ended: {proc.communicate()[1][-2000:]}")
+            if time.time() - started > 300:
+                raise RuntimeError("no result of the warm-up file within 300 s")
+            time.sleep(0.1)
+        ready = time.time() - started
+        files = int(rate * seconds / docs_per_file)
+        pace = docs_per_file / rate
+        t0 = time.time()
+        n = 0
+        for k in range(files):
+            due = t0 + k * pace
+            time.sleep(max(0.0, due - time.time()))
+            name = f"f{k:06d}.parquet"
+            ids = [f"f{k:06d}-{i}" for i in range(docs_per_file)]
+            landed[name] = _land(inbox, name, ids,
+                                 [texts[(n + i) % len(texts)] for i in range(docs_per_file)])
+            n += docs_per_file
+        feed_seconds = time.time() - t0
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    if proc.returncode != 0:
+        raise RuntimeError(f"the command failed ({proc.returncode}): {stderr[-2000:]}")
+    arrival = {}
+    for name, when in landed.items():
+        for i in range(docs_per_file):
+            arrival[f"{name[:-8]}-{i}"] = when
+    written: dict[str, float] = {}
+    for f in out.glob("results-*.parquet"):
+        mtime = f.stat().st_mtime
+        for doc_id in pq.read_table(f, columns=["id"]).column("id").to_pylist():
+            written[doc_id] = mtime
+    missing = sorted(set(arrival) - set(written))
+    order = sorted(arrival, key=arrival.get)
+    latency = np.array([written[d] - arrival[d] for d in order if d in written])
+    tail = latency[int(len(latency) * 0.8):]
+    last_write = max(written[d] for d in order if d in written)
+    summary = json.loads((out / "_SUMMARY.json").read_text())
+    return {
+        "rate_docs_per_second": rate,
+        "feed_seconds": round(feed_seconds, 2),
+        "documents": len(arrival),
+        "written": len(latency),
+        "missing": len(missing),
+        "docs_per_file": docs_per_file,
+        "window_seconds": window,
+        "watch_interval": interval,
+        "max_wait": max_wait,
+        "model": model or "embedded:all-MiniLM-L6-v2",
+        "start_to_first_result_seconds": round(ready, 1),
+        "latency_seconds": _quantiles(latency),
+        "latency_last_fifth_seconds": _quantiles(tail),
+        "sustained_docs_per_second": round(len(latency) / (last_write - min(arrival.values())), 1),
+        "command_summary": {k: summary.get(k) for k in ("read", "written", "dead_lettered",
+                                                         "accounted", "windows")},
+        "stop_line": stdout.strip().splitlines()[-1] if stdout.strip() else "",
+    }
+
+
+def _machine() -> dict:
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                            capture_output=True, text=True).stdout.strip()
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+            "commit": commit, "load_average": [round(x, 2) for x in os.getloadavg()]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rate", type=float, default=50.0, help="documents per second")
+    parser.add_argument("--seconds", type=float, default=60.0, help="how long to feed")
+    parser.add_argument("--docs-per-file", type=int, default=5)
+    parser.add_argument("--window-seconds", type=int, default=10)
+    parser.add_argument("--watch-interval", type=float, default=0.2)
+    parser.add_argument("--max-wait", type=float, default=0.1)
+    parser.add_argument("--model", default=None, help="default: the embedded MiniLM")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    args = parser.parse_args(argv)
+    result = run(args.rate, args.seconds, args.docs_per_file, args.window_seconds,
+                 args.watch_interval, args.max_wait, args.model)
+    result["machine"] = _machine()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "streaming.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    return 0 if result["missing"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
