@@ -18,7 +18,7 @@ class UnsafeTargetError(ValueError):
 
 def url_to_fs(url: str) -> tuple[Any, str]:
     """The fsspec filesystem of ``url`` and the path within it."""
-    import fsspec
+    import fsspec  # on the first file opened (start-up)
 
     return fsspec.core.url_to_fs(url)
 
@@ -39,7 +39,7 @@ def expand_glob(pattern: str) -> list[str]:
 
 
 def _is_local(fs: Any) -> bool:
-    from fsspec.implementations.local import LocalFileSystem
+    from fsspec.implementations.local import LocalFileSystem  # on the first file opened (start-up)
 
     return isinstance(fs, LocalFileSystem)
 

@@ -41,9 +41,9 @@ def configure_emulator() -> bool:
     is configured. Idempotent, and a no-op without ``STORAGE_EMULATOR_HOST``."""
     if emulator_host() is None:
         return False
-    import fsspec
-    from fsspec.config import conf
-    from gcsfs.core import GCSFileSystem
+    import fsspec  # on the first file opened (start-up)
+    from fsspec.config import conf  # on the first file opened (start-up)
+    from gcsfs.core import GCSFileSystem  # Cloud Storage only
 
     for protocol in PROTOCOLS:
         fsspec.register_implementation(protocol, GCSFileSystem, clobber=True)

@@ -14,12 +14,13 @@ from typing import Any
 
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
+from bertbeam.beam.validation import check_document
 from bertbeam.config import RunSpec
 from bertbeam.core.deadletter import DeadLetter, DeadLetterError, Reason
 from bertbeam.core.engine import Engine, engine_spec
+from bertbeam.core.models import check_task_fit
 from bertbeam.core.records import Document, DocumentChunk
 from bertbeam.core.task import Task
-from bertbeam.beam.validation import check_document
 
 Example = str | tuple[str, str]
 """A text, or a (question, context) pair for pair tasks."""
@@ -99,8 +100,6 @@ class BertModelHandler(ModelHandler[Example, PredictionResult, Engine]):
 
     def load_model(self) -> Engine:
         """The worker's engine: tokenizer and model, on the device resolved here."""
-        from bertbeam.core.models import check_task_fit
-
         engine = Engine.acquire(self._spec)
         check_task_fit(engine.config, self.task.model_class, engine.uri)
         return engine

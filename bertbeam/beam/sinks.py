@@ -39,6 +39,7 @@ import pyarrow.compute as pc
 
 from bertbeam.core.deadletter import DEAD_LETTER, DeadLetter, Reason, Stage
 from bertbeam.core.fingerprint import STAMP_COLUMNS
+from bertbeam.core.records import iter_rows
 from bertbeam.tasks.embed import TASK_COLUMNS
 
 _LOG = logging.getLogger("bertbeam")
@@ -98,8 +99,6 @@ class SinkRow:
 
 def sink_rows(batch: pa.RecordBatch | dict, text_column: str | None) -> Iterator[SinkRow]:
     """Results rows (a record batch, or one carried row dict) -> :class:`SinkRow`\\ s."""
-    from bertbeam.core.records import iter_rows
-
     for row in (iter_rows(batch) if isinstance(batch, pa.RecordBatch) else [batch]):
         names = [n for n in row if n not in (ID_COLUMN, text_column, *TASK_COLUMNS)]
         meta = {n: plain(row.get(n)) for n in names}
@@ -198,7 +197,7 @@ class MilvusSink:
     def client(self) -> Any:
         """A ``pymilvus.MilvusClient`` on this sink (Milvus Lite runs in this process)."""
         try:
-            from pymilvus import MilvusClient
+            from pymilvus import MilvusClient  # optional: the sink's client, on use
         except ImportError as exc:
             raise ValueError("--sink milvus needs pymilvus (and milvus-lite for a .db path): "
                              "pip install 'bertbeam[milvus]'.") from exc
@@ -222,7 +221,7 @@ class MilvusSink:
                 raise ValueError(f"Milvus Lite path {self.uri!r} is held by another process (a "
                                  "running job or a notebook); stop it or use another path.")
             os.makedirs(os.path.dirname(os.path.abspath(self.uri)), exist_ok=True)
-        from pymilvus import DataType, MilvusClient
+        from pymilvus import DataType, MilvusClient  # optional: the sink's client, on use
 
         dim = schema.field("embedding").type.list_size
         has_text = bool(text_column) and text_column in schema.names
@@ -334,7 +333,7 @@ class QdrantSink:
         """A ``qdrant_client.QdrantClient``; in local mode one per process and path, shared
         (Qdrant's local storage takes one client at a time)."""
         try:
-            from qdrant_client import QdrantClient
+            from qdrant_client import QdrantClient  # optional: the sink's client, on use
         except ImportError as exc:
             raise ValueError("--sink qdrant needs qdrant-client: pip install 'bertbeam[qdrant]'.") from exc
         if self.remote:
@@ -350,7 +349,7 @@ class QdrantSink:
               processes: int = 1) -> int:
         """Launcher check, as :meth:`MilvusSink.check`: the text fit is read from a stored
         point (Qdrant payloads have no schema). Returns the points the collection holds."""
-        from qdrant_client import models
+        from qdrant_client import models  # optional: the sink's client, on use
 
         if not self.remote:
             _check_runner("qdrant", self.location, local=local, processes=processes)
@@ -386,7 +385,7 @@ class QdrantSink:
         return client.count(self.collection, exact=True).count
 
     def upsert(self, client: Any, rows: list[SinkRow]) -> None:
-        from qdrant_client import models
+        from qdrant_client import models  # optional: the sink's client, on use
 
         points = []
         for r in rows:
@@ -399,7 +398,7 @@ class QdrantSink:
             client.upsert(self.collection, points=points)
 
     def delete(self, client: Any, ids: list[str]) -> None:
-        from qdrant_client import models
+        from qdrant_client import models  # optional: the sink's client, on use
 
         with _QDRANT_LOCK:
             client.delete(self.collection,
@@ -442,6 +441,7 @@ Sink = MilvusSink | QdrantSink
 
 def _milvus_lite_open_here(uri: str) -> bool:
     try:
+        # optional: the sink's client, on use
         from milvus_lite.server_manager import server_manager_instance
     except ImportError:
         return False

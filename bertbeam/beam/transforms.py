@@ -10,17 +10,19 @@ import apache_beam as beam
 import pyarrow as pa
 
 from bertbeam.beam.batching import BatchByTokens
-from bertbeam.config import RunSpec
-from bertbeam.core.deadletter import DEAD_LETTER, DeadLetter
-from bertbeam.core.engine import engine_spec
 from bertbeam.beam.inference import RunModel
 from bertbeam.beam.postprocess import Postprocess
-from bertbeam.core.records import Document, DocumentChunk, beam_row_type, table_rows, to_beam_row
-from bertbeam.core.task import Task
-from bertbeam.tasks.embed import EmbedTask
 from bertbeam.beam.tokenization import ChunkDocuments, Tokenize
 from bertbeam.beam.validation import ValidateDocuments
 from bertbeam.beam.windowing import EVENT_TIME_FIELD, StampEventTime, keeps_windows, restamp_rows
+from bertbeam.config import RunSpec
+from bertbeam.core.deadletter import DEAD_LETTER, DeadLetter
+from bertbeam.core.engine import engine_spec
+from bertbeam.core.models import load_config
+from bertbeam.core.records import Document, DocumentChunk, beam_row_type, table_rows, to_beam_row
+from bertbeam.core.task import Task
+from bertbeam.tasks import make_task
+from bertbeam.tasks.embed import EmbedTask
 
 _LOG = logging.getLogger(__name__)
 
@@ -66,8 +68,6 @@ class InferChunks(beam.PTransform):
         """The Arrow schema of the results (reads the checkpoint's config on the launcher
         unless it was given)."""
         if self._config is None:
-            from bertbeam.core.models import load_config
-
             self._config = load_config(self._spec.model)
         return with_carried(self.task.schema(self._config), self._carry)
 
@@ -209,8 +209,6 @@ class LabelDocuments(InferDocuments):
 
     def __init__(self, task: str | Task, *, run: RunSpec | None = None, validate: bool = True,
                  carry: list[pa.Field] | tuple[pa.Field, ...] = (), **options: object):
-        from bertbeam.tasks import make_task
-
         if isinstance(task, str):
             task = make_task(task, **options)
         elif options:

@@ -35,6 +35,7 @@ from bertbeam.beam.sinks import (  # noqa: F401  (the sinks moved; their old hom
     sink_from_args,
 )
 from bertbeam.beam.sinks import plain as _plain
+from bertbeam.core.records import as_dict
 from bertbeam.tasks.embed import TASK_COLUMNS
 
 
@@ -51,9 +52,8 @@ def to_chunk(row: Any, *, text_column: str | None = TEXT_COLUMN,
     ``metadata`` names the columns to keep as metadata; ``None`` keeps every carried column
     of the row (all but ``id``, the text and the embed task's own columns).
     """
+    # Beam's ml package imports torch
     from apache_beam.ml.rag.types import Chunk, Content, Embedding
-
-    from bertbeam.core.records import as_dict
 
     row = as_dict(row)
 
@@ -139,6 +139,7 @@ def bigquery_schema_config(schema: pa.Schema, *, text_column: str | None = TEXT_
                                             schema_config=bigquery_schema_config(schema))
         out["results"] | MakeChunks() | VectorDatabaseWriteTransform(config)
     """
+    # Beam's ml package imports torch
     from apache_beam.ml.rag.ingestion.bigquery import SchemaConfig
 
     carried = metadata_columns(schema, text_column)
@@ -189,6 +190,7 @@ def postgres_column_specs(schema: pa.Schema, *, text_column: str | None = TEXT_C
     (cast to ``float[]``, which pgvector assigns to a ``vector`` column), ``content`` when
     the results carry text, and one typed column per carried column (lists and structs as
     ``jsonb``). :func:`postgres_create_table` writes the matching table."""
+    # Beam's ml package imports torch
     from apache_beam.ml.rag.ingestion.postgres_common import ColumnSpecsBuilder
 
     specs = ColumnSpecsBuilder().with_id_spec().with_embedding_spec()

@@ -58,7 +58,7 @@ def demo_labelled() -> list[tuple[str, str]]:
 def write_demo_labels(output_dir: str, *, limit: int | None = None) -> list[str]:
     """Writes ``train.parquet`` and ``test.parquet`` (``id``, ``text``, ``label``) under
     ``output_dir`` (local or any fsspec URL); returns their URLs."""
-    import fsspec
+    import fsspec  # on the first file opened (start-up)
 
     splits: dict[str, dict[str, list[str]]] = {
         name: {"id": [], "text": [], "label": []} for name in ("train", "test")}

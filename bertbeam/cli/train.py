@@ -6,16 +6,23 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import signal
 import sys
 from collections.abc import Callable
 from typing import Any
 
 from bertbeam.config import EMBEDDED_MODEL
+from bertbeam.core.models import ModelLoadError
+from bertbeam.run import stopping
+from bertbeam.training.config import DistillConfig, EvalConfig, TrainConfig
+from bertbeam.training.data import TrainingDataError
+from bertbeam.training.distill import distill
+from bertbeam.training.evaluate import evaluate, print_report
+from bertbeam.training.loop import train
+from bertbeam.training.plan import DEFAULT_EPOCHS, MAX_EPOCHS, MAX_STEPS, MIN_STEPS
 
 
 def _schedule_defaults() -> dict[str, Any]:
-    from bertbeam.training.config import DistillConfig
-
     return {f.name: f.default for f in dataclasses.fields(DistillConfig)}
 
 
@@ -51,8 +58,6 @@ def _train_parser() -> argparse.ArgumentParser:
 
 def _add_schedule_args(p: argparse.ArgumentParser, d: dict[str, Any]) -> None:
     """The flags of :class:`bertbeam.training.config._Schedule`, shared by train and distill."""
-    from bertbeam.training.plan import DEFAULT_EPOCHS, MAX_EPOCHS, MAX_STEPS, MIN_STEPS
-
     p.add_argument("--max-eval-rows", type=int, default=d["max_eval_rows"],
                    help="held-out rows at most, whatever --eval-fraction says")
     p.add_argument("--allow-pickle-weights", action="store_true",
@@ -174,10 +179,6 @@ def _run(prog: str, work: Callable[[], Any]) -> int:
     """Runs ``work``; a user error becomes one line on stderr and exit code 2, Ctrl-C or
     SIGTERM one line and 130 / 143 (the staging folder removed on the way out), a full disk
     or a refused write one line and 1."""
-    from bertbeam.core.models import ModelLoadError
-    from bertbeam.run import stopping
-    from bertbeam.training.data import TrainingDataError
-
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         with stopping.interrupts():
@@ -190,8 +191,6 @@ def _run(prog: str, work: Callable[[], Any]) -> int:
               "train extra: pip install 'bertbeam[train]'.", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
-        import signal
-
         terminated = isinstance(exc, stopping.Terminated)
         signum = stopping.interrupted_by() or (signal.SIGTERM if terminated else signal.SIGINT)
         print(f"bertbeam {prog}: interrupted; the output is as it was before this run.",
@@ -211,9 +210,6 @@ def run_train(argv: list[str]) -> int:
     args = _train_parser().parse_args(argv)
 
     def work() -> None:
-        from bertbeam.training.config import TrainConfig
-        from bertbeam.training.loop import train
-
         train(TrainConfig(
             task=args.task, train=args.train, eval=args.eval, output=args.output,
             model=args.model, id_column=args.id_column, text_column=args.text_column,
@@ -228,9 +224,6 @@ def run_distill(argv: list[str]) -> int:
     args = _distill_parser().parse_args(argv)
 
     def work() -> None:
-        from bertbeam.training.config import DistillConfig
-        from bertbeam.training.distill import distill
-
         distill(DistillConfig(
             teacher=args.teacher, corpus=args.corpus, output=args.output, student=args.student,
             student_layers=args.student_layers, soft_labels=args.soft_labels,
@@ -246,9 +239,6 @@ def run_evaluate(argv: list[str]) -> int:
     args = _evaluate_parser().parse_args(argv)
 
     def work() -> None:
-        from bertbeam.training.config import EvalConfig
-        from bertbeam.training.evaluate import evaluate, print_report
-
         print_report(evaluate(EvalConfig(
             task=args.task, predictions=args.predictions, gold=args.gold,
             label_column=args.label_column, id_column=args.id_column,

@@ -17,6 +17,8 @@ from typing import Any, NamedTuple
 import apache_beam as beam
 import pyarrow as pa
 
+from bertbeam.core import metrics
+
 DEAD_LETTER = "dead_letter"
 """The tag of every transform's dead-letter output."""
 
@@ -121,8 +123,6 @@ class DeadLetter(NamedTuple):
     def tagged(self) -> beam.pvalue.TaggedOutput:
         """This dead letter on the :data:`DEAD_LETTER` output of a DoFn, counted in the
         ``documents_dead_lettered`` counter."""
-        from bertbeam.core import metrics
-
         metrics.inc(metrics.DEAD_LETTERED)
         return beam.pvalue.TaggedOutput(DEAD_LETTER, self)
 

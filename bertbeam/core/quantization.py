@@ -26,7 +26,9 @@ _ENGINES = ("x86", "fbgemm", "qnnpack")
 
 
 def _full_range_linear() -> type:
-    import torch
+    import torch  # the model stack loads where it is used (start-up)
+
+    # the model stack loads where it is used (start-up)
     from torch.ao.nn.quantized.dynamic import Linear
 
     class FullRangeDynamicLinear(Linear):
@@ -45,7 +47,7 @@ def _full_range_linear() -> type:
 
 def quantized_layer_names(model: Any) -> list[str]:
     """Names of the ``nn.Linear`` modules that ``quantize_int8`` converts."""
-    import torch
+    import torch  # the model stack loads where it is used (start-up)
 
     return [name for name, module in model.named_modules()
             if type(module) is torch.nn.Linear and _BLOCK_LINEAR.search(name)]
@@ -54,7 +56,7 @@ def quantized_layer_names(model: Any) -> list[str]:
 def select_engine() -> str:
     """Picks a quantized engine this torch build supports (x86/fbgemm on Intel and AMD,
     qnnpack on ARM) and makes it current."""
-    import torch
+    import torch  # the model stack loads where it is used (start-up)
 
     supported = torch.backends.quantized.supported_engines
     engine = next((e for e in _ENGINES if e in supported), None)
@@ -76,7 +78,9 @@ def quantize_int8(model: Any, *, inplace: bool = False) -> Any:
 
         model = quantize_int8(AutoModel.from_pretrained(path).eval())
     """
-    import torch
+    import torch  # the model stack loads where it is used (start-up)
+
+    # the model stack loads where it is used (start-up)
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
     select_engine()

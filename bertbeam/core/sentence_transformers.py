@@ -224,7 +224,7 @@ def _activation_class(name: str, local_dir: str) -> Any:
     try:
         if not name.startswith("torch."):
             raise ImportError(name)
-        import torch
+        import torch  # the model stack loads where it is used (start-up)
 
         cls = getattr(importlib.import_module(module_name), class_name)
         if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
@@ -275,7 +275,7 @@ def pool(hidden: Any, mask: Any, modes: tuple[PoolingMode, ...]) -> Any:
     pooled token (the one after an excluded prompt), ``lasttoken`` the last, ``weightedmean``
     weighs position ``i`` (from 0) by ``i + 1``.
     """
-    import torch
+    import torch  # the model stack loads where it is used (start-up)
 
     # Summing in float32 keeps bf16/fp16 runs close to the fp32 reference.
     hidden = hidden.float()
@@ -309,7 +309,7 @@ def dense_layers(loaded: Any, layers: tuple[DenseLayer, ...]) -> Any:
     with _DENSE_LOCK:
         per_model = _DENSE_CACHE.setdefault(loaded.model, {})
         if layers not in per_model:
-            import torch
+            import torch  # the model stack loads where it is used (start-up)
 
             stack = torch.nn.Sequential(*(_load_dense(layer) for layer in layers))
             per_model[layers] = stack.eval().to(loaded.device)
@@ -317,7 +317,7 @@ def dense_layers(loaded: Any, layers: tuple[DenseLayer, ...]) -> Any:
 
 
 def _load_dense(layer: DenseLayer) -> Any:
-    import torch
+    import torch  # the model stack loads where it is used (start-up)
 
     class _Dense(torch.nn.Module):
         def __init__(self) -> None:
@@ -341,10 +341,10 @@ def _load_dense(layer: DenseLayer) -> Any:
 def _dense_weights(directory: Path) -> dict[str, Any]:
     safe, pickled = (directory / name for name in _DENSE_WEIGHTS)
     if safe.exists():
-        from safetensors.torch import load_file
+        from safetensors.torch import load_file  # the model stack loads where it is used (start-up)
 
         return load_file(str(safe))
-    import torch
+    import torch  # the model stack loads where it is used (start-up)
 
     # models.check_weights has refused this folder already unless pickle weights are allowed;
     # weights_only keeps even then the unpickler to tensors.

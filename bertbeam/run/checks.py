@@ -17,11 +17,23 @@ import json
 import os
 import re
 import struct
+import urllib.error
+import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
 
+from bertbeam.config import EMBEDDED_MODEL
+from bertbeam.core.models import (
+    ModelLoadError,
+    cached_model_dir,
+    default_cache_dir,
+    resolve_model_dir,
+)
+from bertbeam.core.models import load_tokenizer as load
+from bertbeam.core.onnx_backend import check_export
 from bertbeam.filesystems import url_to_fs
+from bertbeam.gcs import emulator_host
 
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model",
                    "sentencepiece.bpe.model", "tokenizer.model")
@@ -83,7 +95,7 @@ def _check_no_file_in_the_way(fs: Any, root: str, output: str) -> None:
 def check_output_outside_input(input_pattern: str, output: str) -> None:
     """Refuses an output whose files the input glob would match: a run would read its own
     results (or a rerun its predecessor's) as input."""
-    from fsspec.utils import glob_translate
+    from fsspec.utils import glob_translate  # on the first file opened (start-up)
 
     fs_in, pattern = url_to_fs(input_pattern)
     fs_out, root = url_to_fs(output)
@@ -111,8 +123,6 @@ def _first_line(exc: BaseException) -> str:
 def check_checkpoint_files(local_dir: str, uri: str) -> None:
     """``config.json`` is JSON, the tokenizer's files are there, and each safetensors file is
     complete; checked from the files, before anything is loaded."""
-    from bertbeam.core.models import ModelLoadError
-
     path = Path(local_dir)
     config = path / "config.json"
     if not config.is_file():
@@ -133,8 +143,6 @@ def check_checkpoint_files(local_dir: str, uri: str) -> None:
 def safetensors_shapes(path: Path, uri: str) -> dict[str, tuple[int, ...]]:
     """Tensor name -> shape from a safetensors file's header; fails when the file is cut
     short of the data its header describes (a truncated download or copy)."""
-    from bertbeam.core.models import ModelLoadError
-
     size = path.stat().st_size
     try:
         with path.open("rb") as f:
@@ -159,10 +167,8 @@ def check_head_weights(local_dir: str, uri: str, config: Any, model_class: str) 
 
     The model is built on the meta device (no memory, no weights read): cheap at launch.
     """
-    import torch
-    import transformers
-
-    from bertbeam.core.models import ModelLoadError
+    import torch  # the model stack loads where it is used (start-up)
+    import transformers  # the model stack loads where it is used (start-up)
 
     files = sorted(Path(local_dir).glob("*.safetensors"))
     if model_class == "AutoModel" or not files:
@@ -189,9 +195,7 @@ def check_head_weights(local_dir: str, uri: str, config: Any, model_class: str) 
 
 def load_config(local_dir: str, uri: str, *, trust_remote_code: bool) -> Any:
     """The checkpoint's transformers config; refusals name bertbeam's own flags."""
-    from transformers import AutoConfig
-
-    from bertbeam.core.models import ModelLoadError
+    from transformers import AutoConfig  # the model stack loads where it is used (start-up)
 
     try:
         return AutoConfig.from_pretrained(local_dir, trust_remote_code=trust_remote_code)
@@ -209,9 +213,6 @@ def _model_error(uri: str, exc: BaseException) -> str:
 def load_tokenizer(local_dir: str, spec: Any) -> Any:
     """The checkpoint's fast tokenizer (see :func:`bertbeam.core.models.load_tokenizer`), with
     refusals in one line."""
-    from bertbeam.core.models import ModelLoadError
-    from bertbeam.core.models import load_tokenizer as load
-
     try:
         return load(local_dir, spec)
     except ModelLoadError:
@@ -227,8 +228,6 @@ def check_onnx_export(local_dir: str, spec: Any, config: Any, tokenizer: Any,
     line, not on every worker (:func:`bertbeam.core.onnx_backend.check_export`)."""
     if spec.backend != "onnx":
         return
-    from bertbeam.core.models import default_cache_dir
-    from bertbeam.core.onnx_backend import check_export
 
     check_export(local_dir, spec.uri, model_class, quantize=spec.quantize, config=config,
                  tokenizer=tokenizer, cache_root=Path(spec.cache_dir or default_cache_dir()),
@@ -263,7 +262,7 @@ def check_device(device: str, *, local: bool) -> None:
     checked by ``bertbeam check-gpu``)."""
     if device != "cuda" or not local:
         return
-    import torch
+    import torch  # the model stack loads where it is used (start-up)
 
     if not torch.cuda.is_available():
         raise ValueError("--device cuda was given but this machine has no CUDA device; use "
@@ -285,8 +284,6 @@ def is_url(location: str) -> bool:
 def check_remote_locations(locations: dict[str, str | None], model: str) -> None:
     """With a remote runner every location must be one its workers can reach: a local path
     (``--input ./corpus``) would name a directory on each worker, not this machine's."""
-    from bertbeam.config import EMBEDDED_MODEL
-
     for flag, value in locations.items():
         if value and not is_url(value):
             raise ValueError(
@@ -303,11 +300,6 @@ def check_reachable(locations: list[str]) -> None:
     """Cloud Storage answers within :data:`REACH_SECONDS` for every ``gs://`` location: one
     request, no retries, so an unreachable endpoint (no network, a proxy, a wrong
     ``STORAGE_EMULATOR_HOST``) fails in seconds, in one line, not after gcsfs's retries."""
-    import urllib.error
-    import urllib.request
-
-    from bertbeam.gcs import emulator_host
-
     buckets = dict.fromkeys(loc.split("://", 1)[1].split("/", 1)[0] for loc in locations
                             if loc and loc.split("://", 1)[0] in ("gs", "gcs"))
     endpoint = emulator_host() or "https://storage.googleapis.com"
@@ -327,8 +319,6 @@ def check_reachable(locations: list[str]) -> None:
 def offline_model_dir(uri: str, cache_dir: str | None) -> str:
     """The model's local directory for a dry run, which reads no remote location: a local
     directory, the embedded model, or a remote model already in the model cache."""
-    from bertbeam.core.models import ModelLoadError, cached_model_dir, resolve_model_dir
-
     if not is_url(uri):
         return resolve_model_dir(uri, cache_dir)
     cached = cached_model_dir(uri, cache_dir)

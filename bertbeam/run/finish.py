@@ -15,7 +15,14 @@ from typing import Any
 
 import apache_beam as beam
 
+from bertbeam.beam.incremental import TEXT_FP, changes
+from bertbeam.beam.sinks import SinkMismatchError, reconcile
+from bertbeam.beam.writing import read_table
+from bertbeam.core.memory import collector_paused
+from bertbeam.core.metrics import COUNTERS
+from bertbeam.core.tally import settled_totals
 from bertbeam.run import runinfo, summary
+from bertbeam.run.progress import read_samples, summary_fields
 
 _LOG = logging.getLogger("bertbeam")
 
@@ -63,13 +70,8 @@ class FinishRun:
         ``counters`` default to the tally's settled totals (the pipeline's last stage);
         ``samples`` to the tally's throughput samples.
         """
-        from bertbeam.core.tally import settled_totals
-        from bertbeam.run.progress import read_samples, summary_fields
-
         tally_dir = self.tally_dir if self.tally_dir and os.path.isdir(self.tally_dir) else None
         if counters is None:
-            from bertbeam.core.metrics import COUNTERS
-
             # Unknown without a tally (a remote runner): None in the summary, not 0.
             counters = {**dict.fromkeys(COUNTERS, 0), **settled_totals(tally_dir)} if tally_dir else {}
         if samples is None:
@@ -100,7 +102,6 @@ class FinishRun:
         otherwise."""
         if not self.joined:
             return {"removed": None}
-        from bertbeam.beam.incremental import changes
 
         found = changes(self.previous_files, self.output)
         return {"removed": len(found["removed"]),
@@ -108,10 +109,6 @@ class FinishRun:
                                    for key, ids in found.items()}}
 
     def _reconcile_sink(self) -> tuple[dict[str, Any], str | None]:
-        from bertbeam.beam.incremental import TEXT_FP
-        from bertbeam.beam.sinks import SinkMismatchError, reconcile
-        from bertbeam.beam.writing import read_table
-
         sink = self.sink
         where = {"kind": sink.kind, "location": getattr(sink, "uri", None) or sink.location,
                  "collection": sink.collection}
@@ -125,11 +122,11 @@ class FinishRun:
 
     def _write_report(self) -> None:
         try:
+            # not loaded by `import bertbeam`: on use (start-up)
             from bertbeam.run.report import write_report
         except ImportError as exc:
             _LOG.warning("No report: %s (pip install matplotlib).", exc)
             return
-        from bertbeam.core.memory import collector_paused
 
         with collector_paused():  # matplotlib's imports (memory.py)
             write_report(self.output, previous=self.previous_output)

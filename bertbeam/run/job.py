@@ -13,23 +13,13 @@ from typing import Any
 
 import apache_beam as beam
 import pyarrow as pa
-from apache_beam.options.pipeline_options import PipelineOptions
-
-from bertbeam.run import checks, summary
-
-from bertbeam.core import metrics
+from apache_beam.options.pipeline_options import (
+    GoogleCloudOptions,
+    PipelineOptions,
+    StandardOptions,
+)
 
 from bertbeam.beam import writing
-from bertbeam.config import ModelSpec, RunSpec
-from bertbeam.core.deadletter import DEAD_LETTER, DEAD_LETTER_SCHEMA
-from bertbeam.filesystems import url_to_fs
-from bertbeam.run.finish import (
-    AccountingError,
-    FinishRun,
-    WriteSummary,
-    check_accounting,
-    check_dead_letters,
-)
 from bertbeam.beam.incremental import (
     CARRIED,
     REMOVED,
@@ -37,9 +27,45 @@ from bertbeam.beam.incremental import (
     KeyByText,
     Stamp,
     StampResults,
+    previous_result_files,
 )
+from bertbeam.beam.reading import (
+    Columns,
+    ReadDocuments,
+    carried_fields,
+    check_input,
+    count_input_rows,
+)
+from bertbeam.beam.sinks import FitSink, SyncToSink
+from bertbeam.beam.tokenization import ChunkDocuments
+from bertbeam.beam.transforms import InferChunks, with_carried
+from bertbeam.beam.writing import WriteResults
+from bertbeam.config import ModelSpec, RunSpec
+from bertbeam.core import metrics
+from bertbeam.core.deadletter import DEAD_LETTER, DEAD_LETTER_SCHEMA
+from bertbeam.core.engine import check_overflow, resolve_max_length
+from bertbeam.core.fingerprint import job_fingerprint, model_fingerprint
+from bertbeam.core.memory import collector_paused
+from bertbeam.core.models import (
+    check_task_fit,
+    check_weights,
+    cpu_runs_bf16_natively,
+    resolve_model_dir,
+    split_revision,
+)
+from bertbeam.core.task import Task
+from bertbeam.filesystems import url_to_fs
+from bertbeam.run import checks, progress, runinfo, summary
 from bertbeam.run.control import RunControl
-from bertbeam.beam.reading import Columns, ReadDocuments, carried_fields, check_input
+from bertbeam.run.finish import (
+    AccountingError,
+    FinishRun,
+    WriteSummary,
+    check_accounting,
+    check_dead_letters,
+)
+from bertbeam.run.report import REPORT_FILE
+from bertbeam.run.runinfo import new_run_id
 from bertbeam.run.runlock import RunLock
 from bertbeam.run.runners import (
     describe_dry_run,
@@ -48,11 +74,6 @@ from bertbeam.run.runners import (
     local_processes,
     resolve_runner,
 )
-from bertbeam.core.task import Task
-from bertbeam.beam.tokenization import ChunkDocuments
-from bertbeam.beam.transforms import InferChunks, with_carried
-from bertbeam.beam.sinks import FitSink, SyncToSink
-from bertbeam.beam.writing import WriteResults
 
 _LOG = logging.getLogger("bertbeam")
 
@@ -93,12 +114,6 @@ class Prepared:
 def preflight(job: Job, options: PipelineOptions | None = None) -> Prepared:
     """Fails with one clear line before anything starts: input, output, columns, model, task
     fit, settings (:mod:`bertbeam.run.checks`), carried columns, ``--previous`` locations."""
-    from bertbeam.core.engine import check_overflow, resolve_max_length
-    from bertbeam.core.fingerprint import job_fingerprint, model_fingerprint
-    from bertbeam.beam.incremental import previous_result_files
-    from bertbeam.core.models import check_task_fit, check_weights, resolve_model_dir
-    from bertbeam.run.runinfo import new_run_id
-
     started = time.time()
     local = options is None or is_local(options)
     dry = options is not None and is_dry_run(options)
@@ -206,8 +221,6 @@ def execute(job: Job, options: PipelineOptions) -> dict | None:
     DeadLetterLimitError when more rows were dead-lettered than the job's limits allow (the
     outputs and the summary are written first either way).
     """
-    from bertbeam.core.memory import collector_paused
-
     with collector_paused():  # the checks import torch and transformers (memory.py)
         prepared = preflight(job, options)
     if is_dry_run(options):
@@ -224,8 +237,6 @@ def execute(job: Job, options: PipelineOptions) -> dict | None:
 def _dry_run(job: Job, options: PipelineOptions, prepared: Prepared) -> None:
     """``--dry_run=True``: builds the job as the runner would submit it, prints its steps,
     options and worker settings, and submits nothing (no lock, no output touched)."""
-    from bertbeam.run import runinfo
-
     finish = None
     if not job.control.wait:  # the job's last stage writes the summary: build it too
         meta = run_metadata(job, prepared, runinfo.resolve_runtime(job.run.model, local=False),
@@ -251,10 +262,6 @@ def _dry_run(job: Job, options: PipelineOptions, prepared: Prepared) -> None:
 
 
 def _run(job: Job, options: PipelineOptions, prepared: Prepared) -> dict | None:
-    from bertbeam.run import progress, runinfo
-    from bertbeam.beam.reading import count_input_rows
-    from bertbeam.run.report import REPORT_FILE
-
     fs, root = url_to_fs(job.output)
     fs.makedirs(root, exist_ok=True)
     for name in (summary.SUMMARY_FILE, REPORT_FILE):
@@ -310,11 +317,6 @@ def _run(job: Job, options: PipelineOptions, prepared: Prepared) -> dict | None:
 def run_metadata(job: Job, prepared: Prepared, runtime: dict[str, Any],
                  options: PipelineOptions) -> dict[str, Any]:
     """Everything ``_SUMMARY.json`` says about the run besides its counts and timings."""
-    from apache_beam.options.pipeline_options import GoogleCloudOptions, StandardOptions
-
-    from bertbeam.run import runinfo
-    from bertbeam.core.models import split_revision
-
     runner = options.view_as(StandardOptions).runner
     embedding = prepared.schema.field("embedding") if "embedding" in prepared.schema.names else None
     model_fp = prepared.stamp.model_fingerprint
@@ -358,7 +360,6 @@ def _bf16_hint(model: ModelSpec, runtime: dict[str, Any]) -> str:
     if (runtime["device"] != "cpu" or model.dtype != "auto" or model.quantize != "none"
             or model.backend != "torch"):
         return ""
-    from bertbeam.core.models import cpu_runs_bf16_natively
 
     if not cpu_runs_bf16_natively():
         return ""

@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
+from tqdm import tqdm
+
 from bertbeam.core import metrics, tally
 
 Mode = Literal["bar", "lines", "off"]
@@ -131,8 +133,6 @@ class LiveProgress:
         os.environ[tally.ENV] = self.directory
         self._started = time.monotonic()
         if self.mode == "bar":
-            from tqdm import tqdm
-
             # A terminal that reports no width (0 columns) would get an empty bar.
             width = shutil.get_terminal_size((100, 24)).columns or 100
             self._bar = tqdm(total=self.total, unit="docs", desc=self.label, file=self.stream,

@@ -32,7 +32,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from bertbeam.config import BatchSpec
+from bertbeam.core.deadletter import REASONS, Reason
 from bertbeam.filesystems import expand_glob, url_to_fs, write_file_safely
+from bertbeam.run.summary import read_summary
 
 _LOG = logging.getLogger("bertbeam")
 
@@ -94,10 +97,9 @@ def write_report(output_dir: str, previous: str | None = None,
     """Writes ``_REPORT.html`` and the PNGs of ``output_dir`` (a finished run: it reads its
     ``_SUMMARY.json`` and results); ``previous`` is an earlier run's output directory to
     compare labels with. Returns the report's URL."""
-    import matplotlib
+    import matplotlib  # the report's plots only
 
     matplotlib.use("Agg")
-    from bertbeam.run.summary import read_summary
 
     summary = read_summary(output_dir)
     before = _previous_summary(previous)
@@ -126,7 +128,6 @@ def write_report(output_dir: str, previous: str | None = None,
 def _previous_summary(previous: str | None) -> dict | None:
     if previous is None:
         return None
-    from bertbeam.run.summary import read_summary
 
     try:
         return read_summary(previous)
@@ -174,7 +175,7 @@ def _columns(output_dir: str, wanted: list[str], limit: int | None = None) -> pa
 
 
 def _figure(key: str, height: float = 3.4):
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # the report's plots only
 
     fig, ax = plt.subplots(figsize=(6.4, height), dpi=100)
     ax.spines[["top", "right"]].set_visible(False)
@@ -182,7 +183,7 @@ def _figure(key: str, height: float = 3.4):
 
 
 def _png(fig) -> bytes:
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # the report's plots only
 
     buffer = io.BytesIO()
     fig.tight_layout(pad=1.6)
@@ -432,8 +433,6 @@ def _windows(output_dir: str) -> Panel:
 
 
 def _dead_letter(summary: dict) -> Panel:
-    from bertbeam.core.deadletter import REASONS, Reason
-
     reasons = summary.get("dead_letter_reasons") or {}
     if not reasons:
         return _message("dead_letter", "No document was dead-lettered.")
@@ -477,8 +476,6 @@ def _throughput(summary: dict) -> Panel:
             "average). A document is done once written (or carried forward, or dead-lettered).")
     started = seconds[done > 0]
     if has_read and len(started) and started[0] > seconds[0]:
-        from bertbeam.config import BatchSpec
-
         options = (summary.get("options") or {}).get("bertbeam") or {}
         buffer = options.get("buffer_size") or BatchSpec.buffer_size
         note += (f" The first were done at {started[0]:.1f} s: until then documents are read "

@@ -5,15 +5,19 @@ by the pipeline's last stage (``--no-wait``)."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import time
 import uuid
 from datetime import datetime, timezone
 from importlib import metadata as importlib_metadata
+from importlib.resources import files
 from typing import Any
 
+import bertbeam
 from bertbeam.config import ModelSpec
+from bertbeam.core.models import resolve_cpu_streams, resolve_device, resolve_dtype
 
 SUMMARY_SCHEMA_VERSION = 3
 """``schema_version`` of ``_SUMMARY.json`` (``bertbeam/run/schemas/summary.schema.json``)."""
@@ -23,9 +27,6 @@ _IMPORTED_AT = time.time()
 
 def summary_schema() -> dict[str, Any]:
     """The JSON Schema of ``_SUMMARY.json``, shipped in the package."""
-    import json
-    from importlib.resources import files
-
     return json.loads((files("bertbeam.run") / "schemas" / "summary.schema.json").read_text())
 
 
@@ -51,8 +52,6 @@ def process_started() -> float:
     start-up, under a second, is then counted too); otherwise, and off Linux, the import
     time is the start.
     """
-    import bertbeam
-
     imported = getattr(bertbeam, "_IMPORTED_AT", _IMPORTED_AT)
     kernel = _kernel_start_time()
     if kernel is None or not 0 <= imported - kernel <= _STARTUP_SECONDS:
@@ -96,9 +95,7 @@ def resolve_runtime(spec: ModelSpec, *, local: bool) -> dict[str, Any]:
     if not local:
         return {**backend, "device": spec.device, "dtype": spec.dtype, "threads": spec.num_threads,
                 "streams": None if spec.cpu_streams == "auto" else spec.cpu_streams}
-    import torch
-
-    from bertbeam.core.models import resolve_cpu_streams, resolve_device, resolve_dtype
+    import torch  # the model stack loads where it is used (start-up)
 
     device = resolve_device(spec.device)
     threads = spec.num_threads or torch.get_num_threads()

@@ -5,7 +5,16 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import (
+    DebugOptions,
+    DirectOptions,
+    GoogleCloudOptions,
+    PipelineOptions,
+    StandardOptions,
+    TestOptions,
+    WorkerOptions,
+)
+from apache_beam.portability.api import beam_provision_api_pb2
 
 _LOCAL = {None, "", "directrunner", "direct", "fnapirunner"}
 
@@ -25,8 +34,10 @@ def resolve_runner(options: PipelineOptions) -> Any:
     """
     if not is_local(options):
         return options.view_as(StandardOptions).runner
-    from apache_beam.portability.api import beam_provision_api_pb2
+    # Beam's runner internals, on use
     from apache_beam.runners.portability.fn_api_runner import fn_runner
+
+    # Beam's runner internals, on use
     from apache_beam.runners.portability.portable_runner import JobServiceHandle
 
     encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
@@ -60,20 +71,12 @@ def torch_threads(options: PipelineOptions) -> int | None:
 
 def is_dry_run(options: PipelineOptions) -> bool:
     """``--dry_run=True`` (Beam's own flag): build the job, submit nothing."""
-    from apache_beam.options.pipeline_options import TestOptions
-
     return bool(options.view_as(TestOptions).dry_run)
 
 
 def describe_dry_run(label: str, options: PipelineOptions, job: Any) -> str:
     """What a dry run built: the job's top-level steps, the options given and the worker
     settings Dataflow would use, for a person to read before submitting."""
-    from apache_beam.options.pipeline_options import (
-        DebugOptions,
-        GoogleCloudOptions,
-        WorkerOptions,
-    )
-
     proto = job.proto_pipeline
     steps = [proto.components.transforms[t].unique_name
              for root in proto.root_transform_ids

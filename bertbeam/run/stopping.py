@@ -13,6 +13,8 @@ import sys
 import threading
 from collections.abc import Iterator
 
+from apache_beam.runners.portability import local_job_service
+
 INTERRUPTED = "bertbeam: interrupted; rerun to resume"
 _ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 _ENVIRONMENT_TEXTS = ("No space left on device", "Disk quota exceeded", "Read-only file system",
@@ -51,8 +53,6 @@ def interrupts() -> Iterator[None]:
         logging.disable(logging.CRITICAL)
         threading.excepthook = lambda args: None
         raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
-
-    from apache_beam.runners.portability import local_job_service
 
     _received.clear()
     previous = {sig: signal.signal(sig, _raise) for sig in (signal.SIGINT, signal.SIGTERM)}

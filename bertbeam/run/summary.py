@@ -4,10 +4,13 @@ pipeline's last stage with ``--no-wait``), with the run's metadata (:mod:`bertbe
 
 from __future__ import annotations
 
+import json
+
+from bertbeam.beam.incremental import count_computed
 from bertbeam.beam.reading import count_input_rows
 from bertbeam.beam.writing import count_rows, read_table
 from bertbeam.core import metrics
-from bertbeam.filesystems import write_json_atomically
+from bertbeam.filesystems import url_to_fs, write_json_atomically
 
 LABEL_TASKS = ("classify", "zero-shot")
 SUMMARY_FILE = "_SUMMARY.json"
@@ -38,8 +41,6 @@ def build_summary(
 
     The accounting invariant: read = computed + carried_forward + dead_lettered.
     """
-    from bertbeam.beam.incremental import count_computed
-
     if read is None:
         read = count_input_rows(input_pattern)
     written = count_rows(output_dir, "results")
@@ -115,10 +116,6 @@ def write_summary(output_dir: str, summary: dict) -> str:
 
 def read_summary(output_dir: str) -> dict:
     """The ``_SUMMARY.json`` of ``output_dir``."""
-    import json
-
-    from bertbeam.filesystems import url_to_fs
-
     fs, root = url_to_fs(output_dir)
     with fs.open(f"{root.rstrip('/')}/{SUMMARY_FILE}", "r") as f:
         return json.load(f)

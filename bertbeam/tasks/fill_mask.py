@@ -93,7 +93,7 @@ class FillMaskTask(Task):
         ])
 
     def forward(self, engine: Any, inputs: dict[str, Any]) -> dict[str, Any]:
-        import torch
+        import torch  # the model stack loads where it is used (start-up)
 
         input_ids = inputs["input_ids"]
         is_mask = input_ids == engine.tokenizer.mask_token_id

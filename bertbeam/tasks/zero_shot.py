@@ -146,7 +146,7 @@ class ZeroShotTask(Task):
         return self._embedder.prepare_texts(engine, texts)
 
     def forward(self, engine: Any, inputs: dict[str, Any]) -> dict[str, Any]:
-        import torch
+        import torch  # the model stack loads where it is used (start-up)
 
         pooled = self._embedder.forward(engine, inputs)["embedding"].float()
         # Unit windows, as EmbedTask combines them for a normalizing model: a long document's
@@ -205,7 +205,7 @@ def _label_matrix(engine: Any, embedder: EmbedTask, texts: tuple[str, ...]) -> A
 
 def _embed_texts(engine: Any, embedder: EmbedTask, texts: tuple[str, ...]) -> Any:
     """Label texts embedded like documents: the engine's window length, no token type ids."""
-    import torch
+    import torch  # the model stack loads where it is used (start-up)
 
     with engine.loaded.tokenizer_lock:
         encoded = engine.tokenizer(embedder.prepare_texts(engine, list(texts)), padding=True,

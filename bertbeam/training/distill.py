@@ -24,12 +24,20 @@ from typing import Any
 
 import numpy as np
 
+from bertbeam.config import ModelSpec, TokenizeSpec
+from bertbeam.core.engine import resolve_max_length
+from bertbeam.core.fingerprint import model_fingerprint
 from bertbeam.core.memory import collector_paused
+from bertbeam.core.models import check_weights, load_tokenizer, resolve_model_dir
+from bertbeam.run import checks
+from bertbeam.tasks.classify import id2label
 from bertbeam.training.config import DistillConfig
 from bertbeam.training.data import Examples, TrainingDataError, split
 from bertbeam.training.fit import fit, resolve_device, save_checkpoint
+from bertbeam.training.loop import quiet_transformers
 from bertbeam.training.output import CheckpointOutput
 from bertbeam.training.plan import make_plan
+from bertbeam.training.soft_labels import label_corpus, soft_label_rows
 
 
 def kept_layers(teacher_layers: int, student_layers: int) -> list[int]:
@@ -44,7 +52,7 @@ def kept_layers(teacher_layers: int, student_layers: int) -> list[int]:
 def _layer_list(model: Any) -> tuple[Any, str]:
     """(parent module, attribute) of the encoder's list of layers: the ModuleList with as
     many modules as the config has layers."""
-    import torch
+    import torch  # the model stack loads where it is used (start-up)
 
     n = model.config.num_hidden_layers
     for name, module in model.named_modules():
@@ -57,7 +65,7 @@ def _layer_list(model: Any) -> tuple[Any, str]:
 
 def drop_layers(model: Any, keep: list[int]) -> Any:
     """``model`` with only the encoder layers ``keep`` (in place); its config says so."""
-    import torch
+    import torch  # the model stack loads where it is used (start-up)
 
     parent, attr = _layer_list(model)
     layers = getattr(parent, attr)
@@ -68,10 +76,6 @@ def drop_layers(model: Any, keep: list[int]) -> Any:
 
 def _load_teacher_config(cfg: DistillConfig) -> tuple[str, Any, list[str]]:
     """(local dir, config, label names) of a single-label sequence classifier."""
-    from bertbeam.core.models import check_weights, resolve_model_dir
-    from bertbeam.run import checks
-    from bertbeam.tasks.classify import id2label
-
     local_dir = resolve_model_dir(cfg.teacher, cfg.cache_dir)
     check_weights(local_dir, cfg.teacher, allow_pickle_weights=cfg.allow_pickle_weights)
     config = checks.load_config(local_dir, cfg.teacher, trust_remote_code=False)
@@ -89,12 +93,10 @@ def _load_teacher_config(cfg: DistillConfig) -> tuple[str, Any, list[str]]:
 
 def _student(cfg: DistillConfig, teacher_dir: str, names: list[str]) -> tuple[Any, Any, str]:
     """(model, tokenizer, description) of the student before training."""
-    import transformers
-    from transformers import AutoModelForSequenceClassification
+    import transformers  # the model stack loads where it is used (start-up)
 
-    from bertbeam.config import ModelSpec
-    from bertbeam.core.models import check_weights, load_tokenizer, resolve_model_dir
-    from bertbeam.training.loop import quiet_transformers
+    # the model stack loads where it is used (start-up)
+    from transformers import AutoModelForSequenceClassification
 
     quiet_transformers()
     transformers.set_seed(cfg.seed)
@@ -121,8 +123,8 @@ def distillation_loss(temperature: float, gold_weight: float):
     """Trainer's loss: T² · KL(teacher_T ‖ student_T), plus on rows with a gold label
     (``labels`` >= 0) ``gold_weight`` · cross-entropy against it, in place of that share of
     the KL term."""
-    import torch
-    import torch.nn.functional as F
+    import torch  # the model stack loads where it is used (start-up)
+    import torch.nn.functional as F  # the model stack loads where it is used (start-up)
 
     def loss_fn(model: Any, inputs: dict[str, Any]) -> tuple[Any, Any]:
         inputs = dict(inputs)
@@ -145,7 +147,9 @@ def distillation_loss(temperature: float, gold_weight: float):
 
 def _collator(tokenizer: Any, pad_multiple: int | None):
     """Pads ids like DataCollatorWithPadding; stacks teacher logits and labels."""
-    import torch
+    import torch  # the model stack loads where it is used (start-up)
+
+    # the model stack loads where it is used (start-up)
     from transformers import DataCollatorWithPadding
 
     pad = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_multiple)
@@ -172,7 +176,7 @@ def distill(cfg: DistillConfig) -> dict[str, Any]:
                                        output="models/topics-3l", student_layers=3))
         print(report["best"]["eval_accuracy"])  # agreement with the teacher, held out
     """
-    import torch
+    import torch  # the model stack loads where it is used (start-up)
 
     threads = torch.get_num_threads()
     try:
@@ -182,11 +186,6 @@ def distill(cfg: DistillConfig) -> dict[str, Any]:
 
 
 def _distill(cfg: DistillConfig) -> dict[str, Any]:
-    from bertbeam.config import TokenizeSpec
-    from bertbeam.core.engine import resolve_max_length
-    from bertbeam.core.fingerprint import model_fingerprint
-    from bertbeam.training.soft_labels import label_corpus, soft_label_rows
-
     started = time.perf_counter()
     output = CheckpointOutput(cfg.output)
     output.check()

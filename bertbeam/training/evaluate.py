@@ -34,6 +34,7 @@ from typing import Any
 from bertbeam.filesystems import replacing
 from bertbeam.training.config import EvalConfig
 from bertbeam.training.data import Skips, TrainingDataError, read_columns, word_spans
+from bertbeam.training.scores import class_scores, entity_scores, multi_label_scores
 
 EVAL_REPORT = "_EVAL.json"
 CONFUSION_PNG = "confusion_matrix.png"
@@ -136,7 +137,7 @@ def _agreement(predicted: list, reference: list, task: str, multi_label: bool) -
 
 def _results_dir(pattern: str) -> str:
     """The directory of a results glob (its part before the first wildcard)."""
-    import fsspec
+    import fsspec  # on the first file opened (start-up)
 
     fs, path = fsspec.core.url_to_fs(pattern)
     fixed = re.split(r"[*?\[]", path, maxsplit=1)[0]
@@ -146,7 +147,7 @@ def _results_dir(pattern: str) -> str:
 def _speed(pattern: str) -> dict[str, Any] | None:
     """What the ``_SUMMARY.json`` beside a ``bertbeam label`` output says of its speed, or
     None when there is none."""
-    import fsspec
+    import fsspec  # on the first file opened (start-up)
 
     url = f"{_results_dir(pattern).rstrip('/')}/_SUMMARY.json"
     try:
@@ -177,11 +178,11 @@ def _output_dir(cfg: EvalConfig) -> str:
 
 
 def _confusion_png(gold: list[str], predicted: list[str], path: str) -> None:
-    import matplotlib
+    import matplotlib  # the report's plots only
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from sklearn.metrics import confusion_matrix
+    import matplotlib.pyplot as plt  # the report's plots only
+    from sklearn.metrics import confusion_matrix  # optional: bertbeam[train]
 
     names = sorted(set(gold) | set(predicted))
     matrix = confusion_matrix(gold, predicted, labels=names)
@@ -234,9 +235,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
                                      gold="demo/test.parquet"))
         print(report["scores"]["accuracy"])
     """
-    import fsspec
-
-    from bertbeam.training.scores import class_scores, entity_scores, multi_label_scores
+    import fsspec  # on the first file opened (start-up)
 
     if cfg.task == "ner":
         gold_table = read_columns(cfg.gold, [cfg.id_column, cfg.tokens_column, cfg.tags_column],

@@ -20,7 +20,10 @@ from typing import Any
 
 import numpy as np
 
+from bertbeam.config import BatchSpec
+from bertbeam.core.planning import plan_batches
 from bertbeam.training.plan import TrainPlan
+from bertbeam.training.scores import class_scores, entity_scores, multi_label_scores
 
 IGNORE = -100  # the label of tokens the loss skips (special tokens, later sub-tokens)
 _POOL = 32  # batches sorted together: little padding, and still a fresh mix every epoch
@@ -59,9 +62,6 @@ class _TrainBatches:
 def _eval_batches(features: list[dict[str, Any]], token_budget: int, pad_multiple: int) -> list[list[int]]:
     """Evaluation batches: length-sorted rows cut by the token budget, as ``bertbeam label``
     cuts them (the order does not matter, only the cost)."""
-    from bertbeam.config import BatchSpec
-    from bertbeam.core.planning import plan_batches
-
     spec = BatchSpec()  # the pipeline's cost of one more batch
     lengths = np.array([len(f["input_ids"]) for f in features], dtype=np.int64)
     return [rows.tolist() for rows, _ in plan_batches(
@@ -69,8 +69,8 @@ def _eval_batches(features: list[dict[str, Any]], token_budget: int, pad_multipl
 
 
 def _make_trainer_class():
-    from torch.utils.data import DataLoader
-    from transformers import Trainer
+    from torch.utils.data import DataLoader  # the model stack loads where it is used (start-up)
+    from transformers import Trainer  # the model stack loads where it is used (start-up)
 
     class _BatchTrainer(Trainer):
         """Trainer whose loaders yield bertbeam's batches, with an optional loss of its own."""
@@ -109,9 +109,7 @@ def main_metric(task: str, multi_label: bool) -> str:
 
 def _metric_fn(task: str, multi_label: bool, names: list[str]):
     """Trainer's ``compute_metrics`` and ``preprocess_logits_for_metrics`` for the task."""
-    import torch
-
-    from bertbeam.training.scores import class_scores, entity_scores, multi_label_scores
+    import torch  # the model stack loads where it is used (start-up)
 
     def reduce(logits: Any, labels: Any) -> Any:
         return (logits > 0).to(torch.int8) if multi_label else logits.argmax(dim=-1)
@@ -139,6 +137,7 @@ def _names_on(names: list[str], rows: np.ndarray) -> list[list[str]]:
 
 
 def _evaluation_lines(main: str, plan: TrainPlan, history: list[dict[str, Any]]):
+    # the model stack loads where it is used (start-up)
     from transformers import ProgressCallback, TrainerCallback
 
     class _ProgressBarOnly(ProgressCallback):
@@ -179,7 +178,7 @@ def _evaluation_lines(main: str, plan: TrainPlan, history: list[dict[str, Any]])
 def resolve_device(device: str, num_threads: int | None) -> tuple[str, bool]:
     """(device type, bf16): CUDA with bf16 autocast where there is a GPU, else CPU float32;
     sets the CPU threads when a number is given."""
-    import torch
+    import torch  # the model stack loads where it is used (start-up)
 
     if num_threads:
         torch.set_num_threads(num_threads)
@@ -209,6 +208,7 @@ def fit(*, model: Any, tokenizer: Any, train_features: list[dict[str, Any]],
     """Trains ``model`` on ``train_features`` for ``plan.steps`` steps, evaluating every
     ``plan.eval_every`` steps and stopping early; the trainer's model is then the best one.
     Checkpoints of the run go under ``scratch``."""
+    # the model stack loads where it is used (start-up)
     from transformers import (
         DataCollatorForTokenClassification,
         DataCollatorWithPadding,

@@ -17,7 +17,10 @@ from bisect import bisect_right
 from dataclasses import asdict
 from typing import Any
 
+from bertbeam.config import ModelSpec, TokenizeSpec
+from bertbeam.core.engine import resolve_max_length
 from bertbeam.core.memory import collector_paused
+from bertbeam.core.models import check_weights, load_tokenizer, resolve_model_dir
 from bertbeam.training.config import TrainConfig
 from bertbeam.training.data import (
     Examples,
@@ -134,12 +137,10 @@ def _prepare(cfg: TrainConfig) -> tuple[Examples, Examples | None, list[str], Sk
 
 
 def _load(cfg: TrainConfig, names: list[str]) -> tuple[Any, Any, int]:
-    import transformers
-    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
+    import transformers  # the model stack loads where it is used (start-up)
 
-    from bertbeam.config import ModelSpec, TokenizeSpec
-    from bertbeam.core.engine import resolve_max_length
-    from bertbeam.core.models import check_weights, load_tokenizer, resolve_model_dir
+    # the model stack loads where it is used (start-up)
+    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
 
     quiet_transformers()
     spec = ModelSpec(uri=cfg.model, cache_dir=cfg.cache_dir,
@@ -162,7 +163,7 @@ def _load(cfg: TrainConfig, names: list[str]) -> tuple[Any, Any, int]:
 
 def quiet_transformers() -> None:
     """No "newly initialized head" warning (a new head is the point) and no loading bars."""
-    import transformers
+    import transformers  # the model stack loads where it is used (start-up)
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
@@ -180,7 +181,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         report = train(TrainConfig(task="classify", train="demo/train.parquet", output="m"))
         print(report["best"])
     """
-    import torch
+    import torch  # the model stack loads where it is used (start-up)
 
     threads = torch.get_num_threads()
     try:

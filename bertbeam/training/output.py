@@ -36,7 +36,7 @@ class OutputError(ValueError):
 
 
 def _is_local(fs: Any) -> bool:
-    from fsspec.implementations.local import LocalFileSystem
+    from fsspec.implementations.local import LocalFileSystem  # on the first file opened (start-up)
 
     return isinstance(fs, LocalFileSystem)
 

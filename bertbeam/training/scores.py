@@ -17,6 +17,7 @@ def _per_class(names: list[str], precision, recall, f1, support) -> dict[str, di
 def class_scores(gold: list[str], predicted: list[str]) -> dict[str, Any]:
     """Accuracy, macro and micro F1 and per-class precision / recall / F1 / support of
     single-label predictions; classes are the union of gold and predicted names."""
+    # optional: bertbeam[train]
     from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
 
     names = sorted(set(gold) | set(predicted))
@@ -32,8 +33,9 @@ def class_scores(gold: list[str], predicted: list[str]) -> dict[str, Any]:
 def multi_label_scores(gold: list[list[str]], predicted: list[list[str]]) -> dict[str, Any]:
     """Subset accuracy (all labels of a row right), macro and micro F1 and per-label scores
     of multi-label predictions."""
+    # optional: bertbeam[train]
     from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
-    from sklearn.preprocessing import MultiLabelBinarizer
+    from sklearn.preprocessing import MultiLabelBinarizer  # optional: bertbeam[train]
 
     names = sorted({x for row in gold + predicted for x in row})
     binarizer = MultiLabelBinarizer(classes=names)
@@ -51,6 +53,7 @@ def entity_scores(gold: list[list[str]], predicted: list[list[str]]) -> dict[str
     """Entity-level micro precision / recall / F1 and per-type scores of BIO tag sequences,
     with seqeval's default (CoNLL) semantics: an entity counts when its type and its first
     and last word are right."""
+    # optional: bertbeam[train]
     from seqeval.metrics import classification_report, f1_score, precision_score, recall_score
 
     report = classification_report(gold, predicted, output_dict=True, zero_division=0)

@@ -25,8 +25,14 @@ from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
+from apache_beam.options.pipeline_options import PipelineOptions
 
+from bertbeam.beam.reading import Columns
+from bertbeam.config import ModelSpec, RunSpec, TokenizeSpec
 from bertbeam.filesystems import url_to_fs, write_json_atomically
+from bertbeam.run.control import RunControl
+from bertbeam.run.job import Job, execute
+from bertbeam.tasks.classify import ClassifyTask
 from bertbeam.training.config import DistillConfig
 from bertbeam.training.data import TrainingDataError, expand, read_columns
 
@@ -105,20 +111,12 @@ def label_corpus(cfg: DistillConfig, teacher_fingerprint: str, *,
 
 def _teacher_job(cfg: DistillConfig):
     """One shard through ``bertbeam label --task classify --keep-logits``'s job."""
-    from bertbeam.beam.reading import Columns
-    from bertbeam.config import ModelSpec, RunSpec, TokenizeSpec
-    from bertbeam.run.control import RunControl
-    from bertbeam.run.job import Job, execute
-    from bertbeam.tasks.classify import ClassifyTask
-
     run = RunSpec(
         model=ModelSpec(uri=cfg.teacher, device=cfg.device, num_threads=cfg.num_threads,
                         allow_pickle_weights=cfg.allow_pickle_weights, cache_dir=cfg.cache_dir),
         tokenize=TokenizeSpec(max_length=cfg.max_length))
 
     def execute_shard(input_url: str, output_url: str) -> None:
-        from apache_beam.options.pipeline_options import PipelineOptions
-
         job = Job(task=ClassifyTask(keep_logits=True), run=run, input=input_url,
                   output=output_url, columns=Columns(id="id", text="text"),
                   control=RunControl(report=False))
