@@ -71,6 +71,7 @@ from bertbeam.run.runners import (
     describe_dry_run,
     is_dry_run,
     is_local,
+    is_remote,
     local_processes,
     resolve_runner,
 )
@@ -115,7 +116,7 @@ def preflight(job: Job, options: PipelineOptions | None = None) -> Prepared:
     """Fails with one clear line before anything starts: input, output, columns, model, task
     fit, settings (:mod:`bertbeam.run.checks`), carried columns, ``--previous`` locations."""
     started = time.time()
-    local = options is None or is_local(options)
+    local = options is None or not is_remote(options)  # workers on this machine
     dry = options is not None and is_dry_run(options)
     spec = job.run.model
     checks.check_location("--input", job.input)
@@ -156,7 +157,7 @@ def preflight(job: Job, options: PipelineOptions | None = None) -> Prepared:
     sink_points, text = None, job.columns.text if job.columns.text in schema.names else None
     if job.sink is not None and not dry:
         sink_points = job.sink.check(
-            schema, text_column=text, local=options is None or is_local(options),
+            schema, text_column=text, local=local,
             processes=1 if options is None else local_processes(options))
     return Prepared(config, local_dir, stamp, schema, carry, previous, started,
                     sink_points=sink_points, sink_text=text, offline=dry)

@@ -19,6 +19,19 @@ from apache_beam.portability.api import beam_provision_api_pb2
 _LOCAL = {None, "", "directrunner", "direct", "fnapirunner"}
 
 
+_ON_THIS_MACHINE = _LOCAL | {"bundlebaseddirectrunner", "switchingdirectrunner", "prismrunner",
+                             "interactiverunner", "testdirectrunner"}
+
+
+def is_remote(options: PipelineOptions) -> bool:
+    """Whether the runner's workers run elsewhere (Dataflow, Flink, Spark, a portable job
+    service): they cannot read the launcher's files. Beam's local runners of every kind
+    (BundleBasedDirectRunner, Prism, ...) are not remote."""
+    runner = options.view_as(StandardOptions).runner
+    name = runner if isinstance(runner, str) or runner is None else type(runner).__name__
+    return (name or "").lower() not in _ON_THIS_MACHINE
+
+
 def is_local(options: PipelineOptions) -> bool:
     runner = options.view_as(StandardOptions).runner
     return runner is None or (isinstance(runner, str) and runner.lower() in _LOCAL)

@@ -287,9 +287,10 @@ def test_only_the_join_with_previous_runs_shuffles_documents(tmp_path, tiny_mode
 
 def test_the_join_keeps_the_first_location_that_has_the_unchanged_row():
     """Per id: an unchanged text takes the earliest --previous location's row (rows left twice
-    by a killed run count once); a changed text is computed; a removed id yields nothing."""
+    by a killed run count once); a changed text is computed; a removed id yields its id on
+    the removed output."""
     from bertbeam.core.fingerprint import text_fingerprint
-    from bertbeam.beam.incremental import CARRIED, TEXT_FP, _ChooseFn
+    from bertbeam.beam.incremental import CARRIED, REMOVED, TEXT_FP, _ChooseFn
     from bertbeam.core.records import Document
 
     fp = text_fingerprint("same text")
@@ -303,4 +304,5 @@ def test_the_join_keeps_the_first_location_that_has_the_unchanged_row():
     changed = Document(id="a", text="new text")
     assert list(_ChooseFn().process(("a", {"documents": [changed], "previous": [(0, first)]}))) == [
         changed]
-    assert list(_ChooseFn().process(("a", {"documents": [], "previous": [(0, first)]}))) == []
+    gone = list(_ChooseFn().process(("a", {"documents": [], "previous": [(0, first)]})))
+    assert [(o.tag, o.value) for o in gone] == [(REMOVED, "a")]  # a --sink deletes it

@@ -238,3 +238,24 @@ def test_sink_flags_are_checked(tmp_path, capsys):
     assert run_cli("embed", "--input", corpus, "--output", tmp_path / "o", "--sink", "pinecone:x") == 2
     err = capsys.readouterr().err
     assert "Invalid --sink 'pinecone:x'" in err and "Traceback" not in err
+
+
+def test_a_first_sink_run_with_previous_writes_the_carried_rows_too(tmp_path, tiny_model):
+    """Night 1 had no --sink; night 2 adds one: the collection is empty at launch, so the
+    carried rows are written as well as the computed ones."""
+    sink = _sink("qdrant", tmp_path)
+    texts = _texts(30)
+    ids = list(texts)
+    corpus = _corpus(tmp_path / "in", ids, texts)
+    model = ["--model", tiny_model("bert", "base"), "--quiet", "--no-report"]
+    assert run_cli("embed", "--input", corpus, "--output", tmp_path / "night1", *model) == 0
+    texts[ids[0]] += " (edited)"
+    corpus2 = _corpus(tmp_path / "in2", ids, texts)
+    assert run_cli("embed", "--input", corpus2, "--output", tmp_path / "night2", *model,
+                   "--previous", tmp_path / "night1", *_flag(sink)) == 0
+    summary = read_summary(tmp_path / "night2")
+    assert (summary["computed"], summary["carried_forward"], summary["removed"]) == (1, 29, 0)
+    count, stored = _stored(sink)
+    assert count == 30 and set(stored) == set(ids)
+    results = {r["id"]: r for r in read_output(tmp_path / "night2")}
+    assert all(stored[i] == results[i]["text_fingerprint"] for i in ids)

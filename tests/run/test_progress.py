@@ -96,7 +96,7 @@ def test_lines_come_every_interval_while_workers_count(monkeypatch):
     stream = io.StringIO()
     with progress.LiveProgress(total=40, mode="lines", label="bertbeam embed",
                                stream=stream) as live:
-        code = ("from bertbeam import metrics\nimport time\n"
+        code = ("from bertbeam.core import metrics\nimport time\n"
                 "for _ in range(4):\n    metrics.inc(metrics.WRITTEN, 10); time.sleep(0.3)\n"
                 "time.sleep(0.8)\n")  # a worker process: its daemon thread flushes
         subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=120,
@@ -171,7 +171,11 @@ def test_the_start_line_points_cpu_runs_on_amx_to_bfloat16(monkeypatch, amx, opt
     from bertbeam.config import ModelSpec
     from bertbeam.run.job import _bf16_hint
 
-    monkeypatch.setattr(models, "cpu_runs_bf16_natively", lambda: amx)
+    from bertbeam.run import job
+
+    for module in (models, job):  # wherever the start line takes it from
+        if hasattr(module, "cpu_runs_bf16_natively"):
+            monkeypatch.setattr(module, "cpu_runs_bf16_natively", lambda: amx)
     runtime = {"device": "cpu", "dtype": "float32"}
     hint = _bf16_hint(ModelSpec(**options), runtime)
     assert ("--dtype bfloat16" in hint) is hinted

@@ -25,7 +25,8 @@ def qa_run(tmp_path_factory, tiny_model):
                                                "question": [q for q, _ in rows.values()],
                                                "context": [c for _, c in rows.values()]})
     code = run_cli("label", "--task", "qa", "--input", path, "--output", root / "out", "--model",
-                   tiny_model("bert", "qa"), "--max-length", "64", "--stride", "16")
+                   tiny_model("bert", "qa"), "--max-length", "64", "--stride", "16",
+                   "--max-dead-letter-fraction", "1")  # a corpus of bad rows
     assert code == 0
     dead = {r["id"]: r for r in read_output(root / "out", "dead_letter")}
     return [r["id"] for r in read_output(root / "out")], dead, read_summary(root / "out")
