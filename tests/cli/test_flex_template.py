@@ -1,4 +1,4 @@
-"""README's Flex Template recipe, checked offline: the Dockerfile, the metadata's parameters,
+"""The Flex Template recipe of docs/dataflow.md, checked offline: the Dockerfile, the metadata's parameters,
 and the documented ``gcloud dataflow flex-template run`` built as the Dataflow job the
 template's launcher would submit (``--dry_run=True``), through ``pipelines/flex_template.py``."""
 
@@ -29,14 +29,14 @@ GCLOUD_FLAGS = {"--region": "--region", "--temp-location": "--temp_location",
 
 
 def documented_flex_run() -> list[str]:
-    """The README's ``gcloud dataflow flex-template run`` command, variables expanded."""
-    text = (ROOT / "README.md").read_text()
+    """docs/dataflow.md's ``gcloud dataflow flex-template run`` command, variables expanded."""
+    text = (ROOT / "docs" / "dataflow.md").read_text()
     for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
         for line in block.replace("\\\n", " ").splitlines():
             if line.startswith("gcloud dataflow flex-template run"):
                 expanded = re.sub(r"\$\{?(\w+)\}?", lambda m: VARS[m.group(1)], line)
                 return shlex.split(expanded)
-    raise AssertionError("README documents no `gcloud dataflow flex-template run` command")
+    raise AssertionError("docs/dataflow.md documents no `gcloud dataflow flex-template run` command")
 
 
 def launcher_argv(gcloud: list[str]) -> list[str]:
