@@ -68,8 +68,8 @@ def assert_same_results(rerun: dict[str, dict], full: dict[str, dict], task: str
 
 def _spy_on_the_model(monkeypatch) -> list[str]:
     """Ids of the documents the engine encodes (the first step of the model path)."""
-    from bertbeam.core import engine
     from bertbeam.beam.incremental import _unkey
+    from bertbeam.core import engine
 
     seen: list[str] = []
     original = engine.Engine.encode
@@ -289,8 +289,8 @@ def test_the_join_keeps_the_first_location_that_has_the_unchanged_row():
     """Per id: an unchanged text takes the earliest --previous location's row (rows left twice
     by a killed run count once); a changed text is computed; a removed id yields its id on
     the removed output."""
-    from bertbeam.core.fingerprint import text_fingerprint
     from bertbeam.beam.incremental import CARRIED, REMOVED, TEXT_FP, _ChooseFn
+    from bertbeam.core.fingerprint import text_fingerprint
     from bertbeam.core.records import Document
 
     fp = text_fingerprint("same text")

@@ -123,3 +123,55 @@ def test_existing_collection_with_another_dimension_is_refused(tmp_path):
     other = SCHEMA.set(SCHEMA.get_field_index("embedding"), pa.field("embedding", pa.list_(pa.float32(), 8)))
     with pytest.raises(ValueError, match="holds 4-dimensional embeddings; these results have 8"):
         sink.prepare(other)
+
+def test_bigquery_schema_and_rows_offline():
+    """The table schema types every carried column, and Beam's own BigQuery row conversion
+    (the step before the managed write) accepts the rows it makes."""
+    from apache_beam.io.gcp.bigquery_tools import (
+        beam_row_from_dict,
+        get_beam_typehints_from_tableschema,
+    )
+    from apache_beam.ml.rag.ingestion.bigquery import BigQueryVectorWriterConfig
+
+    config = bigquery_schema_config(SCHEMA)
+    fields = {f["name"]: (f["type"], f["mode"]) for f in config.schema["fields"]}
+    assert fields == {"id": ("STRING", "REQUIRED"), "embedding": ("FLOAT64", "REPEATED"),
+                      "content": ("STRING", "NULLABLE"), "title": ("STRING", "NULLABLE"),
+                      "tags": ("STRING", "REPEATED"), "published": ("TIMESTAMP", "NULLABLE"),
+                      "rank": ("INT64", "NULLABLE")}
+    row = config.embeddable_to_dict_fn(to_chunk({**ROW, "published": datetime.datetime(2024, 5, 1)}))
+    assert row["id"] == "doc-1" and row["content"] == "Open a file." and row["tags"] == ["io", "os"]
+    beam_row = beam_row_from_dict(row=row, schema=config.schema)
+    assert beam_row.rank == 3 and list(beam_row.embedding) == [0.5] * 4
+    assert {name for name, _ in get_beam_typehints_from_tableschema(config.schema)} == set(fields)
+    assert BigQueryVectorWriterConfig(write_config={"table": "proj:ds.docs"},
+                                      schema_config=config).schema_config is config
+    nested = pa.schema([("id", pa.string()), ("m", pa.list_(pa.list_(pa.int32()))),
+                        ("embedding", pa.list_(pa.float32(), 2))])
+    with pytest.raises(ValueError, match="'m' is a list of lists"):
+        bigquery_schema_config(nested)
+
+
+def test_alloydb_columns_and_table_offline():
+    """AlloyDB's writer config builds from the column specs (no connection is made): its
+    converter makes a record per chunk and its INSERT casts the typed columns; the DDL
+    declares a pgvector column of the results' dimension."""
+    from apache_beam.ml.rag.ingestion.alloydb import (
+        AlloyDBLanguageConnectorConfig,
+        AlloyDBVectorWriterConfig,
+    )
+
+    config = AlloyDBVectorWriterConfig(
+        connection_config=AlloyDBLanguageConnectorConfig(
+            username="u", password="p", database_name="db",
+            instance_name="projects/p/locations/l/clusters/c/instances/i"),
+        table_name="docs", column_specs=postgres_column_specs(SCHEMA))
+    record = config.query_builder.create_converter()(to_chunk(ROW))
+    assert record._asdict() == {"id": "doc-1", "embedding": "{0.5,0.5,0.5,0.5}", "content": "Open a file.",
+                                "title": "Files", "tags": '["io", "os"]',
+                                "published": "2024-05-01T12:00:00", "rank": 3}
+    insert = " ".join(config.query_builder.build_insert().split())
+    assert "(id, embedding, content, title, tags, published, rank)" in insert
+    assert "VALUES (?, ?::float[], ?, ?, ?::jsonb, ?::timestamptz, ?)" in insert
+    ddl = postgres_create_table("docs", SCHEMA)
+    assert "embedding vector(4) NOT NULL" in ddl and "tags jsonb" in ddl and "rank bigint" in ddl

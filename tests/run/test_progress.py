@@ -20,7 +20,6 @@ from pathlib import Path
 import pytest
 
 from bertbeam.core import metrics, tally
-
 from bertbeam.run import progress
 from tests.conftest import SAMPLE_TEXTS, run_cli, write_corpus
 
@@ -167,11 +166,10 @@ def test_tally_sums_processes_and_threads(tmp_path, monkeypatch):
     (True, {"backend": "onnx"}, False),
 ])
 def test_the_start_line_points_cpu_runs_on_amx_to_bfloat16(monkeypatch, amx, options, hinted):
-    from bertbeam.core import models
     from bertbeam.config import ModelSpec
-    from bertbeam.run.job import _bf16_hint
-
+    from bertbeam.core import models
     from bertbeam.run import job
+    from bertbeam.run.job import _bf16_hint
 
     for module in (models, job):  # wherever the start line takes it from
         if hasattr(module, "cpu_runs_bf16_natively"):

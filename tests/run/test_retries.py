@@ -49,8 +49,8 @@ def test_a_bundle_retried_after_a_failure_writes_each_row_once(tmp_path, corpus,
                                                               monkeypatch, target):
     """BundleBasedDirectRunner retries failed bundles (Dataflow does too): the failed
     attempt's temporary file or outputs must not reach the final result set."""
-    from bertbeam.core import engine
     from bertbeam.beam import writing
+    from bertbeam.core import engine
 
     calls: list[str] = []
     if target == "write":
