@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from bertbeam.beam.reading import InputError
+from bertbeam.beam.writing import read_table
 from bertbeam.core import metrics
 from bertbeam.core.deadletter import DEAD_LETTER, DeadLetter
 from bertbeam.core.fingerprint import STAMP_COLUMNS, TEXT_FINGERPRINT_CHARS, text_fingerprint
@@ -337,8 +338,6 @@ def changes(previous_files: Iterable[str], output_dir: str) -> dict[str, Any]:
     """What changed since the earlier run(s): ids ``added`` (no earlier row), ``changed``
     (another text fingerprint), ``unchanged`` and ``removed`` (earlier rows whose id is
     neither in this run's results nor in its dead letter), from the files alone."""
-    from bertbeam.beam.writing import read_table
-
     before: dict[str, str] = {}
     for url in previous_files:
         fs, path = url_to_fs(url)
@@ -366,8 +365,6 @@ def changes(previous_files: Iterable[str], output_dir: str) -> dict[str, Any]:
 def count_computed(output_dir: str, run_id: str) -> int:
     """Rows of ``output_dir``'s results that run ``run_id`` computed (the others were carried
     forward), counted from the ``run_id`` column."""
-    from bertbeam.beam.writing import read_table
-
     table = read_table(output_dir, "results", [RUN_ID])
     if table.num_rows == 0:
         return 0

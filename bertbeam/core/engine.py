@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import logging
+import math
 import pickle
 import threading
 from collections.abc import Iterator
@@ -35,10 +36,11 @@ from typing import Any
 import numpy as np
 from apache_beam.utils import shared
 
-from bertbeam.core import metrics
 from bertbeam.config import BatchSpec, ModelSpec, RunSpec, TokenizeSpec
+from bertbeam.core import metrics
 from bertbeam.core.deadletter import DeadLetter, Reason, Stage
 from bertbeam.core.memory import HeapTrimmer
+from bertbeam.core.models import acquire_model
 from bertbeam.core.planning import plan_batches
 from bertbeam.core.records import (
     BatchPlan,
@@ -49,6 +51,7 @@ from bertbeam.core.records import (
     Results,
     WindowChunk,
 )
+from bertbeam.core.sentence_transformers import max_seq_length
 from bertbeam.core.task import Task, TaskInputError
 
 _LOG = logging.getLogger(__name__)
@@ -91,8 +94,6 @@ def engine_spec(task: Task, run: RunSpec | None) -> EngineSpec:
 
 def resolve_max_length(tokenizer: Any, config: Any, local_dir: str, spec: TokenizeSpec) -> int:
     """Window length: the spec's, else sentence-transformers' or the tokenizer's, within the model."""
-    from bertbeam.core.sentence_transformers import max_seq_length
-
     limit = getattr(config, "max_position_embeddings", _HARD_MAX_LENGTH)
     if getattr(config, "model_type", "") in _OFFSET_POSITIONS:
         limit -= 2
@@ -115,8 +116,6 @@ def check_overflow(tokenizer: Any, max_length: int, stride: int) -> None:
     several windows must come back as all of them. tokenizers 0.23.1 and 0.23.2 return two
     windows whatever the length (a 2,000-word text lost nine tenths of its tokens, silently).
     """
-    import math
-
     text = " ".join(["the cat sat on a mat"] * max(4, max_length // 2))
     n = len(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
     content = max_length - tokenizer.num_special_tokens_to_add(pair=False)
@@ -124,7 +123,7 @@ def check_overflow(tokenizer: Any, max_length: int, stride: int) -> None:
     got = len(tokenizer([text], truncation=True, max_length=max_length, stride=stride,
                         return_overflowing_tokens=True, padding=False)["input_ids"])
     if got != expected:
-        import tokenizers
+        import tokenizers  # the model stack loads where it is used (start-up)
 
         raise BrokenTokenizerError(
             f"tokenizers {tokenizers.__version__} cut a {n}-token text into {got} windows of "
@@ -185,8 +184,6 @@ class Engine:
 
     @classmethod
     def _build(cls, spec: EngineSpec) -> Engine:
-        from bertbeam.core.models import acquire_model
-
         engine = cls(spec, acquire_model(spec.model, spec.task.model_class))
         if engine.chunk:
             with engine.loaded.tokenizer_lock:
@@ -355,7 +352,7 @@ class Engine:
                     for rows, padded in zip(plan.batches, plan.padded, strict=True)]
         with self._pool_lock:
             if self._pool is None:
-                import torch
+                import torch  # the model stack loads where it is used (start-up)
 
                 # torch's thread count is per thread: each stream's thread takes its share.
                 self._pool = ThreadPoolExecutor(
@@ -460,7 +457,7 @@ class Engine:
             return [(rows, self._forward(windows, rows, padded))]
         except Exception as exc:
             if _is_oom(exc) and len(rows) > 1:
-                import torch
+                import torch  # the model stack loads where it is used (start-up)
 
                 torch.cuda.empty_cache()
                 self._max_tokens = max(tokens // 2, padded)
@@ -493,7 +490,7 @@ class Engine:
     def _forward(self, windows: WindowChunk, rows: np.ndarray, padded: int) -> dict[str, Any]:
         """Pads windows ``rows``, moves them to the device and runs ``task.forward`` under
         ``torch.inference_mode``; returns float32 batched tensors, possibly still in flight."""
-        import torch
+        import torch  # the model stack loads where it is used (start-up)
 
         arrays = self.collate(windows, rows, padded)
         if self.task.window_index_input:
@@ -600,7 +597,7 @@ class _InFlight(dict):
 
 
 def _is_oom(exc: BaseException) -> bool:
-    import torch
+    import torch  # the model stack loads where it is used (start-up)
 
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
 

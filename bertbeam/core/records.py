@@ -19,6 +19,7 @@ from typing import Any, Optional
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
+from apache_beam.typehints.row_type import RowTypeConstraint
 
 from bertbeam.core.deadletter import PREVIEW_CHARS, DeadLetter
 
@@ -370,8 +371,6 @@ def _plain(value: Any) -> Any:
 def beam_row_type(schema: pa.Schema) -> Any:
     """The Beam schema (a ``RowTypeConstraint``) of rows with this Arrow schema, so that
     schema-aware transforms (``beam.Select``, SqlTransform, BigQuery) take them."""
-    from apache_beam.typehints.row_type import RowTypeConstraint
-
     return RowTypeConstraint.from_fields([(f.name, _python_type(f)) for f in schema])
 
 
@@ -394,8 +393,6 @@ def _python_type(f: pa.Field) -> Any:
     elif pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
         hint = Sequence[_python_type(t.value_field)]
     elif pa.types.is_struct(t):
-        from apache_beam.typehints.row_type import RowTypeConstraint
-
         hint = RowTypeConstraint.from_fields([(c.name, _python_type(c)) for c in t])
     else:
         raise TypeError(f"No Beam schema type for Arrow type {t} (field {f.name!r}).")
