@@ -161,3 +161,36 @@ def test_the_private_import_check_finds_both_forms(tmp_path):
                       "checks._helper()\nchecks.public()\n")
     assert private_imports(sample, "sample") == [
         "1: from bertbeam.config import _check_choice", "3: checks._helper"]
+
+
+def unexplained_function_imports(path: Path) -> list[str]:
+    """Imports inside functions without a one-line reason: a comment on the import's first
+    line or on the line above it."""
+    lines = path.read_text().splitlines()
+    found = []
+
+    def walk(node: ast.AST, in_function: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.Import, ast.ImportFrom)) and in_function:
+                above = lines[child.lineno - 2].strip() if child.lineno > 1 else ""
+                if "#" not in lines[child.lineno - 1] and not above.startswith("#"):
+                    found.append(f"{child.lineno}: {lines[child.lineno - 1].strip()}")
+            walk(child, in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)))
+
+    walk(ast.parse("\n".join(lines)), False)
+    return found
+
+
+def test_imports_inside_functions_say_why():
+    """An import stays inside a function only to keep start-up light (torch, transformers,
+    optional libraries) or to break a cycle, and says so; the others are at module level."""
+    offenders = {str(p.relative_to(PACKAGE.parent)): found for p in sorted(PACKAGE.rglob("*.py"))
+                 if (found := unexplained_function_imports(p))}
+    assert offenders == {}
+
+
+def test_the_function_import_check_finds_a_bare_one(tmp_path):
+    sample = tmp_path / "sample.py"
+    sample.write_text("import os\n\ndef f():\n    import torch  # the model stack\n"
+                      "    # Cloud Storage only\n    import gcsfs\n    import json\n")
+    assert unexplained_function_imports(sample) == ["7: import json"]
