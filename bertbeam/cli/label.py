@@ -11,7 +11,6 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-import fsspec
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from bertbeam.beam.reading import Columns
@@ -54,6 +53,8 @@ def _read_labels(args: argparse.Namespace) -> tuple[tuple[str, ...], tuple[str |
         return parse_labels(args.candidate_labels.split(","))
     if args.labels_file is None:
         raise ValueError("--task zero-shot needs --labels \"a,b,c\" or --labels-file FILE.")
+    import fsspec  # on the first file opened (start-up)
+
     try:
         with fsspec.open(args.labels_file, "r", encoding="utf-8") as f:
             return parse_labels(f.read().splitlines())
