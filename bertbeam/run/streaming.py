@@ -30,8 +30,8 @@ from apache_beam.transforms.window import FixedWindows
 from bertbeam.beam.batching import BatchByTokens
 from bertbeam.beam.inference import RunModel
 from bertbeam.beam.postprocess import Postprocess
-from bertbeam.beam.reading import carried_fields
 from bertbeam.beam.sinks import FitSink, _SyncFn
+from bertbeam.beam.reading import carried_fields
 from bertbeam.beam.sources import (
     PUBSUB,
     WATCH,
@@ -259,10 +259,12 @@ def _run_locally(job: Job, options: PipelineOptions, spec: StreamSpec, prepared:
             failure.append(exc)
 
     stop = threading.Event()
-    received: list[int] = []
 
     def _ask_stop(signum: int, frame: object) -> None:
-        received.append(signum)
+        if stop.is_set():  # asked twice: stop now, whatever is in flight
+            logging.getLogger("apache_beam").setLevel(logging.CRITICAL + 1)
+            open(flag, "w").close()
+            raise KeyboardInterrupt()
         stop.set()
 
     previous = {s: signal.signal(s, _ask_stop) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -278,6 +280,8 @@ def _run_locally(job: Job, options: PipelineOptions, spec: StreamSpec, prepared:
         if failure or not thread.is_alive():
             _fail(failure)
         files, expected = landed_rows(prepared.source.location)
+        print(f"bertbeam: stopping: writing the rest of the {files} file(s) that have landed "
+              "(Ctrl-C again stops now).", file=sys.stderr, flush=True)
         deadline = time.time() + spec.drain_timeout
         accounted = 0
         while time.time() < deadline and thread.is_alive():

@@ -321,3 +321,22 @@ def test_watch_embeds_files_landing_while_it_runs_and_stops_on_sigint(tiny_model
     summary = json.loads((out / "_SUMMARY.json").read_text())
     assert (summary["read"], summary["written"], summary["dead_lettered"], summary["accounted"]) == (
         16, 14, 2, True)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--input", "watch:{d}/*.parquet"], "is unbounded: add --streaming"),
+    (["--streaming", "--input", "{d}/*.parquet"], "A streaming input is 'watch:GLOB'"),
+    (["--streaming", "--input", "pubsub:projects/p/topics/t"], "Invalid Pub/Sub input"),
+    (["--streaming", "--input", "watch:{d}/*.parquet", "--previous", "{d}/old"],
+     "--previous applies to batch runs"),
+    (["--streaming", "--input", "watch:{d}/*.parquet", "--max-wait", "-1"],
+     "expected a number of seconds"),
+])
+def test_streaming_mistakes_are_one_line_at_launch(tmp_path, capsys, argv, message):
+    from tests.conftest import run_cli
+
+    argv = [a.format(d=tmp_path) for a in argv]
+    assert run_cli("embed", *argv, "--output", str(tmp_path / "out")) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
