@@ -124,7 +124,7 @@ class _FirstOfIdFn(beam.DoFn):
     SEEN = ReadModifyWriteStateSpec("seen", BooleanCoder())
 
     def process(self, element: tuple[str, Document],
-                seen: Any = beam.DoFn.StateParam(SEEN)) -> Iterator[Any]:
+                seen: Any = beam.DoFn.StateParam(SEEN)) -> Iterator[Any]:  # noqa: B008
         doc_id, doc = element
         if seen.read():
             yield DeadLetter.of(doc_id, Reason.DUPLICATE_ID, (

@@ -30,8 +30,8 @@ from apache_beam.transforms.window import FixedWindows
 from bertbeam.beam.batching import BatchByTokens
 from bertbeam.beam.inference import RunModel
 from bertbeam.beam.postprocess import Postprocess
-from bertbeam.beam.sinks import FitSink, _SyncFn
 from bertbeam.beam.reading import carried_fields
+from bertbeam.beam.sinks import FitSink, _SyncFn
 from bertbeam.beam.sources import (
     PUBSUB,
     WATCH,

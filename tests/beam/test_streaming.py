@@ -18,7 +18,7 @@ from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import assert_that
 from apache_beam.transforms.window import FixedWindows, TimestampedValue
 
-from bertbeam import Document, EmbedDocuments, InferDocuments, LabelDocuments, ModelSpec, RunSpec
+from bertbeam import Document, EmbedDocuments, LabelDocuments, ModelSpec, RunSpec
 from bertbeam.beam.buffering import BufferedDoFn
 from bertbeam.beam.windowing import EVENT_TIME, PerWindowBuffer
 from bertbeam.config import BatchSpec
