@@ -1,6 +1,6 @@
-"""The library examples of docs/library.md read every stage's dead letter, and run as
-written (a tiny model and a local corpus standing in for theirs): the rows a reader rejects
-come out of the dead letter, not silently nowhere."""
+"""The library examples of README.md and docs/library.md read every stage's dead letter, and
+run as written (a tiny model and a local corpus standing in for theirs): the rows a reader
+rejects come out of the dead letter, not silently nowhere."""
 
 from __future__ import annotations
 
@@ -14,18 +14,20 @@ import pytest
 
 from tests.conftest import write_corpus
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "library.md"
+ROOT = Path(__file__).resolve().parents[2]
+DOC = ROOT / "docs" / "library.md"
+README = ROOT / "README.md"
 
 
-def pipelines() -> list[str]:
-    """The python blocks of docs/library.md that read documents with ReadDocuments."""
-    blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(), flags=re.S)
+def pipelines(page: Path = DOC) -> list[str]:
+    """The python blocks of ``page`` that read documents with ReadDocuments."""
+    blocks = re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S)
     return [b for b in blocks if "ReadDocuments(" in b]
 
 
 def test_every_example_reads_the_readers_and_the_models_dead_letter():
-    found = pipelines()
-    assert len(found) >= 2
+    found = pipelines() + pipelines(README)
+    assert len(found) >= 3
     for block in found:
         reader = re.search(r"(\w+) = p \| ReadDocuments\(", block).group(1)
         model = re.search(r"(\w+) = \w+\[\"documents\"\] \| \w+Documents\(", block).group(1)
@@ -56,6 +58,14 @@ def test_the_embed_example_prints_results_and_the_readers_dead_letter(corpus, ti
                    monkeypatch, tmp_path)
     assert "Row(id='b', stage='read', reason='null_text')" in printed
     assert printed.count("n_tokens=") == 2
+
+
+def test_the_readme_example_prints_the_readers_dead_letter(corpus, tiny_model, monkeypatch,
+                                                          tmp_path):
+    printed = _run(pipelines(README)[0],
+                   {"ModelSpec()": f"ModelSpec(uri={tiny_model('bert', 'base')!r})"},
+                   monkeypatch, tmp_path)
+    assert "Row(id='b', stage='read', reason='null_text')" in printed
 
 
 def test_the_label_example_writes_every_dead_letter(corpus, tiny_model, monkeypatch, tmp_path):
