@@ -26,6 +26,7 @@ the ratio when both ran on the same input.
 from __future__ import annotations
 
 import json
+import os
 import posixpath
 import re
 import sys
@@ -144,9 +145,8 @@ def _results_dir(pattern: str) -> str:
     return fs.unstrip_protocol(posixpath.dirname(fixed) or ".")
 
 
-def _speed(pattern: str) -> dict[str, Any] | None:
-    """What the ``_SUMMARY.json`` beside a ``bertbeam label`` output says of its speed, or
-    None when there is none."""
+def _summary(pattern: str) -> dict[str, Any] | None:
+    """The ``_SUMMARY.json`` beside a ``bertbeam label`` output, or None."""
     import fsspec  # on the first file opened (start-up)
 
     url = f"{_results_dir(pattern).rstrip('/')}/_SUMMARY.json"
@@ -154,6 +154,15 @@ def _speed(pattern: str) -> dict[str, Any] | None:
         with fsspec.open(url, "r") as f:
             summary = json.load(f)
     except (OSError, ValueError):
+        return None
+    return summary if isinstance(summary, dict) else None
+
+
+def _speed(pattern: str) -> dict[str, Any] | None:
+    """What the ``_SUMMARY.json`` beside a ``bertbeam label`` output says of its speed, or
+    None when there is none."""
+    summary = _summary(pattern)
+    if summary is None:
         return None
     keys = ("model", "input", "written", "wall_seconds", "docs_per_second", "tokens_per_second",
             "device", "dtype", "threads")
@@ -204,22 +213,46 @@ def _confusion_png(gold: list[str], predicted: list[str], path: str) -> None:
     plt.close(fig)
 
 
-def _check_label_overlap(gold: list, predicted: list, multi_label: bool) -> None:
-    """Fails when no predicted label is a gold label: the model's label names are not the
-    gold rows' (``LABEL_0`` against ``cat``), and every score would be 0 for that reason."""
+def _model_labels(pattern: str) -> set[str] | None:
+    """The label names of the classifier that wrote the predictions (its ``id2label``), when
+    the ``_SUMMARY.json`` beside them names a classify run of a local checkpoint; else None
+    (zero-shot's labels are the run's own, and a remote model is not fetched for this)."""
+    summary = _summary(pattern)
+    model = (summary or {}).get("model")
+    if not summary or summary.get("task") != "classify" or not isinstance(model, str):
+        return None
+    config = os.path.join(model, "config.json")
+    try:
+        with open(config, encoding="utf-8") as f:
+            names = json.load(f).get("id2label") or {}
+    except (OSError, ValueError):
+        return None
+    return {str(v) for v in names.values()} or None
+
+
+def _check_label_overlap(cfg: EvalConfig, gold: list, predicted: list) -> list[str]:
+    """Fails when the model's labels (its ``id2label``, where the run's summary names a
+    local checkpoint) share none with the gold labels: it was trained on other label names
+    (``LABEL_0`` against ``cat``), and every score would be 0 for that reason. Without the
+    model's labels, predictions that share none with gold give a warning (returned)."""
     def names(values: list) -> set[str]:
-        return {x for v in values for x in (v if multi_label else [v]) if x}
+        return {x for v in values for x in (v if cfg.multi_label else [v]) if x}
+
+    def shown(values: set[str]) -> str:
+        listed = sorted(values)
+        return ", ".join(listed[:6]) + (", …" if len(listed) > 6 else "")
 
     g, p = names(gold), names(predicted)
-    if p and not g & p:
-        def shown(values: set[str]) -> str:
-            listed = sorted(values)
-            return ", ".join(listed[:6]) + (", …" if len(listed) > 6 else "")
-
+    known = _model_labels(cfg.predictions)
+    if known is not None and not known & g:
         raise TrainingDataError(
-            f"None of the predicted labels ({shown(p)}) occurs in the gold labels ({shown(g)}): "
-            "the model was trained on other label names, so every score would be 0. Label "
-            "with a model trained on these labels, or map the names first.")
+            f"None of the model's labels ({shown(known)}) occurs in the gold labels ({shown(g)}): "
+            "it was trained on other label names, so every score would be 0. Label with a "
+            "model trained on these labels, or map the names first.")
+    if known is None and p and not g & p:
+        return [f"none of the predicted labels ({shown(p)}) occurs in the gold labels "
+                f"({shown(g)}): if the model was trained on other label names, map them first"]
+    return []
 
 
 def evaluate(cfg: EvalConfig) -> dict[str, Any]:
@@ -263,10 +296,13 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         raise TrainingDataError(
             f"No row to compare: {len(gold)} gold ids, {len(predicted)} predicted ids, "
             f"{len(both)} in common{'; ' + skips.describe() if skips.total() else ''}.")
+    warnings: list[str] = []
     if cfg.task == "ner":
         scores = entity_scores(g, p)
     else:
-        _check_label_overlap(g, p, cfg.multi_label)
+        warnings = _check_label_overlap(cfg, g, p)
+        for line in warnings:
+            print(f"bertbeam evaluate: warning: {line}", file=sys.stderr)
         scores = multi_label_scores(g, p) if cfg.multi_label else class_scores(g, p)
     out = _output_dir(cfg)
     fs, root = fsspec.core.url_to_fs(out)
@@ -284,6 +320,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         "skipped": skips.as_dict(),
         "scores": scores,
         "speed": _speeds(cfg),
+        "warnings": warnings,
         "files": files,
     }
     if reference:

@@ -181,15 +181,23 @@ def test_pickle_only_start_weights_need_the_opt_in(tmp_path, tiny_model, capsys,
     assert (tmp_path / "m" / "model.safetensors").exists()
 
 
-def test_disjoint_labels_of_model_and_gold_are_an_error(tmp_path, capsys):
-    """Predictions whose labels never occur in the gold rows (a model trained on other label
-    names): not accuracy 0, one line saying so."""
+def test_disjoint_labels_of_model_and_gold_are_an_error(tmp_path, tiny_model, capsys):
+    """A classifier trained on other label names than the gold rows' (negative / neutral /
+    positive against cat / dog): not accuracy 0, one line saying so. Without a summary
+    naming the model, predictions that share no label with gold are a warning."""
     gold = write_corpus(tmp_path / "gold.parquet", {"id": ["a", "b", "c"], "label": ["cat", "dog", "cat"]})
     preds = write_corpus(tmp_path / "out" / "results-0.parquet",
-                         {"id": ["a", "b", "c"], "label": ["LABEL_0", "LABEL_1", "LABEL_0"]})
+                         {"id": ["a", "b", "c"], "label": ["negative", "positive", "negative"]})
+    assert run_cli("evaluate", "--task", "classify", "--predictions", preds, "--gold", gold) == 0
+    err = capsys.readouterr().err
+    assert "bertbeam evaluate: warning: none of the predicted labels (negative, positive) occurs " \
+           "in the gold labels (cat, dog)" in err
+    (tmp_path / "out" / "_SUMMARY.json").write_text(json.dumps(
+        {"task": "classify", "model": tiny_model("bert", "classify")}))
+    (tmp_path / "out" / "_EVAL.json").unlink()
     assert run_cli("evaluate", "--task", "classify", "--predictions", preds, "--gold", gold) == 2
-    _one_line_error(capsys, "None of the predicted labels (LABEL_0, LABEL_1) occurs in the gold "
-                            "labels (cat, dog)", "evaluate")
+    _one_line_error(capsys, "None of the model's labels (negative, neutral, positive) occurs in "
+                            "the gold labels (cat, dog)", "evaluate")
     assert not Path(tmp_path / "out" / "_EVAL.json").exists()
 
 
