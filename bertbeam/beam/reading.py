@@ -11,12 +11,12 @@ from typing import Any
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
-
-from bertbeam.core import metrics
+from bertbeam.beam.validation import Unconvertible, check_document, id_key
 from bertbeam.core.deadletter import DEAD_LETTER, DeadLetter, Reason, emit
 from bertbeam.filesystems import expand_glob, url_to_fs
+
+from bertbeam.core import metrics
 from bertbeam.core.records import Document, DocumentChunk
-from bertbeam.beam.validation import Unconvertible, check_document, id_key
 
 READ_BATCH_ROWS = 4096
 
@@ -141,7 +141,7 @@ class _Footers:
             return pq.ParquetFile(f, metadata=footer).read_row_group(group, columns=columns)
 
 
-class _ListRowGroupsFn(beam.DoFn):
+class ListRowGroupsFn(beam.DoFn):
     def setup(self) -> None:
         self._footers = _Footers()
 
@@ -195,7 +195,7 @@ class _FirstPosition(beam.CombineFn):
         return acc
 
 
-class _ReadRowGroupFn(beam.DoFn):
+class ReadRowGroupFn(beam.DoFn):
     def __init__(self, columns: Columns, chunk_size: int | None = None):
         self._columns = columns
         self._chunk_size = chunk_size
@@ -322,7 +322,7 @@ class ReadDocuments(beam.PTransform):
             pbegin
             | "Pattern" >> beam.Create([self._pattern])
             | "ExpandGlob" >> beam.FlatMap(expand_glob)
-            | "ListRowGroups" >> beam.ParDo(_ListRowGroupsFn()).with_outputs(DEAD_LETTER, main="groups")
+            | "ListRowGroups" >> beam.ParDo(ListRowGroupsFn()).with_outputs(DEAD_LETTER, main="groups")
         )
         spread = groups.groups | "SpreadRowGroups" >> beam.Reshuffle()
         # Duplicate ids are found from the id column alone (a cheap columnar pass), so that
@@ -335,7 +335,7 @@ class ReadDocuments(beam.PTransform):
                 lambda key, acc: [(key, acc[0])] if acc[1] > 1 else [])
         )
         read = spread | "ReadRowGroups" >> beam.ParDo(
-            _ReadRowGroupFn(self._columns, self._chunk_size),
+            ReadRowGroupFn(self._columns, self._chunk_size),
             duplicates=beam.pvalue.AsDict(duplicates)
         ).with_outputs(DEAD_LETTER, main="documents")
         dead = (groups.dead_letter, read.dead_letter) | "ReadDeadLetter" >> beam.Flatten()

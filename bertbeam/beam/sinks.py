@@ -145,7 +145,11 @@ def _held_elsewhere(lock_file: str) -> bool:
         os.close(fd)
 
 
-def _check_runner(kind: str, location: str, *, local: bool, processes: int) -> None:
+def check_runner(kind: str, location: str, *, local: bool, processes: int) -> None:
+    """An embedded database (a local path) opens in one local process: refused with a remote
+    runner or several worker processes. A server URL passes."""
+    if location.startswith(("http://", "https://")):
+        return
     if not local:
         raise ValueError(f"--sink {kind}:{location} is an embedded database on this machine, "
                          "which remote workers cannot reach; use a server URL.")
@@ -215,7 +219,7 @@ class MilvusSink:
             ValueError: in one line, for each of those.
         """
         if not self.remote:
-            _check_runner("milvus", self.uri, local=local, processes=processes)
+            check_runner("milvus", self.uri, local=local, processes=processes)
             _check_local_dir(self.uri, "Milvus Lite path")
             if not _milvus_lite_open_here(self.uri) and _held_elsewhere(os.path.join(self.uri, "LOCK")):
                 raise ValueError(f"Milvus Lite path {self.uri!r} is held by another process (a "
@@ -352,7 +356,7 @@ class QdrantSink:
         from qdrant_client import models  # optional: the sink's client, on use
 
         if not self.remote:
-            _check_runner("qdrant", self.location, local=local, processes=processes)
+            check_runner("qdrant", self.location, local=local, processes=processes)
             _check_local_dir(self.location, "Qdrant path")
             if (os.path.abspath(self.location) not in _QDRANT_LOCAL
                     and _held_elsewhere(os.path.join(self.location, ".lock"))):
@@ -556,7 +560,7 @@ class FitSink(beam.PTransform):
         return {"results": out.results, DEAD_LETTER: out[DEAD_LETTER]}
 
 
-class _SyncFn(beam.DoFn):
+class SyncFn(beam.DoFn):
     """Upserts results rows and deletes ids, ``WRITE_BATCH`` at a time."""
 
     def __init__(self, sink: Sink, text_column: str | None):
@@ -614,7 +618,7 @@ class SyncToSink(beam.PTransform):
         return (inputs
                 | "SinkWork" >> beam.Flatten()
                 | "SpreadSinkWork" >> beam.Reshuffle()
-                | "Sync" >> beam.ParDo(_SyncFn(self._sink, self._text)))
+                | "Sync" >> beam.ParDo(SyncFn(self._sink, self._text)))
 
 
 # -- after the pipeline ---------------------------------------------------------------------

@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import apache_beam as beam
-
-from bertbeam.beam.reading import Columns, _ListRowGroupsFn, _ReadRowGroupFn
 from bertbeam.beam.validation import check_document
-from bertbeam.core import metrics
 from bertbeam.core.deadletter import DEAD_LETTER, DeadLetter, Reason, emit
+
+from bertbeam.beam.reading import Columns, ListRowGroupsFn, ReadRowGroupFn
+from bertbeam.core import metrics
 from bertbeam.core.records import Document
 
 WATCH = "watch:"
@@ -91,8 +91,8 @@ class _ReadFileFn(beam.DoFn):
     runs.)"""
 
     def __init__(self, columns: Columns):
-        self._groups = _ListRowGroupsFn()
-        self._read = _ReadRowGroupFn(columns)
+        self._groups = ListRowGroupsFn()
+        self._read = ReadRowGroupFn(columns)
 
     def setup(self) -> None:
         self._groups.setup()

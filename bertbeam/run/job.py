@@ -37,6 +37,7 @@ from bertbeam.beam.reading import (
     count_input_rows,
 )
 from bertbeam.beam.sinks import FitSink, SyncToSink
+from bertbeam.beam.sinks import check_runner as check_sink_runner
 from bertbeam.beam.tokenization import ChunkDocuments
 from bertbeam.beam.transforms import InferChunks, with_carried
 from bertbeam.beam.writing import WriteResults
@@ -125,6 +126,8 @@ def preflight(job: Job, options: PipelineOptions | None = None) -> Prepared:
         checks.check_remote_locations({"--input": job.input, "--output": job.output}, spec.uri)
         for location in job.control.previous:
             checks.check_remote_locations({"--previous": location}, spec.uri)
+    if job.sink is not None and not local:
+        check_sink_runner(job.sink.kind, job.sink.location, local=False, processes=1)
     checks.check_output_outside_input(job.input, job.output)
     if not dry:  # a dry run builds the job offline: no footer read, no bucket touched
         checks.check_reachable([job.input, job.output, *job.control.previous, spec.uri])

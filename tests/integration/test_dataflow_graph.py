@@ -305,3 +305,24 @@ def test_an_unpicklable_dofn_fails_the_dry_run():
     with pytest.raises(RuntimeError, match="Unable to pickle fn .*_HoldsAGenerator"):
         p | beam.Create([1]) | beam.ParDo(_HoldsAGenerator())
         p.run()
+
+
+@pytest.mark.parametrize("sink", ["milvus:vectors.db", "qdrant:qdrant-dir"])
+def test_an_embedded_sink_with_a_remote_runner_is_refused(sink, model_cache, monkeypatch, capsys):
+    """Milvus Lite and Qdrant local mode live in the launcher's process: a Dataflow job (a dry
+    run too) is refused in one line; a server URL is not."""
+    argv = documented_commands()[1]
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", CLOSED_PORT)
+    capsys.readouterr()
+    assert run_cli(*argv, "--dry_run=True", "--model-cache-dir", model_cache, "--sink", sink) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"bertbeam: error: --sink {sink} is an embedded database on this machine, "
+                   "which remote workers cannot reach; use a server URL."), err
+
+
+def test_a_sink_server_builds_into_the_dataflow_job(model_cache, monkeypatch, capsys):
+    argv = [*documented_commands()[1], "--sink", "qdrant:http://qdrant.internal:6333"]
+    _, job, printed = dry_run(argv, model_cache, monkeypatch=monkeypatch, capsys=capsys)
+    names = {t.unique_name for t in job.proto_pipeline.components.transforms.values()}
+    assert {"FitSink", "SyncSink", "SyncSink/Sync"} <= names
+    assert "FitSink" in printed.splitlines()[1] and "SyncSink" in printed.splitlines()[1]
