@@ -26,12 +26,21 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.transforms.window import FixedWindows
-
 from bertbeam.beam.batching import BatchByTokens
 from bertbeam.beam.inference import RunModel
 from bertbeam.beam.postprocess import Postprocess
+from bertbeam.beam.tokenization import ChunkDocuments, Tokenize
+from bertbeam.beam.transforms import InferChunks, with_carried
+from bertbeam.beam.window_files import WriteWindowFiles, count_window_rows, window_files
+from bertbeam.beam.windowing import DropRepeatedIds
+from bertbeam.core.deadletter import DEAD_LETTER, DEAD_LETTER_SCHEMA
+from bertbeam.filesystems import expand_glob, url_to_fs, write_json_atomically
+from bertbeam.run.finish import AccountingError
+from bertbeam.run.job import Job
+from bertbeam.run.runners import is_local, local_processes, resolve_runner
+
 from bertbeam.beam.reading import carried_fields
-from bertbeam.beam.sinks import FitSink, _SyncFn
+from bertbeam.beam.sinks import FitSink, SyncFn
 from bertbeam.beam.sources import (
     PUBSUB,
     WATCH,
@@ -39,18 +48,9 @@ from bertbeam.beam.sources import (
     StreamSource,
     WatchDocuments,
 )
-from bertbeam.beam.tokenization import ChunkDocuments, Tokenize
-from bertbeam.beam.transforms import InferChunks, with_carried
-from bertbeam.beam.window_files import WriteWindowFiles, count_window_rows, window_files
-from bertbeam.beam.windowing import DropRepeatedIds
-from bertbeam.core.deadletter import DEAD_LETTER, DEAD_LETTER_SCHEMA
 from bertbeam.core.engine import engine_spec, resolve_max_length
 from bertbeam.core.models import check_task_fit, check_weights, resolve_model_dir
-from bertbeam.filesystems import expand_glob, url_to_fs, write_json_atomically
 from bertbeam.run import checks
-from bertbeam.run.finish import AccountingError
-from bertbeam.run.job import Job
-from bertbeam.run.runners import is_local, local_processes, resolve_runner
 
 _LOG = logging.getLogger("bertbeam")
 
@@ -186,7 +186,7 @@ def build(p: beam.Pipeline, job: Job, prepared: Prepared, spec: StreamSpec,
         # that runs again writes the same points.
         fitted = results | "FitSink" >> FitSink(job.sink, prepared.sink_text)
         results, dead["Sink"] = fitted["results"], fitted[DEAD_LETTER]
-        results | "SyncSink" >> beam.ParDo(_SyncFn(job.sink, prepared.sink_text))
+        results | "SyncSink" >> beam.ParDo(SyncFn(job.sink, prepared.sink_text))
     results | "WriteResults" >> WriteWindowFiles(job.output, schema=prepared.schema)
     for stage, letters in dead.items():
         letters | f"Write{stage}DeadLetter" >> WriteWindowFiles(
