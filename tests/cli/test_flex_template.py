@@ -83,10 +83,10 @@ def test_metadata_declares_every_option_one_to_one():
     names = [p["name"] for p in on_file["parameters"]]
     assert len(names) == len(set(names))
     options = set(option_actions((JobOptions, EmbedOptions, LabelOptions)))
-    assert set(names) == options - set(FIXED) | {"command"}, (
-        "write the metadata again: python -c 'from pipelines.flex_template import "
-        "write_metadata; write_metadata()'")
-    assert on_file == metadata() and METADATA.read_text() == render_metadata()
+    again = ("write the metadata again: python -c 'from pipelines.flex_template import "
+             "write_metadata; write_metadata()'")
+    assert set(names) == options - set(FIXED) | {"command"}, again
+    assert on_file == metadata() and METADATA.read_text() == render_metadata(), again
     required = {p["name"] for p in on_file["parameters"] if not p.get("isOptional")}
     assert required == {"input", "output"}
     by_name = {p["name"]: p for p in on_file["parameters"]}
