@@ -141,7 +141,9 @@ class BatchSpec:
             streams run at once (two streams: half each), which bounds activation memory.
         buffer_size: windows held and sorted by length before batches are cut; larger
             buffers pad less and hold more memory.
-        max_batch_size: upper bound on windows per batch, whatever their length.
+        max_batch_size: upper bound on windows per batch, whatever their length; ``None``
+            (the default): the token budget alone decides, so that short windows come in
+            batches large enough to pay for each batch's fixed cost when the model is cheap.
         pad_multiple: padded length is rounded up to a multiple of this; ``auto`` is decided
             on the worker: 8 where the model runs on a GPU (tensor cores want multiples of 8),
             1 on CPU, where rounding up only adds padding.
@@ -155,14 +157,15 @@ class BatchSpec:
 
     token_budget: int = 8192
     buffer_size: int = 4096
-    max_batch_size: int = 256
+    max_batch_size: int | None = None
     pad_multiple: int | Literal["auto"] = "auto"
     batch_overhead_tokens: int = 64
     max_wait: float = 0.1
 
     def __post_init__(self) -> None:
-        for name in ("token_budget", "buffer_size", "max_batch_size"):
+        for name in ("token_budget", "buffer_size"):
             check_positive(name, getattr(self, name))
+        check_positive("max_batch_size", self.max_batch_size, allow_none=True)
         if self.pad_multiple != "auto":
             check_positive("pad_multiple", self.pad_multiple)
         if not isinstance(self.batch_overhead_tokens, int) or self.batch_overhead_tokens < 0:

@@ -111,7 +111,7 @@ def stamp_batch(batch: pa.RecordBatch, stamp: Stamp) -> pa.RecordBatch:
     n = batch.num_rows
     columns = [ids if name == "id" else column
                for name, column in zip(batch.schema.names, batch.columns, strict=True)]
-    constant = [pa.array([value] * n, pa.string()) for value in
+    constant = [pa.repeat(pa.scalar(value, pa.string()), n) for value in
                 (stamp.model_fingerprint, stamp.job_fingerprint, stamp.run_id)]
     return pa.RecordBatch.from_arrays([*columns, fingerprints, *constant],
                                       schema=stamp.schema(batch.schema))

@@ -4,19 +4,22 @@ with the reason codes of :mod:`bertbeam.beam.validation`."""
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import apache_beam as beam
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from bertbeam.beam.validation import Unconvertible, check_document, id_key
-from bertbeam.core.deadletter import DEAD_LETTER, DeadLetter, Reason, emit
-from bertbeam.filesystems import expand_glob, url_to_fs
 
+from bertbeam.beam.validation import Unconvertible, check_document, id_key
 from bertbeam.core import metrics
+from bertbeam.core.deadletter import DEAD_LETTER, DeadLetter, Reason, emit
 from bertbeam.core.records import Document, DocumentChunk
+from bertbeam.filesystems import expand_glob, url_to_fs
 
 READ_BATCH_ROWS = 4096
 
@@ -156,8 +159,14 @@ class ListRowGroupsFn(beam.DoFn):
             yield url, group
 
 
+ID_BUCKETS = 16
+"""The id keys duplicates are looked for under: each bucket's ids meet on one worker."""
+
+
 class _RowGroupIdsFn(beam.DoFn):
-    """(url, group) -> (id, position) for every row with an id; reads the id column only."""
+    """(url, group) -> (bucket, (url, group, ids, rows)) for each id bucket of the row group:
+    its ids (the id column alone) and their row numbers, a few elements per row group, not
+    one per row."""
 
     def __init__(self, id_column: str):
         self._id_column = id_column
@@ -165,34 +174,90 @@ class _RowGroupIdsFn(beam.DoFn):
     def setup(self) -> None:
         self._footers = _Footers()
 
-    def process(self, element: tuple[str, int]) -> Iterator[tuple[str, tuple]]:
+    def process(self, element: tuple[str, int]) -> Iterator[tuple[int, tuple]]:
         url, group = element
         try:
-            ids = _as_python(self._footers.read_group(url, group, [self._id_column]).column(0))
+            column = self._footers.read_group(url, group, [self._id_column]).column(0)
         except Exception:
-            ids = []  # the main read reports this row group
-        for row, raw in enumerate(ids):
-            key = id_key(raw)
-            if key is not None:
-                yield key, (url, group, row)
+            return iter(())  # the main read reports this row group
+        return self._buckets(url, group, column)
+
+    @staticmethod
+    def _buckets(url: str, group: int, column: pa.ChunkedArray) -> Iterator[tuple[int, tuple]]:
+        keys = _id_keys(column)
+        rows = np.flatnonzero(np.fromiter((k is not None for k in keys), bool, len(keys)))
+        if len(rows) < len(keys):
+            keys = [keys[i] for i in rows]
+        buckets = np.fromiter((zlib.crc32(k.encode("utf-8", "surrogatepass")) for k in keys),
+                              np.int64, len(keys)) % ID_BUCKETS
+        for bucket in np.unique(buckets).tolist():
+            at = np.flatnonzero(buckets == bucket)
+            yield bucket, (url, group, [keys[i] for i in at], rows[at])
 
 
-class _FirstPosition(beam.CombineFn):
-    """(earliest position, count) of an id across the corpus."""
+class _DuplicatedIds(beam.CombineFn):
+    """The ids of a bucket used more than once, each with its earliest (url, group, row):
+    the ids gathered as lists and counted at the end in one Arrow pass."""
 
-    def create_accumulator(self) -> tuple[Any, int]:
-        return None, 0
+    def create_accumulator(self) -> list[tuple]:
+        return []
 
-    def add_input(self, acc: tuple[Any, int], position: tuple) -> tuple[Any, int]:
-        first, count = acc
-        return (position if first is None or position < first else first), count + 1
-
-    def merge_accumulators(self, accs: Any) -> tuple[Any, int]:
-        firsts = [a[0] for a in accs if a[0] is not None]
-        return (min(firsts) if firsts else None), sum(a[1] for a in accs)
-
-    def extract_output(self, acc: tuple[Any, int]) -> tuple[Any, int]:
+    def add_input(self, acc: list[tuple], part: tuple) -> list[tuple]:
+        acc.append(part)
         return acc
+
+    def merge_accumulators(self, accs: Any) -> list[tuple]:
+        return [part for acc in accs for part in acc]
+
+    def extract_output(self, acc: list[tuple]) -> list[tuple[str, tuple]]:
+        if not acc:
+            return []
+        ids = pa.array([k for _, _, keys, _ in acc for k in keys], pa.string())
+        counts = pc.value_counts(ids)
+        repeated = counts.field("values").filter(pc.greater(counts.field("counts"), 1))
+        if len(repeated) == 0:
+            return []
+        wanted = set(repeated.to_pylist())
+        first: dict[str, tuple] = {}
+        for url, group, keys, rows in acc:
+            for key, row in zip(keys, rows.tolist(), strict=True):
+                if key in wanted:
+                    position = (url, group, row)
+                    if key not in first or position < first[key]:
+                        first[key] = position
+        return sorted(first.items())
+
+
+def _id_keys(column: pa.Array | pa.ChunkedArray) -> list[str | None]:
+    """:func:`id_key` of every value of an id column; a plain string column whose ids all
+    have a visible ASCII character (no blank one) passes as it is, in one conversion."""
+    values = _as_python(column)
+    if _is_plain_text(column) and (len(column) == 0 or bool(_visible(column).all())):
+        return values
+    return [id_key(raw) for raw in values]
+
+
+def _is_plain_text(column: pa.Array | pa.ChunkedArray) -> bool:
+    """A string column whose bytes are valid UTF-8 (Parquet readers do not check)."""
+    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+        return False
+    try:
+        column.validate(full=True)
+    except pa.ArrowInvalid:
+        return False
+    return True
+
+
+VISIBLE = "[!-~]"
+"""A printable ASCII character other than space: a value with one is a usable id or text."""
+
+
+def _visible(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Per value: not null and holds a printable, non-space ASCII character, so that it is
+    neither blank nor made of control and format characters only (the checks of
+    :func:`text_or_reason` and :func:`id_key` it passes for certain)."""
+    found = pc.match_substring_regex(column, VISIBLE)
+    return np.asarray(pc.fill_null(found, False).to_numpy(zero_copy_only=False), dtype=bool)
 
 
 class ReadRowGroupFn(beam.DoFn):
@@ -238,39 +303,61 @@ class ReadRowGroupFn(beam.DoFn):
     def _documents(self, batch: pa.RecordBatch, url: str, group: int, row0: int,
                    duplicates: dict[str, tuple]) -> Iterator[Any]:
         """The checked Documents of ``batch`` (and the dead letters of its bad rows), or with
-        ``chunk_size`` DocumentChunks of up to that many of them."""
+        ``chunk_size`` DocumentChunks of up to that many of them, in row order.
+
+        Rows of plain UTF-8 string columns with a visible character in each value (nearly
+        all of them) are found good column by column; only the others, and ids used more
+        than once, go through the checks one row at a time."""
         cols = self._columns
         ids = _as_python(batch.column(cols.id))
         texts = _as_python(batch.column(cols.text))
         pairs = _as_python(batch.column(cols.text_pair)) if cols.text_pair else None
         carried = {c: _as_python(batch.column(c)) for c in cols.carry}
         with_pair = pairs is not None
-        good: list[Document] = []
-        checked_rows = 0
-        for i, raw_id in enumerate(ids):
+        good = np.ones(batch.num_rows, dtype=bool)
+        for name in (cols.id, cols.text, cols.text_pair):
+            if name is not None:
+                column = batch.column(name)
+                good &= _visible(column) if _is_plain_text(column) else False
+        if duplicates:
+            good &= np.fromiter((i not in duplicates for i in ids), bool, len(ids))
+        dead_rows = 0
+        for i in np.flatnonzero(~good).tolist():
+            raw_id = ids[i]
             doc_id = id_key(raw_id)
             first = duplicates.get(doc_id) if doc_id is not None else None
             if first is not None and first != (url, group, row0 + i):
+                dead_rows += 1
                 yield _read_dead_letter(doc_id, Reason.DUPLICATE_ID, (
                     f"id already used by row {first[2]} of row group {first[1]} of {first[0]}; "
                     "the first occurrence is kept"), texts[i])
                 continue
             checked = check_document(raw_id, texts[i], pairs[i] if with_pair else None,
                                      with_pair=with_pair)
-            checked_rows += 1
             if isinstance(checked, DeadLetter):
                 yield emit(checked)
                 continue
-            if carried:
-                checked.extra = {c: values[i] for c, values in carried.items()}
-            good.append(checked)
+            good[i] = True
+            ids[i], texts[i] = checked.id, checked.text
+            if with_pair:
+                pairs[i] = checked.text_pair
         # Every row is read once (duplicates counted theirs in _read_dead_letter).
-        metrics.inc(metrics.READ, checked_rows)
+        metrics.inc(metrics.READ, batch.num_rows - dead_rows)
+        rows = np.flatnonzero(good).tolist()
         if self._chunk_size is None:
-            yield from good
+            for i in rows:
+                yield Document(ids[i], texts[i], pairs[i] if with_pair else None,
+                               {c: values[i] for c, values in carried.items()} if carried else None)
             return
-        for start in range(0, len(good), self._chunk_size):
-            yield DocumentChunk.of(good[start:start + self._chunk_size])
+        everything = len(rows) == batch.num_rows
+        for start in range(0, len(rows), self._chunk_size):
+            part = rows[start:start + self._chunk_size]
+
+            def take(values: list[Any], part: list[int] = part) -> list[Any]:
+                return values[part[0]:part[-1] + 1] if everything else [values[i] for i in part]
+
+            yield DocumentChunk(take(ids), take(texts), take(pairs) if with_pair else None,
+                                {c: take(values) for c, values in carried.items()} or None)
 
 
 def _as_python(column: pa.Array) -> list[Any]:
@@ -330,13 +417,13 @@ class ReadDocuments(beam.PTransform):
         duplicates = (
             spread
             | "ReadIds" >> beam.ParDo(_RowGroupIdsFn(self._columns.id))
-            | "CountIds" >> beam.CombinePerKey(_FirstPosition())
-            | "DuplicatedIds" >> beam.FlatMapTuple(
-                lambda key, acc: [(key, acc[0])] if acc[1] > 1 else [])
+            | "CountIds" >> beam.CombinePerKey(_DuplicatedIds())
+            | "DuplicatedIds" >> beam.FlatMapTuple(lambda bucket, duplicated: duplicated)
         )
         read = spread | "ReadRowGroups" >> beam.ParDo(
             ReadRowGroupFn(self._columns, self._chunk_size),
             duplicates=beam.pvalue.AsDict(duplicates)
-        ).with_outputs(DEAD_LETTER, main="documents")
+        ).with_output_types(DocumentChunk if self._chunk_size else Document).with_outputs(
+            DEAD_LETTER, main="documents")
         dead = (groups.dead_letter, read.dead_letter) | "ReadDeadLetter" >> beam.Flatten()
         return {"documents": read.documents, DEAD_LETTER: dead}

@@ -152,7 +152,7 @@ class JobOptions(PipelineOptions):
         g.add_argument("--buffer-size", type=positive_int, default=BatchSpec.buffer_size,
                        help="windows sorted together before batches are cut")
         g.add_argument("--max-batch-size", type=positive_int, default=BatchSpec.max_batch_size,
-                       help="windows per batch at most")
+                       help="windows per batch at most (default: no cap; the token budget decides)")
         g.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                        help="auto: a GPU where the worker has one")
         g.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"],

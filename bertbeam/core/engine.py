@@ -107,6 +107,31 @@ def resolve_max_length(tokenizer: Any, config: Any, local_dir: str, spec: Tokeni
     return min(preferred, limit)
 
 
+NEARLY_FREE_FLOPS_PER_TOKEN = 1_000_000
+"""Below this many forward FLOPs per token (all-MiniLM-L6-v2: 21 million; a 1-layer BERT of
+hidden size 32: 13 thousand) a model costs less than the work around it."""
+REFERENCE_FLOPS_PER_TOKEN = 21_233_664
+"""all-MiniLM-L6-v2's, the model ``BatchSpec.batch_overhead_tokens`` was measured with."""
+
+
+def flops_per_token(config: Any) -> int | None:
+    """Forward FLOPs of the encoder of ``config`` per token, 2 x layers x (4 d^2 + 2 d f)
+    (attention scores left out); ``None`` where the config does not say its shape."""
+    layers = getattr(config, "num_hidden_layers", getattr(config, "n_layers", None))
+    hidden = getattr(config, "hidden_size", getattr(config, "dim", None))
+    ffn = getattr(config, "intermediate_size", getattr(config, "hidden_dim", None))
+    if not all(isinstance(v, int) for v in (layers, hidden, ffn)):
+        return None
+    return 2 * layers * (4 * hidden * hidden + 2 * hidden * ffn)
+
+
+def nearly_free(config: Any) -> bool:
+    """Whether the encoder of ``config`` costs under :data:`NEARLY_FREE_FLOPS_PER_TOKEN`;
+    ``False`` where the config does not say its shape."""
+    flops = flops_per_token(config)
+    return flops is not None and flops < NEARLY_FREE_FLOPS_PER_TOKEN
+
+
 class BrokenTokenizerError(RuntimeError):
     """The tokenizers library cuts long documents short (it returns too few windows)."""
 
@@ -221,70 +246,82 @@ class Engine:
         task = self.task
         pairs = docs.text_pairs if task.pair_input else None
         texts = task.prepare_texts(self, docs.texts)  # e.g. an embedding prompt
-        windows, mapping = self._tokenize(texts, pairs)
+        windows, counts = self._tokenize(texts, pairs)
         n_docs, n = len(docs), len(windows)
+        # In chunk mode a document's windows follow each other; truncating, only its first
+        # is there (``counts`` still says how many it would have had).
+        mapping = np.repeat(np.arange(n_docs), counts) if self.chunk else np.arange(n_docs)
         ids = [w.ids for w in windows]
         lengths = np.fromiter(map(len, ids), np.int64, n)
-        counts = np.bincount(mapping, minlength=n_docs)
-        index = np.arange(n) - np.searchsorted(mapping, np.arange(n_docs))[mapping]
+        if self.chunk:
+            index = np.arange(n) - np.searchsorted(mapping, np.arange(n_docs))[mapping]
+            first = index == 0
+        else:
+            index, first = np.zeros(n, np.int64), np.ones(n, dtype=bool)
         # Text the tokenizer drops entirely (combining marks, say) has no window 0 with a
         # token of it: no answer, label or embedding can come from it.
-        first = index == 0
         if pairs is not None:
             nothing = np.zeros(n, dtype=bool)
             for i in np.flatnonzero(first):
                 nothing[i] = not {0, 1} <= set(windows[i].sequence_ids)
         else:
             nothing = first & (lengths <= self._specials)
-        empty = np.zeros(n_docs, dtype=bool)
-        empty[mapping[nothing]] = True
-        dead = [DeadLetter.of(docs.ids[d], Reason.EMPTY_TEXT, "the text tokenizes to no tokens",
-                              value=pairs[d] if pairs is not None else docs.texts[d],
-                              stage=Stage.TOKENIZE) for d in np.flatnonzero(empty)]
-        keep = ~empty[mapping] & (first if not self.chunk else True)
-        rows = np.flatnonzero(keep)
-        if len(rows) == 0:
-            return None, dead
-        kept = [windows[i] for i in rows]
-        total = int(lengths[rows].sum())
+        dead = []
+        if nothing.any():
+            empty = np.zeros(n_docs, dtype=bool)
+            empty[mapping[nothing]] = True
+            dead = [DeadLetter.of(docs.ids[d], Reason.EMPTY_TEXT, "the text tokenizes to no tokens",
+                                  value=pairs[d] if pairs is not None else docs.texts[d],
+                                  stage=Stage.TOKENIZE) for d in np.flatnonzero(empty)]
+            rows = np.flatnonzero(~empty[mapping])
+            if len(rows) == 0:
+                return None, dead
+            windows, ids = [windows[i] for i in rows], [ids[i] for i in rows]
+            mapping, index, lengths = mapping[rows], index[rows], lengths[rows]
+        total = int(lengths.sum())
 
         def flat(values: Any, dtype: Any) -> np.ndarray:
             return np.fromiter(itertools.chain.from_iterable(values), dtype, total)
 
-        doc = mapping[rows]
-        n_windows = counts[doc]
+        n_windows = np.asarray(counts)[mapping]
         chunk = WindowChunk(
             docs=docs,
-            input_ids=flat((ids[i] for i in rows), np.int32),
-            starts=np.concatenate([[0], np.cumsum(lengths[rows])]).astype(np.int64),
-            doc=doc.astype(np.int32),
-            index=index[rows].astype(np.int32),
+            input_ids=flat(ids, np.int32),
+            starts=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+            doc=mapping.astype(np.int32),
+            index=index.astype(np.int32),
             n_windows=(n_windows if self.chunk else np.ones_like(n_windows)).astype(np.int32),
-            truncated=(~np.full(len(rows), self.chunk)) & (n_windows > 1),
-            type_ids=(flat((w.type_ids for w in kept), np.int8)
+            truncated=(~np.full(len(mapping), self.chunk)) & (n_windows > 1),
+            type_ids=(flat((w.type_ids for w in windows), np.int8)
                       if self._type_ids and pairs is not None else None),
-            offsets=(np.array([o for w in kept for o in w.offsets], dtype=np.int32).reshape(-1, 2)
+            offsets=(np.array([o for w in windows for o in w.offsets], dtype=np.int32).reshape(-1, 2)
                      if task.needs_offsets else None),
-            sequence_ids=(flat(([-1 if s is None else s for s in w.sequence_ids] for w in kept),
+            sequence_ids=(flat(([-1 if s is None else s for s in w.sequence_ids] for w in windows),
                                np.int8) if task.needs_offsets else None),
         )
         firsts = chunk.index == 0
-        metrics.inc(metrics.WINDOWS, len(rows))
+        metrics.inc(metrics.WINDOWS, len(mapping))
         metrics.inc(metrics.CHUNKED_DOCS, int((firsts & (chunk.n_windows > 1)).sum()))
-        metrics.inc(metrics.TRUNCATED_DOCS, int((firsts & chunk.truncated).sum()))
+        metrics.inc(metrics.TRUNCATED_DOCS, int(chunk.truncated.sum()))
         return chunk, dead
 
     def _tokenize(self, texts: list[str], pairs: list[str] | None) -> tuple[list[Any], np.ndarray]:
-        """Every window's encoding (a document's first, then its overflowing ones) and the
-        document each belongs to: what ``tokenizer(texts, pairs, truncation=..., stride=...,
+        """The windows' encodings and each document's number of windows: in chunk mode every
+        window (a document's first, then its overflowing ones), truncating only the first.
+        What ``tokenizer(texts, pairs, truncation=..., stride=...,
         return_overflowing_tokens=True)`` computes, from the Rust tokenizer directly, without
         transformers' per-window conversion to Python dicts (a third of the tokenizing time
-        on short documents). The Rust call runs without the GIL."""
+        on short documents), and without offsets where the task needs none. The Rust call
+        runs without the GIL."""
         tokenizer = self.tokenizer
         backend = tokenizer.backend_tokenizer
         target = {"max_length": self.max_length, "stride": self.stride,
                   "strategy": "only_second" if pairs is not None else "longest_first",
                   "direction": tokenizer.truncation_side}
+        inputs = list(zip(texts, pairs, strict=True)) if pairs is not None else texts
+        encode = backend.encode_batch
+        if not self.task.needs_offsets and hasattr(backend, "encode_batch_fast"):
+            encode = backend.encode_batch_fast  # the same ids, no character offsets
         with self.loaded.tokenizer_lock:
             current = backend.truncation
             if current is None or {k: current.get(k) for k in target} != target:
@@ -294,15 +331,21 @@ class Engine:
             split = bool(getattr(tokenizer, "split_special_tokens", False))
             if backend.encode_special_tokens != split:
                 backend.encode_special_tokens = split
-            encodings = backend.encode_batch(
-                list(zip(texts, pairs, strict=True)) if pairs is not None else texts,
-                add_special_tokens=True)
-        windows, per_doc = [], []
+            encodings = encode(inputs, add_special_tokens=True)
+        if not self.chunk:
+            # Only a window cut at the full length can have more text after it.
+            counts = np.ones(len(encodings), np.int64)
+            for i in np.flatnonzero(np.fromiter(map(len, encodings), np.int64, len(encodings))
+                                    >= self.max_length):
+                counts[i] += len(encodings[i].overflowing)
+            return encodings, counts
+        windows, counts = [], []
         for encoding in encodings:
             windows.append(encoding)
-            windows.extend(encoding.overflowing)
-            per_doc.append(1 + len(encoding.overflowing))
-        return windows, np.repeat(np.arange(len(encodings)), per_doc)
+            overflowing = encoding.overflowing
+            windows.extend(overflowing)
+            counts.append(1 + len(overflowing))
+        return windows, np.asarray(counts, np.int64)
 
     # -- batch -------------------------------------------------------------------------------
 
@@ -314,8 +357,25 @@ class Engine:
 
     def batch_budget(self, spec: BatchSpec) -> int:
         """Padded tokens per batch: ``spec.token_budget`` shared by the streams that run
-        batches at once (one on a GPU)."""
+        batches at once (one on a GPU), which bounds the activations' memory of a real
+        model; a nearly free model (:func:`nearly_free`: activations of a few bytes per
+        token) gives each stream the whole budget, so that its batches stay large enough to
+        pay for their fixed cost."""
+        if self.streams <= 1 or nearly_free(self.config):
+            return spec.token_budget
         return max(1, spec.token_budget // self.streams)
+
+    def batch_overhead(self, spec: BatchSpec) -> int:
+        """The fixed cost of one more batch in padded tokens: ``spec.batch_overhead_tokens``
+        for a model that costs what all-MiniLM-L6-v2 costs per token or more; a cheaper
+        model's tokens are worth less against the same fixed cost, so proportionally more
+        of them, up to a whole batch (a nearly free model gets the fewest batches the budget
+        allows, as the sorted loop cuts them)."""
+        flops = flops_per_token(self.config)
+        if flops is None or flops >= REFERENCE_FLOPS_PER_TOKEN:
+            return spec.batch_overhead_tokens
+        scaled = spec.batch_overhead_tokens * REFERENCE_FLOPS_PER_TOKEN // max(flops, 1)
+        return max(spec.batch_overhead_tokens, min(self.batch_budget(spec), scaled))
 
     def plan(self, windows: WindowChunk, spec: BatchSpec) -> BatchPlan:
         """``windows`` cut into length-sorted batches within ``spec``'s token budget, padded
@@ -323,7 +383,7 @@ class Engine:
         so the tokens in flight, and with them the activations' memory, stay within it."""
         multiple = self.pad_multiple(spec.pad_multiple)
         cuts = plan_batches(windows.lengths, self.batch_budget(spec), spec.max_batch_size,
-                            multiple, spec.batch_overhead_tokens)
+                            multiple, self.batch_overhead(spec))
         return BatchPlan(windows, [rows for rows, _ in cuts], [padded for _, padded in cuts])
 
     # -- run ---------------------------------------------------------------------------------
@@ -385,24 +445,36 @@ class Engine:
         documents whose last window it held, so that their results can be written (and
         counted) while the plan's later batches still run."""
         windows = plan.windows
-        left = np.bincount(windows.doc, minlength=len(windows.docs))
+        # The batch each document's last window is in, and the windows of the documents that
+        # finish with each batch (in window order), worked out once per plan.
+        batch_of = np.empty(len(windows), np.int64)
+        if plan.batches:
+            batch_of[np.concatenate(plan.batches)] = np.repeat(
+                np.arange(len(plan.batches)), [len(rows) for rows in plan.batches])
+        firsts = np.flatnonzero(np.r_[True, windows.doc[1:] != windows.doc[:-1]]) if len(windows) else (
+            np.zeros(0, np.int64))
+        done_at = np.repeat(np.maximum.reduceat(batch_of, firsts) if len(firsts) else batch_of,
+                            np.diff(np.r_[firsts, len(windows)]))
+        by_batch = np.argsort(done_at, kind="stable")
+        bounds = np.searchsorted(done_at[by_batch], np.arange(len(launched) + 1))
+        token_level = self.task.token_level
         values: dict[str, np.ndarray] = {}
         errors: dict[int, DeadLetter] = {}
-        for handle in launched:
-            rows = self._gather(windows, handle, values, errors)
-            np.subtract.at(left, windows.doc[rows], 1)
-            docs = np.unique(windows.doc[rows])
-            complete = docs[left[docs] == 0]
-            if len(complete) == 0:
+        for k, handle in enumerate(launched):
+            self._gather(windows, handle, values, errors)
+            part = by_batch[bounds[k]:bounds[k + 1]]
+            if len(part) == 0:
                 continue
-            part = np.flatnonzero(np.isin(windows.doc, complete))
-            token_level = self.task.token_level
             tokens = windows.token_rows(part) if token_level else None
-            renumber = {int(j): i for i, j in enumerate(part)}
+            failed = {}
+            for j, dead in errors.items():
+                at = int(np.searchsorted(part, j))
+                if at < len(part) and part[at] == j:
+                    failed[at] = dead
             yield OutputChunk(
                 windows.take(part),
-                {k: v[tokens] if k in token_level else v[part] for k, v in values.items()},
-                {renumber[j]: dead for j, dead in errors.items() if j in renumber})
+                {key: v[tokens] if key in token_level else v[part] for key, v in values.items()},
+                failed)
 
     def _gather(self, windows: WindowChunk, handle: Any, values: dict[str, np.ndarray],
                 errors: dict[int, DeadLetter]) -> np.ndarray:

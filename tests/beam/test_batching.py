@@ -72,3 +72,34 @@ def test_the_plan_is_the_cheapest_cut_of_the_sorted_lengths():
 def test_invalid_batch_spec_is_rejected(kwargs):
     with pytest.raises(ValueError, match="positive integer"):
         BatchSpec(**kwargs)
+
+
+def _reference_cost(lengths: np.ndarray, budget: int, cap: int | None, multiple: int,
+                    overhead: int) -> int:
+    """The least cost by the item-by-item dynamic programme (what plan_batches computes run
+    by run)."""
+    padded = -(-np.sort(lengths)[::-1] // multiple) * multiple
+    n = len(padded)
+    best = [0] * (n + 1)
+    for i in range(n - 1, -1, -1):
+        size = max(1, min(cap or n, budget // int(padded[i]), n - i))
+        best[i] = overhead + min(k * int(padded[i]) + best[i + k] for k in range(1, size + 1))
+    return best[0]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_run_by_run_plan_costs_what_the_item_by_item_programme_does(seed):
+    """Longer inputs than the exhaustive check: many runs of equal lengths, batches that
+    land several runs further on, caps and multiples, and no cap at all."""
+    rng = np.random.default_rng(seed)
+    for _ in range(25):
+        lengths = rng.integers(1, int(rng.integers(2, 120)), size=int(rng.integers(1, 400)))
+        budget, overhead = int(rng.integers(1, 2000)), int(rng.integers(0, 300))
+        cap = None if rng.random() < 0.3 else int(rng.integers(1, 50))
+        multiple = int(rng.choice([1, 8]))
+        plan = plan_batches(lengths, budget, cap, multiple, overhead)
+        assert sum(len(rows) * p + overhead for rows, p in plan) == _reference_cost(
+            lengths, budget, cap, multiple, overhead)
+        assert sorted(np.concatenate([rows for rows, _ in plan]).tolist()) == list(range(len(lengths)))
+        assert all(len(rows) <= (cap or len(lengths)) and (len(rows) * p <= budget or len(rows) == 1)
+                   for rows, p in plan)

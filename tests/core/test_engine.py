@@ -4,6 +4,7 @@ letters where they happen, with their stage and a preview, whatever the entry po
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any, ClassVar
 
 import apache_beam as beam
@@ -23,10 +24,11 @@ from bertbeam import (
     TokenizeSpec,
 )
 from bertbeam.core.engine import Engine, EngineSpec
+from bertbeam.core.planning import plan_batches
 from bertbeam.core.records import DocumentChunk
 from bertbeam.run.runners import resolve_runner
-from tests.conftest import SAMPLE_TEXTS, read_output, run_cli, write_corpus
 from tests.beam.test_transforms import _FailsOnMarker, _NaNOnMarker
+from tests.conftest import SAMPLE_TEXTS, read_output, run_cli, write_corpus
 
 
 def _counting(monkeypatch, module, name, calls):
@@ -255,10 +257,15 @@ def test_a_plan_comes_back_in_parts_that_add_up_to_the_whole(tiny_model, head, t
 
 
 @pytest.mark.parametrize("streams", [1, 2, 3])
-def test_cpu_streams_share_the_token_budget(tiny_model, streams):
+def test_cpu_streams_share_the_token_budget(tiny_model, streams, monkeypatch):
     """The batches that run at once hold at most ``token_budget`` padded tokens together:
     each of ``streams`` CPU batches is cut to its share, so activation memory is bounded by
-    the budget whatever the streams (two full-budget batches at once set the peak RSS)."""
+    the budget whatever the streams (two full-budget batches at once set the peak RSS).
+    The tiny checkpoint is given a real model's cost per token (it is nearly free)."""
+    import bertbeam.core.engine as engine_module
+
+    monkeypatch.setattr(engine_module, "flops_per_token",
+                        lambda config: engine_module.REFERENCE_FLOPS_PER_TOKEN)
     engine = Engine.acquire(EngineSpec(
         ModelSpec(uri=tiny_model("bert", "base"), device="cpu", num_threads=streams,
                   cpu_streams=streams), TokenizeSpec(max_length=32, stride=8), EmbedTask()))
@@ -269,3 +276,28 @@ def test_cpu_streams_share_the_token_budget(tiny_model, streams):
     sizes = [len(rows) * padded for rows, padded in zip(plan.batches, plan.padded, strict=True)]
     assert max(sizes) <= 192 // streams
     assert max(sizes) > 192 // streams - 32  # the share is used, not just respected
+
+
+def test_a_nearly_free_model_gets_whole_budget_batches(tiny_model):
+    """Where the model costs next to nothing per token (the tiny checkpoint: 33 thousand
+    FLOPs, all-MiniLM-L6-v2: 21 million), memory is no reason to share the budget and a
+    batch's fixed cost outweighs padding: every stream's batches fill the whole budget, as
+    few as the budget allows (the sorted loop's cut), where a costly model's pad less."""
+    from bertbeam.core.engine import REFERENCE_FLOPS_PER_TOKEN, flops_per_token, nearly_free
+
+    engine = Engine.acquire(EngineSpec(
+        ModelSpec(uri=tiny_model("bert", "base"), device="cpu", num_threads=2, cpu_streams=2),
+        TokenizeSpec(max_length=64, long_docs="truncate"), EmbedTask()))
+    assert nearly_free(engine.config) and flops_per_token(engine.config) < REFERENCE_FLOPS_PER_TOKEN
+    spec = BatchSpec(token_budget=512)
+    assert engine.batch_budget(spec) == 512 and engine.batch_overhead(spec) == 512
+    rng = np.random.default_rng(0)
+    texts = [" ".join(rng.choice(SAMPLE_TEXTS, int(n))) for n in rng.integers(1, 4, 60)]
+    windows, _ = engine.encode(DocumentChunk([f"d{i}" for i in range(len(texts))], texts))
+    plan = engine.plan(windows, spec)
+    fewest = plan_batches(windows.lengths, 512, None, 1, 10**9)
+    assert len(plan.batches) == len(fewest)
+    careful = plan_batches(windows.lengths, 512, None, 1, spec.batch_overhead_tokens)
+    assert len(careful) > len(plan.batches)  # a real model's plan pads less in more batches
+    assert not nearly_free(SimpleNamespace(num_hidden_layers=6, hidden_size=384, intermediate_size=1536))
+    assert flops_per_token(SimpleNamespace()) is None and not nearly_free(SimpleNamespace())
