@@ -33,11 +33,10 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks import report
@@ -107,54 +106,13 @@ DEFINITIONS = {
 }
 
 
-def cpu_figures(runs: list[dict], docs: int) -> dict:
-    """Per-document CPU figures and phases of a contender's repetitions (medians)."""
-    ok = [r for r in runs if "error" not in r]
-
-    def median(f) -> float | None:
-        values = [v for v in (f(r) for r in ok) if v is not None]
-        return statistics.median(values) if values else None
-
-    def get(key: str):
-        return lambda r: r.get(key)
-
-    main = median(get("steady_main_cpu"))
-    total = median(get("steady_cpu"))
-    native = median(lambda r: r["steady_cpu"] - r["steady_main_cpu"]
-                    if r.get("steady_cpu") is not None else None)
-    process_cpu = median(get("process_cpu"))
-    imports = median(lambda r: r["process_seconds"] - r["seconds"] - (r.get("exit_seconds") or 0)
-                     if r.get("process_seconds") else None)
-
-    def us(value: float | None) -> float | None:
-        return None if value is None else round(value / docs * 1e6, 2)
-
-    def rate(value: float | None) -> float | None:
-        return round(docs / value, 1) if value else None
-
-    return {
-        "steady_main_us_per_doc": us(main),
-        "steady_native_us_per_doc": us(native),
-        "steady_cpu_us_per_doc": us(total),
-        "steady_docs_per_cpu_second": rate(total),
-        "job_docs_per_cpu_second": rate(median(get("job_cpu"))),
-        "process_docs_per_cpu_second": rate(process_cpu),
-        "process_cpu_seconds": None if process_cpu is None else round(process_cpu, 2),
-        "phases": {name: None if v is None else round(v, 3) for name, v in (
-            ("imports", imports), ("startup", median(get("startup_seconds"))),
-            ("first_batch", median(get("first_batch_seconds"))),
-            ("steady", median(get("steady_seconds"))), ("shutdown", median(get("shutdown_seconds"))))},
-        "threads_cpu": ok[0].get("threads_cpu") if ok else None,
-    }
-
-
 def suite_report(suite: Suite, runs: dict[str, list[dict]], real_tokens: int) -> dict:
     """A row per contender: report.summarize's rates with the CPU figures beside them."""
     rows = {}
     for name, entry_runs in runs.items():
         row = report.summarize(entry_runs, real_tokens=real_tokens, flops=0.0, peak_flops=None)
         if "error" not in row:
-            row.update(cpu_figures(entry_runs, row["docs"]))
+            row.update(report.cpu_figures(entry_runs, row["docs"]))
             for key in ("model_flops_per_second", "mfu", "steady_mfu"):
                 row.pop(key, None)
         rows[name] = row

@@ -92,10 +92,15 @@ TARGETS = (
 )
 PARITY_TARGET = 0.9999  # per-row cosine, GPU bf16 against CPU float32
 DEFINITIONS = {
-    "steady": "bertbeam: first model batch started to last model batch fetched (Engine.submit / "
-              "Engine.collect_parts); sorted-loop: its one tokenizer call to the end (tokenizing is "
-              "per-document work, which bertbeam does inside its steady window too); "
-              "st-encode: encode(); tokenizer: its one call",
+    "steady": "bertbeam: its engine's first tokenizer call (Engine.encode) to its last model "
+              "batch fetched (Engine.collect_parts); sorted-loop: its one tokenizer call to the "
+              "end: both start where the per-document work starts; st-encode: encode(); "
+              "tokenizer: its one call",
+    "steady_main_us_per_doc": "CPU of the contender's main (Python) thread in the steady window "
+                              "per document; steady_native_us_per_doc: of its other threads",
+    "gpu_busy_fraction": "device time of the model batches (CUDA events around each forward) / "
+                         "steady seconds: the GPU side; the rest of the window is the CPU side",
+    "repetitions": "a suite's entries run in turn, each repetition starting one entry later",
     "untokenized_docs_per_second": "sorted-loop: documents / (steady - tokenize) seconds, its "
                                    "first batch to the end: the GPU side alone",
     "startup_seconds": "from the start of the timed job to its steady window: model load, CUDA "
@@ -269,7 +274,9 @@ def render(result: dict) -> str:
                 continue
             mfu = "n/a" if r["steady_mfu"] is None else f"{r['steady_mfu']:.1%}"
             lines.append(f"  {name}: steady {r['steady_docs_per_second']} docs/s, "
-                         f"{r['steady_tokens_per_second']} tokens/s, MFU {mfu}; start-up "
+                         f"{r['steady_tokens_per_second']} tokens/s, MFU {mfu}; main thread "
+                         f"{r.get('steady_main_us_per_doc')} µs/doc, GPU busy "
+                         f"{r.get('gpu_busy_fraction')}; start-up "
                          f"{r['startup_seconds']} s; whole process {r['process_docs_per_second']} "
                          f"docs/s; GPU {r['gpu_peak_mb']} MiB, RSS {r['peak_rss_mb']} MiB")
     lines.append(f"\nGEMM peak {result['gemm_peak_tflops']} TFLOP/s; targets:")
@@ -380,6 +387,8 @@ def suite_reports(suites: dict[str, Suite], shapes: dict, runs: dict, peak: floa
             rows[entry] = report.summarize(  # a tokenizer has no FLOP utilisation
                 entry_runs, real_tokens=shape["tokens"][last], flops=shape["flops"][last],
                 peak_flops=None if entry == "tokenizer" else peak)
+            if "error" not in rows[entry]:  # CPU side (by thread) and GPU side apart
+                rows[entry].update(report.cpu_figures(entry_runs, rows[entry]["docs"]))
             if docs < len(s.corpus.texts):
                 rows[entry]["subset_of"] = len(s.corpus.texts)
         out[label] = {"model": s.model, "docs": len(s.corpus.texts), "windows": len(shape["windows"]),
@@ -440,16 +449,23 @@ def main(argv: list[str] | None = None) -> int:
                 "wall_seconds": round(time.time() - started, 1),
             }
 
-        for suite, label, name, job in plan(suites, models, args, tmp, device, dtype):
+        for suite, entries in itertools.groupby(plan(suites, models, args, tmp, device, dtype),
+                                                key=lambda entry: entry[0]):
+            group = {label: (name, job) for _, label, name, job in entries}
             left = deadline - time.perf_counter()
             if left < MIN_ENTRY_SECONDS:
-                runs[suite, label] = [{"error": f"skipped: the {args.budget:.0f} s budget was spent"}]
-                log(f"{suite} {label}: skipped, the budget was spent")
+                for label in group:
+                    runs[suite, label] = [{"error": f"skipped: the {args.budget:.0f} s budget was spent"}]
+                log(f"{suite} {', '.join(group)}: skipped, the budget was spent")
                 continue
             log(f"{suite}:")
-            runs[suite, label] = measure({label: (name, job)}, args.reps, log=log, runner=runner,
-                                         timeout=None if args.budget is None else left)[label]
-            # After every entry, so that a run stopped from outside still leaves its figures.
+            # A suite's entries in turn, each repetition starting one entry later, so that a
+            # slow spell of the machine falls on all of them alike.
+            measured = measure(group, args.reps, log=log, runner=runner,
+                               timeout=None if args.budget is None else left)
+            for label, entry_runs in measured.items():
+                runs[suite, label] = entry_runs
+            # After every suite, so that a run stopped from outside still leaves its figures.
             path.write_text(json.dumps(result(complete=False), indent=2) + "\n")
         try:
             parity_result.update(parity(runs, tmp))

@@ -97,6 +97,53 @@ def _steady(ok: list[dict], *, docs: int, real_tokens: int, flops: float,
     }
 
 
+def cpu_figures(runs: list[dict], docs: int) -> dict:
+    """Per-document CPU figures and phases of a contender's repetitions (medians): CPU of
+    the main thread and of the rest of the process in the steady window, documents per
+    CPU-second there, over the timed job and over the whole process (``process_cpu``, the
+    parent's count), the phases of its process, and on a GPU the device's busy share of the
+    steady window (``gpu_seconds``)."""
+    ok = [r for r in runs if "error" not in r]
+
+    def median(f) -> float | None:
+        values = [v for v in (f(r) for r in ok) if v is not None]
+        return statistics.median(values) if values else None
+
+    def get(key: str):
+        return lambda r: r.get(key)
+
+    main = median(get("steady_main_cpu"))
+    total = median(get("steady_cpu"))
+    native = median(lambda r: r["steady_cpu"] - r["steady_main_cpu"]
+                    if r.get("steady_cpu") is not None else None)
+    process_cpu = median(get("process_cpu"))
+    imports = median(lambda r: r["process_seconds"] - r["seconds"] - (r.get("exit_seconds") or 0)
+                     if r.get("process_seconds") else None)
+
+    def us(value: float | None) -> float | None:
+        return None if value is None else round(value / docs * 1e6, 2)
+
+    def rate(value: float | None) -> float | None:
+        return round(docs / value, 1) if value else None
+
+    return {
+        "steady_main_us_per_doc": us(main),
+        "steady_native_us_per_doc": us(native),
+        "steady_cpu_us_per_doc": us(total),
+        "steady_docs_per_cpu_second": rate(total),
+        "job_docs_per_cpu_second": rate(median(get("job_cpu"))),
+        "process_docs_per_cpu_second": rate(process_cpu),
+        "process_cpu_seconds": None if process_cpu is None else round(process_cpu, 2),
+        "phases": {name: None if v is None else round(v, 3) for name, v in (
+            ("imports", imports), ("startup", median(get("startup_seconds"))),
+            ("first_batch", median(get("first_batch_seconds"))),
+            ("steady", median(get("steady_seconds"))), ("shutdown", median(get("shutdown_seconds"))))},
+        "threads_cpu": ok[0].get("threads_cpu") if ok else None,
+        "gpu_busy_fraction": (round(gpu / steady, 3) if (gpu := median(get("gpu_seconds")))
+                              and (steady := median(get("steady_seconds"))) else None),
+    }
+
+
 def ratio(rows: dict, a: str, b: str, *, key: str = "docs_per_second") -> float | None:
     """``key`` (docs/s by default) of ``a`` over that of ``b``, when both have it."""
     va, vb = rows.get(a, {}).get(key), rows.get(b, {}).get(key)
