@@ -11,10 +11,10 @@ from collections.abc import Callable, Sequence
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from bertbeam.beam.reading import InputError
+from bertbeam.cli.options import StreamOptions
 from bertbeam.config import BatchSpec, ModelSpec, RunSpec, TokenizeSpec
 from bertbeam.core.engine import BrokenTokenizerError
 from bertbeam.core.models import ModelLoadError
-from bertbeam.cli.options import StreamOptions
 from bertbeam.run import stopping, streaming, summary
 from bertbeam.run.control import RunControl
 from bertbeam.run.finish import AccountingError, DeadLetterLimitError

@@ -20,9 +20,9 @@ from bertbeam.cli.options import (
     CommandParser,
     JobOptions,
     LabelOptions,
+    StreamOptions,
     command_parser,
     options_by_flag,
-    StreamOptions,
     parse_command,
 )
 from bertbeam.run.job import Job

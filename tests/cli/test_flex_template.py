@@ -15,7 +15,6 @@ import pytest
 
 from pipelines.flex_template import flex_argv
 from pipelines.flex_template import main as flex_main
-from tests.conftest import SAMPLE_TEXTS, run_cli, write_corpus
 from tests.integration.test_dataflow_graph import SHELL_VARS, job_environment, unpickle_dofns
 from tests.integration.test_docker import _hadolint, args_of, instructions
 
