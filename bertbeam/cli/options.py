@@ -80,6 +80,7 @@ def _on_command_line(parser: Any) -> bool:
 
 
 def positive_int(value: str) -> int:
+    """An argparse type: a positive integer (``0`` is refused, not taken for a default)."""
     try:
         number = int(value)
     except ValueError:
@@ -101,6 +102,7 @@ def streams(value: str) -> int | str:
 
 
 def fraction(value: str) -> float:
+    """An argparse type: a number from 0 to 1."""
     try:
         number = float(value)
     except ValueError:
@@ -111,6 +113,7 @@ def fraction(value: str) -> float:
 
 
 def row_count(value: str) -> int:
+    """An argparse type: a count of rows, 0 or more."""
     try:
         number = int(value)
     except ValueError:
@@ -282,6 +285,7 @@ class LabelOptions(PipelineOptions):
 
 
 def seconds(value: str) -> float:
+    """An argparse type: a finite number of seconds, 0 or more."""
     try:
         number = float(value)
     except ValueError:
