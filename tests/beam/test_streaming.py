@@ -267,10 +267,10 @@ def _land(inbox: Path, name: str, ids: list, texts: list) -> None:
 
 
 def test_watch_embeds_files_landing_while_it_runs_and_stops_on_sigint(tiny_model, tmp_path):
-    """`bertbeam embed --streaming --input 'watch:DIR/*.parquet'`: a file there at the start
-    and one copied in while it runs are embedded; Ctrl-C (SIGINT) stops it with exit status
-    0 once every row of the files that landed is in the results or the dead letter, written
-    in files per window."""
+    """`bertbeam embed --streaming --input 'watch:DIR/*.parquet' --sink qdrant:PATH`: a file
+    there at the start and one copied in while it runs are embedded; Ctrl-C (SIGINT) stops it
+    with exit status 0 once every row of the files that landed is in the results or the dead
+    letter, written in files per window, and every result is a point of the collection."""
     import os
     import re
     import signal
@@ -288,7 +288,8 @@ def test_watch_embeds_files_landing_while_it_runs_and_stops_on_sigint(tiny_model
         [sys.executable, "-m", "bertbeam.cli.main", "embed", "--streaming",
          "--input", f"watch:{inbox}/*.parquet", "--output", str(out),
          "--model", tiny_model("bert", "base"), "--window-seconds", "5",
-         "--watch-interval", "0.5", "--drain-timeout", "60"],
+         "--watch-interval", "0.5", "--drain-timeout", "60",
+         "--sink", f"qdrant:{tmp_path / 'qdrant'}"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         deadline = time.time() + 120
@@ -321,6 +322,13 @@ def test_watch_embeds_files_landing_while_it_runs_and_stops_on_sigint(tiny_model
     summary = json.loads((out / "_SUMMARY.json").read_text())
     assert (summary["read"], summary["written"], summary["dead_lettered"], summary["accounted"]) == (
         16, 14, 2, True)
+    from bertbeam.beam.sinks import parse_sink
+
+    sink = parse_sink(f"qdrant:{tmp_path / 'qdrant'}")
+    client = sink.client()
+    count, stored = sink.stored(client)
+    sink.close(client)
+    assert (count, sorted(stored)) == (14, sorted(results))
 
 
 @pytest.mark.parametrize("argv,message", [
