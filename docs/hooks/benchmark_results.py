@@ -15,8 +15,6 @@ import logging
 import re
 from pathlib import Path
 
-from mkdocs.structure.files import File
-
 log = logging.getLogger("mkdocs.plugins.benchmark_results")
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,6 +23,8 @@ _MARKER = re.compile(r"<!-- benchmark-table: ([\w-]+) -->")
 
 
 def on_files(files, config):
+    from mkdocs.structure.files import File  # here: tests import this module without mkdocs
+
     history = (ROOT / "benchmarks" / "RESULTS.md").read_text(encoding="utf-8")
     history = re.sub(r"\((?:benchmarks/)?results/([\w.-]+\.png)\)", r"(assets/benchmarks/\1)", history)
     history = re.sub(r"\(\.\./docs/([\w/.#-]+)\)", r"(\1)", history)  # links that work on GitHub too

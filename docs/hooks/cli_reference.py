@@ -15,9 +15,6 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
-from mkdocs.exceptions import PluginError
-from mkdocs.structure.files import File
-
 log = logging.getLogger("mkdocs.plugins.cli_reference")
 
 # page -> (title, what the command does, the guide that explains it, the commands on the page)
@@ -76,6 +73,8 @@ def _help(argv: list[str]) -> str:
     done = subprocess.run([sys.executable, "-c", _RUN, *argv, "--help"], capture_output=True,
                           text=True, env=env, timeout=300, check=False)
     if done.returncode != 0 or not done.stdout.strip():
+        from mkdocs.exceptions import PluginError  # here: tests import this module without mkdocs
+
         raise PluginError(f"`bertbeam {' '.join(argv)} --help` failed (exit {done.returncode}): "
                           f"{((done.stderr or done.stdout).strip().splitlines() or [''])[-1]}")
     return done.stdout.rstrip()
@@ -145,6 +144,8 @@ def _page(title: str, what: str, guide: str, helps: list[tuple[list[str], str]])
 
 
 def on_files(files, config):
+    from mkdocs.structure.files import File  # here: tests import this module without mkdocs
+
     argvs = [argv for *_, cmds in PAGES.values() for argv in cmds]
     with ThreadPoolExecutor(max_workers=4) as pool:
         texts = dict(zip(map(tuple, argvs), pool.map(_help, argvs), strict=True))
