@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import re
 import socket
 import sys
 from collections.abc import Iterator, Sequence
@@ -26,13 +28,16 @@ from collections.abc import Iterator, Sequence
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import DebugOptions, GoogleCloudOptions, PipelineOptions
 
 from bertbeam.cli.options import CheckGpuOptions, CommandParser, command_parser, parse_command
 from bertbeam.run.runners import resolve_runner
 
 _LOG = logging.getLogger("bertbeam")
 NAMESPACE = "bertbeam.check_gpu"
+CPUS_NAMESPACE = "bertbeam.check_gpu.cpus"
+HARNESS_THREADS = 4
+"""Harness threads per SDK process a GPU worker wants (docs/performance.md, Feeding the model)."""
 
 
 class NoGpuError(RuntimeError):
@@ -51,6 +56,7 @@ def probe_device() -> dict:
         "devices": torch.cuda.device_count() if torch.cuda.is_available() else 0,
         "device": "cpu",
         "bf16": False,
+        "cpus": os.cpu_count(),
     }
     if info["cuda"]:
         info["device"] = torch.cuda.get_device_name(0)
@@ -82,6 +88,7 @@ class _ProbeFn(beam.DoFn):
             raise NoGpuError(f"Worker {info['host']}: a bf16/fp16 matmul on {info['device']} "
                              "gave a wrong result; the driver and torch's CUDA build disagree.")
         Metrics.counter(NAMESPACE, f"{info['device']} bf16={info['bf16']}").inc()
+        Metrics.counter(CPUS_NAMESPACE, str(info["cpus"])).inc()
         _LOG.warning("check-gpu probe %d: %s", probe, info)
         yield info
 
@@ -123,10 +130,44 @@ def build(p: beam.Pipeline, args: argparse.Namespace) -> None:
     p | "CheckGpu" >> CheckGpu(probes=args.probes, allow_cpu=args.allow_cpu)
 
 
-def device_counts(result: object) -> dict[str, int]:
-    """Probes per ``"<device> bf16=<bool>"`` from a finished run's counters."""
+def topology(options: PipelineOptions, cpus: int | None) -> list[str]:
+    """The layout a bertbeam job with these options gets on each GPU worker of ``cpus``
+    vCPUs, one line per choice, each with what to change where an option works against it:
+    one SDK process (one model per GPU), a few harness threads sharing it, the tokenizer's
+    native threads on every core, one GPU per VM (docs/performance.md, Feeding the model)."""
+    debug = options.view_as(DebugOptions)
+    single = "no_use_multiple_sdk_containers" in (debug.experiments or [])
+    threads = debug.number_of_worker_harness_threads
+    service = options.view_as(GoogleCloudOptions).dataflow_service_options or []
+    accelerator = next((o for o in service if o.startswith("worker_accelerator=")), "")
+    count = re.search(r"count:(\d+)", accelerator)
+    gpus = int(count.group(1)) if count else None
+    cores = f"{cpus} cores" if cpus else "every core"
+    lines = [
+        "SDK processes per worker: 1 (--experiments=no_use_multiple_sdk_containers)" if single else
+        "SDK processes per worker: one per vCPU (Dataflow's default), each loading its own copy "
+        "of the model onto the GPU: add --experiments=no_use_multiple_sdk_containers",
+        f"harness threads per process: {threads} (--number_of_worker_harness_threads)"
+        + (f"; more than {HARNESS_THREADS} contend for Python's lock and each can hold a batch "
+           "in GPU memory" if threads > HARNESS_THREADS else "") if threads else
+        f"harness threads per process: Dataflow's default; set --number_of_worker_harness_threads="
+        f"{HARNESS_THREADS} (one thread's batches run on the GPU while the others read, "
+        "tokenize and write)",
+        "model: one copy per SDK process on cuda:0, shared by its threads (bertbeam's engine)",
+        f"tokenizing: the tokenizer's native threads on {cores}, outside Python's lock; "
+        "bertbeam's own per-document work (reading, batching, post-processing, writing) holds "
+        "the lock on one core",
+        f"GPUs per worker: {gpus if gpus is not None else 'not set (worker_accelerator=type:...;count:1)'}"
+        + ("; a process uses cuda:0 only: use count:1 and more workers" if gpus and gpus > 1 else ""),
+    ]
+    return lines
+
+
+def device_counts(result: object, namespace: str = NAMESPACE) -> dict[str, int]:
+    """Probes per ``"<device> bf16=<bool>"`` (per vCPU count with ``CPUS_NAMESPACE``) from a
+    finished run's counters."""
     counts: dict[str, int] = {}
-    for c in result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]:
+    for c in result.metrics().query(MetricsFilter().with_namespace(namespace))["counters"]:
         value = c.committed if c.committed is not None else c.attempted
         counts[c.key.metric.name] = counts.get(c.key.metric.name, 0) + int(value or 0)
     return counts
@@ -166,6 +207,9 @@ def run(argv: Sequence[str] | None = None) -> int:
     counts = device_counts(result)
     print("bertbeam check-gpu: OK: " + (", ".join(
         f"{n} probes on {device}" for device, n in sorted(counts.items())) or "no probes reported"))
+    cpus = [int(n) for n in device_counts(result, CPUS_NAMESPACE) if n.isdigit()]
+    for line in topology(options, min(cpus) if cpus else None):
+        print(f"bertbeam check-gpu: topology: {line}", file=sys.stderr)
     return 0
 
 

@@ -55,3 +55,32 @@ def test_reason_is_read_from_a_remote_runners_error_text():
 def test_probes_must_be_positive():
     with pytest.raises(ValueError, match="probes must be at least 1, got 0"):
         CheckGpu(probes=0)
+
+
+def test_topology_says_the_layout_and_what_works_against_it():
+    """check-gpu prints the GPU worker layout bertbeam wants (one SDK process, a few harness
+    threads, one model per GPU, one GPU per VM) and names the option to change."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from bertbeam.cli.check_gpu import topology
+
+    good = topology(PipelineOptions([
+        "--experiments=no_use_multiple_sdk_containers", "--number_of_worker_harness_threads=4",
+        "--dataflow_service_options=worker_accelerator=type:nvidia-l4;count:1"]), 16)
+    assert good[0] == "SDK processes per worker: 1 (--experiments=no_use_multiple_sdk_containers)"
+    assert good[1] == "harness threads per process: 4 (--number_of_worker_harness_threads)"
+    assert "16 cores" in good[3] and good[4] == "GPUs per worker: 1"
+    bad = topology(PipelineOptions([
+        "--number_of_worker_harness_threads=12",
+        "--dataflow_service_options=worker_accelerator=type:nvidia-l4;count:2"]), None)
+    assert "add --experiments=no_use_multiple_sdk_containers" in bad[0]
+    assert "more than 4 contend" in bad[1] and "use count:1 and more workers" in bad[4]
+    assert "set --number_of_worker_harness_threads=4" in topology(PipelineOptions([]), 4)[1]
+
+
+@pytest.mark.skipif(_has_cuda(), reason="this machine has a GPU")
+def test_the_check_prints_its_topology(capsys):
+    assert run(["--probes", "1", "--allow-cpu", "--experiments=no_use_multiple_sdk_containers"]) == 0
+    err = capsys.readouterr().err
+    assert "bertbeam check-gpu: topology: SDK processes per worker: 1" in err
+    assert f"native threads on {__import__('os').cpu_count()} cores" in err
