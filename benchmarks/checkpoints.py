@@ -31,7 +31,10 @@ def random_bert(root: str | Path, tokenizer_dir: str, shape: str) -> str:
     of ``tokenizer_dir`` to ``root/<shape>`` (seeded: the same weights every time) and returns
     the directory."""
     import torch
+    import transformers
     from transformers import AutoTokenizer, BertConfig, BertModel
+
+    transformers.utils.logging.disable_progress_bar()
 
     if shape not in SHAPES:
         raise ValueError(f"Unknown checkpoint shape {shape!r}; valid: {', '.join(SHAPES)}.")

@@ -1,6 +1,7 @@
 """Feed the model: what bertbeam spends per document around a model that costs (nearly) nothing.
 
-    python -m benchmarks.feed --quick --out DIR       # CI smoke: small corpora, one repetition
+    python -m benchmarks.feed --quick --out DIR       # CI smoke: small corpora, one repetition,
+                                                      # every contender in this process
     python -m benchmarks.feed --out benchmarks/results   # 50,000 short docs, long docs, 3 reps
 
 On a GPU the model is nearly free, so the CPU work around it decides the rate, and the part
@@ -44,7 +45,7 @@ from benchmarks.checkpoints import random_bert
 from benchmarks.contenders import Job
 from benchmarks.corpus import long_texts, write_corpus, write_texts
 from benchmarks.gpu import environment
-from benchmarks.run import REPO, measure, run_contender, token_lengths
+from benchmarks.run import REPO, measure, run_contender, run_in_process, token_lengths
 
 MINILM = "embedded:all-MiniLM-L6-v2"
 SHORT_LENGTH = 256
@@ -192,7 +193,8 @@ def cpu_model() -> str:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.feed", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="CI smoke: small corpora, one repetition")
+    p.add_argument("--quick", action="store_true",
+                   help="CI smoke: small corpora, one repetition, in this process")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     p.add_argument("--name", default=None, help="output file stem (default feed, feed-quick)")
     p.add_argument("--suites", default=None, help=f"comma-separated subset of: "
@@ -201,6 +203,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--bertbeam-args", default="", help="more `bertbeam embed` flags, one string")
     p.add_argument("--commit", default=os.environ.get("BERTBEAM_COMMIT"))
     p.add_argument("--timeout", type=float, default=1200, help="seconds per contender run")
+    p.add_argument("--in-process", action=argparse.BooleanOptionalAction, default=None,
+                   help="every contender in this process (default: only in --quick, where an "
+                        "interpreter start costs more than the work; no whole-process figures)")
     for name in SIZES["full"]:
         p.add_argument(f"--{name.replace('_', '-')}", type=int, default=None,
                        help=f"default {SIZES['full'][name]:,} ({SIZES['quick'][name]} in --quick)")
@@ -218,6 +223,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"unknown suite {unknown[0]!r}; valid: {', '.join(known)}")
     args.suites = chosen
     args.name = args.name or ("feed-quick" if args.quick else "feed")
+    if args.in_process is None:
+        args.in_process = args.quick
     return args
 
 
@@ -260,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
             log(f"{suite.label}: {len(corpus.texts)} docs, {len(windows)} windows, "
                 f"{sum(windows)} tokens; {', '.join(names)}")
             runs = measure({n: (n, job) for n in names}, args.reps, timeout=args.timeout, log=log,
-                           runner=run_contender)
+                           runner=run_in_process if args.in_process else run_contender)
             rows = suite_report(suite, runs, sum(windows))
             result_suites[suite.label] = {
                 "model": suite.model, "docs": len(corpus.texts), "windows": len(windows),
@@ -274,7 +281,8 @@ def main(argv: list[str] | None = None) -> int:
         "environment": {**environment("cpu", args.commit), "machine": cpu_model(), "cpus_usable": cores,
                         "load_average_before": load_before, "load_average_after": os.getloadavg()},
         "settings": {"short_docs": args.short_docs, "long_docs": args.long_docs,
-                     "long_doc_tokens": args.long_doc_tokens, "reps": args.reps},
+                     "long_doc_tokens": args.long_doc_tokens, "reps": args.reps,
+                     "in_process": args.in_process},
         "definitions": DEFINITIONS,
         "suites": result_suites,
         "targets": targets(result_suites),
