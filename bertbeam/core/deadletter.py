@@ -1,5 +1,5 @@
 """The dead letter: a typed record of one input that could not be processed, built where the
-failure happens, and the one table of reason codes that README documents.
+failure happens, and the one table of reason codes that docs/reliability.md documents.
 
 Every stage that can reject an input (read, validate, tokenize, model, postprocess) builds a
 :class:`DeadLetter` itself, with its own stage and reason, and emits it on the output tagged
@@ -83,7 +83,7 @@ REASONS: Mapping[Reason, tuple[Stage, str]] = {
     Reason.SINK_LIMIT: (Stage.SINK, "the id or the kept text is over a field limit of the --sink "
                                     "collection (Milvus: ids of 1,024 bytes, texts of 65,535)"),
 }
-"""Reason -> (the stage that reports it, what it means); README's table is this one."""
+"""Reason -> (the stage that reports it, what it means); docs/reliability.md's table is this one."""
 
 
 def preview(value: Any) -> str:

@@ -360,7 +360,7 @@ def start_line(label: str, job: Job, prepared: Prepared, runtime: dict[str, Any]
 
 def _bf16_hint(model: ModelSpec, runtime: dict[str, Any]) -> str:
     """A pointer to ``--dtype bfloat16`` where a local CPU run chose float32 by default on a
-    CPU with AMX (README: Performance, bfloat16 on CPU)."""
+    CPU with AMX (docs/performance.md)."""
     if (runtime["device"] != "cpu" or model.dtype != "auto" or model.quantize != "none"
             or model.backend != "torch"):
         return ""
@@ -368,5 +368,5 @@ def _bf16_hint(model: ModelSpec, runtime: dict[str, Any]) -> str:
     if not cpu_runs_bf16_natively():
         return ""
     return ("; this CPU has AMX: --dtype bfloat16 runs about twice as fast "
-            "(not bit-exact; README: bfloat16 on CPU)")
+            "(not bit-exact; see docs/performance.md)")
 
