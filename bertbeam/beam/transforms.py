@@ -135,6 +135,12 @@ class InferDocuments(beam.PTransform):
 
     def expand(self, docs: beam.PCollection[Document]) -> dict[str, beam.PCollection]:
         dead = []
+        windowed = keeps_windows(docs)
+        if windowed:
+            # Each document's timestamp rides along as a hidden carried column (through the
+            # duplicates' shuffle and the chunks, which travel at their earliest timestamp)
+            # and is given back to its row.
+            docs = docs | "StampEventTime" >> StampEventTime()
         if self._validate:
             checked = docs | "ValidateDocuments" >> ValidateDocuments(pairs=self.task.pair_input)
             docs = checked["documents"]
@@ -142,10 +148,7 @@ class InferDocuments(beam.PTransform):
         schema = self.schema()
         core, to_rows = self._core, beam.FlatMap(_beam_rows, schema)
         run = core.run
-        if keeps_windows(docs):
-            # Each document's timestamp rides along as a hidden carried column and is given
-            # back to its row; the chunks in between travel at their earliest timestamp.
-            docs = docs | "StampEventTime" >> StampEventTime()
+        if windowed:
             core = InferChunks(self.task, run=run, carry=(*self._core._carry, EVENT_TIME_FIELD),
                                config=self._core._config)
             to_rows = restamp_rows(schema)

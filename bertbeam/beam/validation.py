@@ -10,7 +10,7 @@ from typing import Any
 
 import apache_beam as beam
 
-from bertbeam.beam.windowing import DropRepeatedIds, keeps_windows
+from bertbeam.beam.windowing import DropRepeatedIds
 from bertbeam.core.deadletter import DEAD_LETTER, DeadLetter, Reason, emit
 from bertbeam.core.records import Document
 
@@ -119,9 +119,10 @@ class ValidateDocuments(beam.PTransform):
 
     Finding duplicates needs the ids of the whole input: the ids go through a combine, and
     only the documents whose id is used more than once are shuffled (``dedupe=False`` skips
-    it when the source guarantees unique ids). On windowed or unbounded input, ids are unique
-    per window, and the first document of an id to arrive is kept
-    (``windowing.DropRepeatedIds``).
+    it when the source guarantees unique ids). On windowed input ids are unique per window;
+    on unbounded input the first document of an id to arrive in its window is kept, as it
+    arrives (``windowing.DropRepeatedIds``), where the shuffle would wait for the window to
+    close.
 
     Example::
 
@@ -139,7 +140,7 @@ class ValidateDocuments(beam.PTransform):
             DEAD_LETTER, main="documents")
         if not self._dedupe:
             return {"documents": checked.documents, DEAD_LETTER: checked[DEAD_LETTER]}
-        if keeps_windows(checked.documents):
+        if not checked.documents.is_bounded:
             first = checked.documents | "DropRepeatedIds" >> DropRepeatedIds()
             dead = (checked[DEAD_LETTER], first[DEAD_LETTER]) | "DeadLetters" >> beam.Flatten()
             return {"documents": first["documents"], DEAD_LETTER: dead}

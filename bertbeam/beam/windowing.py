@@ -8,7 +8,8 @@ DoFns, so a batch pipeline runs exactly as before. Other input goes through:
   when its oldest element has waited ``max_wait`` seconds, and at the end of every bundle
   (nothing is held across bundles: no state, no timers; Beam's ``_WindowAwareBatchingDoFn``
   does the same). What a flush yields goes out in the window its elements came from.
-- :class:`DropRepeatedIds`: duplicate ids per window, as documents arrive (the first is kept).
+- :class:`DropRepeatedIds`: on unbounded input, duplicate ids per window as documents arrive
+  (the first is kept; bounded windowed input keeps ``ValidateDocuments``' shuffle, per window).
 - the event time of each document, carried through the chunks as a hidden column
   (:data:`EVENT_TIME`) and given back to its result row (:class:`_RestampRowsFn`).
 """
@@ -158,10 +159,12 @@ class DropRepeatedIds(beam.PTransform):
 
 class _StampFn(beam.DoFn):
     """Writes each document's timestamp into its hidden :data:`EVENT_TIME` column (a copy:
-    the input element is not changed)."""
+    the input element is not changed; anything else passes, for validation to report)."""
 
-    def process(self, doc: Document, timestamp: Any = beam.DoFn.TimestampParam
-                ) -> Iterator[Document]:
+    def process(self, doc: Any, timestamp: Any = beam.DoFn.TimestampParam) -> Iterator[Any]:
+        if not isinstance(doc, Document):
+            yield doc
+            return
         yield Document(doc.id, doc.text, doc.text_pair,
                        {**(doc.extra or {}), EVENT_TIME: int(timestamp.micros)})
 
@@ -171,7 +174,7 @@ class StampEventTime(beam.PTransform):
     (carried through the chunk stages like any carried column)."""
 
     def expand(self, docs: beam.PCollection[Document]) -> beam.PCollection[Document]:
-        return docs | "StampEventTime" >> beam.ParDo(_StampFn()).with_output_types(Document)
+        return docs | "StampEventTime" >> beam.ParDo(_StampFn())
 
 
 class _RestampRowsFn(beam.DoFn):

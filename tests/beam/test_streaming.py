@@ -348,3 +348,30 @@ def test_streaming_mistakes_are_one_line_at_launch(tmp_path, capsys, argv, messa
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1, err
+
+
+def test_bounded_windowed_input_keeps_windows_on_the_local_runner(tiny_model):
+    """A batch corpus put in daily windows (bounded, on the FnApiRunner the commands use):
+    each row comes out in its document's window at its timestamp, an id may be used once per
+    window (of two, the smallest text is kept, as in a batch run), and dead letters keep
+    their window."""
+    from apache_beam.testing.util import equal_to
+
+    day = 86400
+    docs = [(10, Document("a", SAMPLE_TEXTS[0])), (20, Document("b", SAMPLE_TEXTS[1])),
+            (day + 5, Document("a", SAMPLE_TEXTS[2])), (day + 7, Document("c", "")),
+            (day + 9, Document("a", SAMPLE_TEXTS[3]))]
+    kept = float(min((d.text, t) for t, d in docs if t > day and d.id == "a")[1])
+    run = RunSpec(model=ModelSpec(uri=tiny_model("bert", "base")))
+    options = PipelineOptions([])
+    with TestPipeline(runner=resolve_runner(options), options=options) as p:
+        out = (p | beam.Create([TimestampedValue(d, t) for t, d in docs])
+               | beam.WindowInto(FixedWindows(day)) | EmbedDocuments(run=run))
+        assert_that(out["results"] | "Rows" >> beam.ParDo(_WithWindow())
+                    | "RowKeys" >> beam.Map(lambda x: (x[0], x[2], x[3])),
+                    equal_to([(0, 10.0, "a"), (0, 20.0, "b"), (day, kept, "a")]),
+                    label="Results")
+        assert_that(out["dead_letter"] | "Dead" >> beam.ParDo(_WithWindow())
+                    | "DeadKeys" >> beam.Map(lambda x: (x[0], x[3], x[4]["reason"])),
+                    equal_to([(day, "c", "empty_text"), (day, "a", "duplicate_id")]),
+                    label="DeadLetters")
