@@ -375,3 +375,29 @@ def test_bounded_windowed_input_keeps_windows_on_the_local_runner(tiny_model):
                     | "DeadKeys" >> beam.Map(lambda x: (x[0], x[3], x[4]["reason"])),
                     equal_to([(day, "c", "empty_text"), (day, "a", "duplicate_id")]),
                     label="DeadLetters")
+
+
+def _dofns(windowed: bool, model: str) -> list[str]:
+    p = beam.Pipeline()
+    docs = p | beam.Create([Document("a", "x")])
+    if windowed:
+        docs = docs | beam.WindowInto(FixedWindows(60))
+    _ = docs | EmbedDocuments(run=RunSpec(model=ModelSpec(uri=model)))
+    names: list[str] = []
+
+    class _Visit(beam.pipeline.PipelineVisitor):
+        def visit_transform(self, node):
+            if isinstance(node.transform, beam.ParDo):
+                names.append(type(node.transform.dofn).__name__)
+
+    p.visit(_Visit())
+    return names
+
+
+def test_batch_input_keeps_the_batch_dofns(tiny_model):
+    """The global window of a bounded input (every batch job) builds the batch graph: no
+    per-window buffer, no event-time stamp; the same transform on windows gets them."""
+    model = tiny_model("bert", "base")
+    batch, windowed = _dofns(False, model), _dofns(True, model)
+    assert "PerWindowBuffer" not in batch and "_StampFn" not in batch
+    assert windowed.count("PerWindowBuffer") == 2 and "_StampFn" in windowed
