@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import apache_beam as beam
-from bertbeam.beam.validation import check_document
-from bertbeam.core.deadletter import DEAD_LETTER, DeadLetter, Reason, emit
 
 from bertbeam.beam.reading import Columns, ListRowGroupsFn, ReadRowGroupFn
+from bertbeam.beam.validation import check_document
 from bertbeam.core import metrics
+from bertbeam.core.deadletter import DEAD_LETTER, DeadLetter, Reason, emit
 from bertbeam.core.records import Document
 
 WATCH = "watch:"

@@ -24,9 +24,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from bertbeam.core.task import Task
-
 from bertbeam.config import RunSpec, default_cache_dir
+from bertbeam.core.task import Task
 
 RESULTS_FORMAT = 1
 """Bumped whenever bertbeam changes what a result row holds for the same inputs and options,

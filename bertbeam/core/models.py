@@ -29,11 +29,11 @@ from pathlib import Path
 from typing import Any
 
 from apache_beam.utils import shared
-from bertbeam.core.memory import collector_paused, prepare_allocator
-from bertbeam.core.quantization import quantize_int8
 
 from bertbeam.config import EMBEDDED_MODEL, ModelSpec, default_cache_dir
+from bertbeam.core.memory import collector_paused, prepare_allocator
 from bertbeam.core.onnx_backend import load_onnx
+from bertbeam.core.quantization import quantize_int8
 
 _LOG = logging.getLogger(__name__)
 

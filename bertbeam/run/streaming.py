@@ -26,19 +26,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.transforms.window import FixedWindows
+
 from bertbeam.beam.batching import BatchByTokens
 from bertbeam.beam.inference import RunModel
 from bertbeam.beam.postprocess import Postprocess
-from bertbeam.beam.tokenization import ChunkDocuments, Tokenize
-from bertbeam.beam.transforms import InferChunks, with_carried
-from bertbeam.beam.window_files import WriteWindowFiles, count_window_rows, window_files
-from bertbeam.beam.windowing import DropRepeatedIds
-from bertbeam.core.deadletter import DEAD_LETTER, DEAD_LETTER_SCHEMA
-from bertbeam.filesystems import expand_glob, url_to_fs, write_json_atomically
-from bertbeam.run.finish import AccountingError
-from bertbeam.run.job import Job
-from bertbeam.run.runners import is_local, local_processes, resolve_runner
-
 from bertbeam.beam.reading import carried_fields
 from bertbeam.beam.sinks import FitSink, SyncFn
 from bertbeam.beam.sources import (
@@ -48,9 +39,18 @@ from bertbeam.beam.sources import (
     StreamSource,
     WatchDocuments,
 )
+from bertbeam.beam.tokenization import ChunkDocuments, Tokenize
+from bertbeam.beam.transforms import InferChunks, with_carried
+from bertbeam.beam.window_files import WriteWindowFiles, count_window_rows, window_files
+from bertbeam.beam.windowing import DropRepeatedIds
+from bertbeam.core.deadletter import DEAD_LETTER, DEAD_LETTER_SCHEMA
 from bertbeam.core.engine import engine_spec, resolve_max_length
 from bertbeam.core.models import check_task_fit, check_weights, resolve_model_dir
+from bertbeam.filesystems import expand_glob, url_to_fs, write_json_atomically
 from bertbeam.run import checks
+from bertbeam.run.finish import AccountingError
+from bertbeam.run.job import Job
+from bertbeam.run.runners import is_local, local_processes, resolve_runner
 
 _LOG = logging.getLogger("bertbeam")
 
