@@ -8,7 +8,7 @@ import sys
 from importlib import import_module
 
 from bertbeam import __version__
-from bertbeam.core.memory import collector_paused, freeze_live_objects, prepare_allocator
+from bertbeam.core import memory
 
 _USAGE = """usage: bertbeam COMMAND [options]
 
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bertbeam {__version__}")
         return 0
     command, rest = argv[0], argv[1:]
-    prepare_allocator()  # before any command imports torch (memory.py)
+    memory.prepare_allocator()  # before any command imports torch (memory.py)
     target = _COMMANDS.get(command)
     if target is None:
         close = difflib.get_close_matches(command, list(_COMMANDS), n=1)
@@ -60,12 +60,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bertbeam: unknown command {command!r}.{hint}\n\n{_USAGE}", file=sys.stderr)
         return 2
     module, name = target.split(":")
-    with collector_paused():  # the command's imports: Beam, pyarrow (memory.py)
+    with memory.collector_paused():  # the command's imports: Beam, pyarrow (memory.py)
         run = getattr(import_module(module), name)
     try:
         return run(rest)
     finally:
-        freeze_live_objects()  # a faster interpreter exit (memory.py)
+        memory.freeze_live_objects()  # a faster interpreter exit (memory.py)
 
 
 if __name__ == "__main__":
