@@ -198,3 +198,35 @@ def check_gpu_result(out) -> dict:
     for target in result["targets"]:
         assert target["value"] is not None and target["verdict"] in ("met", "BELOW"), target
     return result
+
+
+def test_cpu_figures_split_the_main_thread_from_the_rest_per_document():
+    """benchmarks.feed's figures: medians of the repetitions, the main thread's CPU and the
+    rest of the process's apart, per document, and documents per CPU-second."""
+    runs = [{"docs": 1000, "seconds": 2.0, "process_seconds": 5.0, "exit_seconds": 0.5,
+             "steady_seconds": 1.5, "steady_main_cpu": m, "steady_cpu": m + 0.1, "job_cpu": 2.0,
+             "process_cpu": 4.0, "startup_seconds": 0.4} for m in (0.02, 0.03, 0.04)]
+    runs.append({"error": "exit 1"})
+    row = report.cpu_figures(runs, 1000)
+    assert row["steady_main_us_per_doc"] == 30.0 and row["steady_native_us_per_doc"] == 100.0
+    assert row["steady_cpu_us_per_doc"] == 130.0 and row["steady_docs_per_cpu_second"] == 7692.3
+    assert row["process_docs_per_cpu_second"] == 250.0
+    assert row["phases"]["imports"] == 2.5 and row["gpu_busy_fraction"] is None
+
+
+def test_a_window_reads_the_main_threads_cpu_clock_from_another_thread():
+    import threading
+
+    from benchmarks.contenders import Window
+
+    window = Window()
+    window.begin()
+    end = __import__("time").process_time() + 0.2
+    while __import__("time").process_time() < end:  # the main thread works
+        pass
+    marker = threading.Thread(target=window.mark)
+    marker.start()
+    marker.join()
+    figures = window.figures()
+    assert 0.15 < figures["steady_main_cpu"] <= figures["steady_cpu"] + 0.01
+    assert figures["steady_seconds"] >= figures["steady_main_cpu"] - 0.01
