@@ -254,6 +254,9 @@ def _dry_run(job: Job, options: PipelineOptions, prepared: Prepared) -> None:
             max_dead_letters=job.control.max_dead_letters,
             previous_files=tuple(url for _, url in prepared.previous_files),
             joined=bool(prepared.previous_files), sink=job.sink)
+    # Offline: no credential lookup either (Beam retries a missing one for ~20 s, logging
+    # a traceback each time, before its own project-id validation speaks).
+    options.view_as(GoogleCloudOptions).no_auth = True
     p = beam.Pipeline(runner=resolve_runner(options), options=options)
     build(p, job, prepared, finish)
     result = p.run()
