@@ -48,8 +48,8 @@ def run_variants(
     from apache_beam.options.pipeline_options import PipelineOptions
     from apache_beam.testing.test_pipeline import TestPipeline
 
-    from bertbeam.run.runners import resolve_runner
     from bertbeam.beam.transforms import InferDocuments
+    from bertbeam.run.runners import resolve_runner
 
     root = tmp_path / f"rows-{uuid.uuid4().hex[:8]}"
     options = PipelineOptions(list(beam_args))

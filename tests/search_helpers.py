@@ -12,8 +12,8 @@ import pyarrow.parquet as pq
 
 def embed_texts(model_dir: str, texts: list[str]) -> np.ndarray:
     """Embeddings of ``texts`` as bertbeam computes them (through ``BertModelHandler``)."""
-    from bertbeam.config import ModelSpec, RunSpec
     from bertbeam.beam.handler import BertModelHandler
+    from bertbeam.config import ModelSpec, RunSpec
     from bertbeam.tasks.embed import EmbedTask
 
     handler = BertModelHandler(EmbedTask(), run=RunSpec(model=ModelSpec(uri=model_dir, device="cpu")))

@@ -6,10 +6,10 @@ from collections.abc import Iterator
 
 import apache_beam as beam
 
-from bertbeam.core import metrics
 from bertbeam.beam.buffering import BufferedDoFn
 from bertbeam.beam.windowing import PerWindowBuffer, keeps_windows
 from bertbeam.config import BatchSpec
+from bertbeam.core import metrics
 from bertbeam.core.engine import Engine, EngineSpec
 from bertbeam.core.records import BatchPlan, WindowChunk
 

@@ -8,8 +8,8 @@ from typing import Any
 import apache_beam as beam
 import pyarrow as pa
 
-from bertbeam.core import metrics
 from bertbeam.config import RunSpec
+from bertbeam.core import metrics
 from bertbeam.core.deadletter import DEAD_LETTER
 from bertbeam.core.engine import Engine, EngineSpec, engine_spec
 from bertbeam.core.records import OutputChunk

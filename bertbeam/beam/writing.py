@@ -27,8 +27,8 @@ import pyarrow.parquet as pq
 from apache_beam.transforms.window import GlobalWindows
 
 from bertbeam.beam.buffering import BufferedDoFn
-from bertbeam.filesystems import join, url_to_fs, write_json_atomically
 from bertbeam.core.records import rows_to_table
+from bertbeam.filesystems import join, url_to_fs, write_json_atomically
 
 PREFIXES = ("results", "dead_letter")
 """The file prefixes a bertbeam job writes."""

@@ -6,14 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from bertbeam.beam.handler import BertModelHandler
 from bertbeam.config import BatchSpec, ModelSpec, RunSpec, TokenizeSpec
 from bertbeam.core.deadletter import DeadLetter
-from bertbeam.beam.handler import BertModelHandler
 from bertbeam.tasks.classify import ClassifyTask
 from bertbeam.tasks.embed import EmbedTask
 from bertbeam.tasks.qa import QATask
-from tests.conftest import ARCHITECTURES, SAMPLE_TEXTS
 from tests.beam.test_transforms import _NaNOnMarker
+from tests.conftest import ARCHITECTURES, SAMPLE_TEXTS
 
 TOLERANCE = 1e-4
 

@@ -205,8 +205,8 @@ def test_a_loaded_model_is_frozen_and_the_collector_is_back_on(tiny_model):
 
 def test_the_command_line_freezes_what_is_left_when_a_command_ends(monkeypatch):
     """Also when the command fails: the interpreter's exit must not walk the libraries."""
-    from bertbeam.core import memory
     from bertbeam.cli import main
+    from bertbeam.core import memory
 
     calls = []
     monkeypatch.setattr(memory, "freeze_live_objects", lambda: calls.append("frozen"))

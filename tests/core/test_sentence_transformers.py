@@ -353,8 +353,8 @@ def test_stack_reads_every_module(st_checkpoint):
 def test_run_inference_handler_applies_prompts_and_dense_layers(st_checkpoint):
     """BertModelHandler tokenizes through the same hook: a named prompt left out of pooling,
     then Dense layers, equal to encode's."""
-    from bertbeam.config import ModelSpec, RunSpec
     from bertbeam.beam.handler import BertModelHandler
+    from bertbeam.config import ModelSpec, RunSpec
 
     texts = SAMPLE_TEXTS[:4]
     for checkpoint, options in (("prompts", {"prompt_name": "passage"}), ("stacked", {})):

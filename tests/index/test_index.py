@@ -21,8 +21,8 @@ from bertbeam.index.search import (
     model_fingerprint,
 )
 from tests.conftest import SAMPLE_TEXTS, run_cli, write_corpus
-from tests.search_helpers import embed_texts, results_table, write_results
 from tests.integration.test_gcs import gcs  # noqa: F401  (the emulator fixture)
+from tests.search_helpers import embed_texts, results_table, write_results
 
 TEXTS = SAMPLE_TEXTS[:5] + SAMPLE_TEXTS[6:]  # "short" is too close to other short texts
 IDS = [f"doc-{i:02d}" for i in range(len(TEXTS))]

@@ -230,8 +230,8 @@ def test_the_run_lock_on_gs_is_exclusive_and_a_stale_one_is_taken_over(gcs):
 def test_an_incremental_rerun_with_every_location_on_gs(gcs, tmp_path):
     """``--previous gs://…``: the rerun computes exactly the changed and new documents and
     equals a full recomputation, with corpus, model, outputs and earlier run on gs://."""
-    from bertbeam.cli import main
     from bertbeam.beam.writing import read_table
+    from bertbeam.cli import main
     from tests.beam.test_incremental import assert_same_results, by_id, nightly_corpora
 
     yesterday, today, changes = nightly_corpora(100)
