@@ -36,7 +36,7 @@ from bertbeam.training.data import Examples, TrainingDataError, split
 from bertbeam.training.fit import fit, resolve_device, save_checkpoint
 from bertbeam.training.loop import quiet_transformers
 from bertbeam.training.output import CheckpointOutput
-from bertbeam.training.plan import make_plan
+from bertbeam.training.plan import plan_for
 from bertbeam.training.soft_labels import label_corpus, soft_label_rows
 
 
@@ -210,12 +210,9 @@ def _distill(cfg: DistillConfig) -> dict[str, Any]:
 
     train_features = features(train_rows, rows["gold"])
     eval_features = features(eval_rows, agree) if eval_rows is not None and len(eval_rows) else None
-    plan = make_plan(
-        train_rows=len(train_features), eval_rows=len(eval_features or ()), eval_source=source,
-        batch_size=cfg.batch_size, token_budget=cfg.token_budget, max_length=max_length,
-        epochs=cfg.epochs, max_steps=cfg.max_steps, learning_rate=cfg.learning_rate,
-        hidden_size=getattr(model.config, "hidden_size", None),
-        warmup_fraction=cfg.warmup_fraction, eval_every=cfg.eval_every, patience=cfg.patience)
+    plan = plan_for(cfg, train_rows=len(train_features), eval_rows=len(eval_features or ()),
+                    eval_source=source, max_length=max_length,
+                    hidden_size=getattr(model.config, "hidden_size", None))
     gold = int((rows["gold"] >= 0).sum())
     print(f"bertbeam distill: student {described}; temperature {cfg.temperature:g}"
           + (f", gold labels on {gold:,} rows (weight {cfg.gold_weight:g})" if gold else ""),

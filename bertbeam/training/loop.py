@@ -36,7 +36,7 @@ from bertbeam.training.data import (
 )
 from bertbeam.training.fit import IGNORE, fit, main_metric, resolve_device, save_checkpoint
 from bertbeam.training.output import TRAIN_REPORT, CheckpointOutput
-from bertbeam.training.plan import TrainPlan, make_plan
+from bertbeam.training.plan import TrainPlan, plan_for
 
 __all__ = ["IGNORE", "TRAIN_REPORT", "encode", "first_subtoken_labels", "load_examples", "train"]
 
@@ -203,12 +203,9 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
     train_features = encode(train_rows, tokenizer, names, cfg, max_length)
     truncated = sum(n > max_length for n in map(len, tokenizer(train_rows.texts)["input_ids"]))
     eval_features = encode(eval_rows, tokenizer, names, cfg, max_length) if eval_rows else None
-    plan = make_plan(
-        train_rows=len(train_features), eval_rows=len(eval_features or ()), eval_source=source,
-        batch_size=cfg.batch_size, token_budget=cfg.token_budget, max_length=max_length,
-        epochs=cfg.epochs, max_steps=cfg.max_steps, learning_rate=cfg.learning_rate,
-        hidden_size=getattr(model.config, "hidden_size", None),
-        warmup_fraction=cfg.warmup_fraction, eval_every=cfg.eval_every, patience=cfg.patience)
+    plan = plan_for(cfg, train_rows=len(train_features), eval_rows=len(eval_features or ()),
+                    eval_source=source, max_length=max_length,
+                    hidden_size=getattr(model.config, "hidden_size", None))
     for line in plan.describe().splitlines():
         print(f"bertbeam train: {line}", file=sys.stderr, flush=True)
     with output:

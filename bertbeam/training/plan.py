@@ -88,6 +88,19 @@ class TrainPlan:
         return {**asdict(self), "epochs": round(self.epochs, 3)}
 
 
+def plan_for(schedule: Any, *, train_rows: int, eval_rows: int, eval_source: str,
+             max_length: int, hidden_size: int | None) -> TrainPlan:
+    """:func:`make_plan` with the options of a ``TrainConfig`` or ``DistillConfig`` (their
+    shared schedule fields)."""
+    return make_plan(
+        train_rows=train_rows, eval_rows=eval_rows, eval_source=eval_source,
+        batch_size=schedule.batch_size, token_budget=schedule.token_budget,
+        max_length=max_length, epochs=schedule.epochs, max_steps=schedule.max_steps,
+        learning_rate=schedule.learning_rate, hidden_size=hidden_size,
+        warmup_fraction=schedule.warmup_fraction, eval_every=schedule.eval_every,
+        patience=schedule.patience)
+
+
 def make_plan(*, train_rows: int, eval_rows: int, eval_source: str, batch_size: int,
               token_budget: int, max_length: int, epochs: int | None, max_steps: int | None,
               learning_rate: float | None, hidden_size: int | None, warmup_fraction: float,
