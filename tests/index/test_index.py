@@ -20,22 +20,10 @@ from bertbeam.index.search import (
     build_index,
     model_fingerprint,
 )
-from tests.conftest import SAMPLE_TEXTS, run_cli, write_corpus
+from tests.conftest import run_cli, write_corpus
+from tests.index.conftest import IDS, TEXTS
 from tests.integration.test_gcs import gcs  # noqa: F401  (the emulator fixture)
 from tests.search_helpers import embed_texts, results_table, write_results
-
-TEXTS = SAMPLE_TEXTS[:5] + SAMPLE_TEXTS[6:]  # "short" is too close to other short texts
-IDS = [f"doc-{i:02d}" for i in range(len(TEXTS))]
-
-
-@pytest.fixture(scope="module")
-def model_dir(tiny_model):
-    return tiny_model("bert")
-
-
-@pytest.fixture(scope="module")
-def vectors(model_dir):
-    return embed_texts(model_dir, TEXTS)
 
 
 @pytest.fixture(scope="module")

@@ -26,21 +26,9 @@ from bertbeam.index.search import (
     build_index,
     hits_json,
 )
-from tests.conftest import SAMPLE_TEXTS, run_cli
-from tests.search_helpers import embed_texts, results_table, write_results
-
-TEXTS = SAMPLE_TEXTS[:5] + SAMPLE_TEXTS[6:]
-IDS = [f"doc-{i:02d}" for i in range(len(TEXTS))]
-
-
-@pytest.fixture(scope="module")
-def model_dir(tiny_model):
-    return tiny_model("bert")
-
-
-@pytest.fixture(scope="module")
-def vectors(model_dir):
-    return embed_texts(model_dir, TEXTS)
+from tests.conftest import run_cli
+from tests.index.conftest import IDS, TEXTS
+from tests.search_helpers import results_table, write_results
 
 
 def _error_line(capsys) -> str:
