@@ -48,14 +48,18 @@ def test_one_tokenizer_one_model_and_one_resolution_per_process(tmp_path, tiny_m
     import transformers
 
     from bertbeam.core import engine, models
+    from bertbeam.run import job, runinfo
 
     models._cached_tokenizer.cache_clear()
     calls: list[str] = []
     _counting(monkeypatch, transformers.AutoTokenizer, "from_pretrained", calls)
     _counting(monkeypatch, models, "load_model", calls)
-    _counting(monkeypatch, models, "resolve_device", calls)
     _counting(monkeypatch, engine.Engine, "_build", calls)
-    _counting(monkeypatch, engine, "resolve_max_length", calls)
+    # Counted wherever a caller took the name: the worker's engine and the launcher's modules.
+    for module in (models, runinfo):
+        _counting(monkeypatch, module, "resolve_device", calls)
+    for module in (engine, job):
+        _counting(monkeypatch, module, "resolve_max_length", calls)
     corpus = write_corpus(tmp_path / "in.parquet", {"id": [f"d{i}" for i in range(10)],
                                                    "text": SAMPLE_TEXTS})
     # A fresh spec (a cache dir of its own), so that no engine of an earlier test is reused.
