@@ -10,7 +10,6 @@ import shlex
 import subprocess
 from pathlib import Path
 
-import apache_beam as beam
 import pytest
 
 from pipelines.flex_template import flex_argv
@@ -138,20 +137,17 @@ def test_the_documented_flex_run_builds_a_dataflow_job(tmp_path, tiny_model, mon
     reachable): a --no-wait label job with the Dataflow options it names, joined with the
     previous run, ending in the summary stage; it says what it checked (never "submitted");
     every DoFn unpickles."""
-    from tests.integration.test_dataflow_graph import CLOSED_PORT, cache_model
+    from tests.integration.test_dataflow_graph import (
+        CLOSED_PORT,
+        cache_model,
+        record_pipeline_runs,
+    )
 
     gcloud = documented_flex_run()
     model_uri = next(p.split("model=", 1)[1].split(",")[0] for p in gcloud if "model=" in p)
     cache_model(model_uri, tiny_model("bert", "classify"), str(tmp_path / "cache"))
     argv = [*launcher_argv(gcloud), f"--model_cache_dir={tmp_path / 'cache'}"]
-    built = []
-    original = beam.Pipeline.run
-
-    def run(self, *args, **kwargs):
-        built.append((self.options, original(self, *args, **kwargs)))
-        return built[-1][1]
-
-    monkeypatch.setattr(beam.Pipeline, "run", run)
+    built = record_pipeline_runs(monkeypatch)
     # The local stand-ins for the documented gs:// locations pass the remote-runner check.
     monkeypatch.setattr("bertbeam.run.checks.check_remote_locations", lambda *a, **k: None,
                         raising=False)

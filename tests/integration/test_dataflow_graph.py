@@ -75,6 +75,20 @@ def model_cache(tiny_model, tmp_path_factory) -> str:
     return cache
 
 
+def record_pipeline_runs(monkeypatch) -> list:
+    """Every ``Pipeline.run`` from now on appends ``(options, result)`` to the returned list
+    (a dry run's result holds the Dataflow job it built)."""
+    built = []
+    original = beam.Pipeline.run
+
+    def run(self, *args, **kwargs):
+        built.append((self.options, original(self, *args, **kwargs)))
+        return built[-1][1]
+
+    monkeypatch.setattr(beam.Pipeline, "run", run)
+    return built
+
+
 def dry_run(argv: list[str], model_cache: str | None = None, *, monkeypatch=None, capsys=None):
     """Runs ``bertbeam <argv> --dry_run=True`` as a user does, with Cloud Storage
     unreachable; returns the Beam options, the runner's ``apiclient.Job`` and what the
@@ -92,14 +106,7 @@ def dry_run(argv: list[str], model_cache: str | None = None, *, monkeypatch=None
         p = beam.Pipeline(runner=resolve_runner(options), options=options)
         check_gpu.build(p, args)
         return options, p.run().job, ""
-    built = []
-    original = beam.Pipeline.run
-
-    def run(self, *args, **kwargs):
-        built.append((self.options, original(self, *args, **kwargs)))
-        return built[-1][1]
-
-    monkeypatch.setattr(beam.Pipeline, "run", run)
+    built = record_pipeline_runs(monkeypatch)
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", CLOSED_PORT)
     capsys.readouterr()
     assert run_cli(*argv, "--dry_run=True", "--model-cache-dir", model_cache) == 0
