@@ -48,15 +48,34 @@ def resolve_runner(options: PipelineOptions) -> Any:
     if not is_local(options):
         return options.view_as(StandardOptions).runner
     # Beam's runner internals, on use
-    from apache_beam.runners.portability.fn_api_runner import fn_runner
+    from apache_beam.runners.portability.fn_api_runner import fn_runner, worker_handlers
 
     # Beam's runner internals, on use
     from apache_beam.runners.portability.portable_runner import JobServiceHandle
 
+    # The in-process worker's state cache has no option, only a module constant read when
+    # the runner starts its worker: off for a streaming run (see _BEAM_EMBEDDED_CACHE_MB).
+    streaming = bool(options.view_as(StandardOptions).streaming)
+    worker_handlers.STATE_CACHE_SIZE_MB = 0 if streaming else _BEAM_EMBEDDED_CACHE_MB
     encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
     provision = fn_runner.ExtendedProvisionInfo(
         beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded))
     return fn_runner.FnApiRunner(provision_info=provision)
+
+
+_BEAM_EMBEDDED_CACHE_MB = 100
+"""Beam's size of the in-process worker's state cache (``worker_handlers.STATE_CACHE_SIZE_MB``).
+
+Beam's state cache weighs every value it takes with ``objsize``, which first walks the
+globals of every loaded module: 1.2 ms a value once torch and transformers are loaded,
+holding Python's lock. A streaming job writes one state value per document (its id, per
+window, in ``DropRepeatedIds``) and reads it once, so the cache saves nothing and costs
+1.2 ms a document: at 50 docs/s on 2 cores the local worker fell behind. Beam's SDK workers
+(Dataflow, local worker processes) start with the cache off (``--max_cache_memory_usage_mb``
+is 0 by default); only the in-process worker of the local runner has one, sized by this
+module constant. Streaming runs turn it off; batch runs keep it (no per-document state, and
+their side inputs are read through it).
+"""
 
 
 def local_parallelism(options: PipelineOptions) -> int:
