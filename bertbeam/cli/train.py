@@ -14,7 +14,13 @@ from typing import Any
 from bertbeam.config import EMBEDDED_MODEL
 from bertbeam.core.models import ModelLoadError
 from bertbeam.run import stopping
-from bertbeam.training.config import DistillConfig, EvalConfig, TrainConfig
+from bertbeam.training.config import (
+    AUGMENT_MOST,
+    AUGMENT_TO_ROWS,
+    DistillConfig,
+    EvalConfig,
+    TrainConfig,
+)
 from bertbeam.training.data import TrainingDataError
 from bertbeam.training.distill import distill
 from bertbeam.training.evaluate import evaluate, print_report
@@ -135,6 +141,14 @@ def _distill_parser() -> argparse.ArgumentParser:
                    help="softens the teacher's and the student's scores in the KL term")
     p.add_argument("--gold-weight", type=float, default=d["gold_weight"],
                    help="the gold cross-entropy's share of the loss on rows with a gold label")
+    p.add_argument("--hidden-weight", type=float, default=d["hidden_weight"],
+                   help="weight of matching the teacher's intermediate layers (mean squared error "
+                        "of the student's embeddings and layers against the teacher's same ones; "
+                        "a student of the teacher's own layers only; 0: off)")
+    p.add_argument("--augment", type=int, default=None,
+                   help="variants of each document (words masked, replaced or dropped) that the "
+                        f"teacher labels too (default: enough for {AUGMENT_TO_ROWS:,} documents, "
+                        f"at most {AUGMENT_MOST} each; 0: none)")
     p.add_argument("--shard-rows", type=int, default=d["shard_rows"],
                    help="documents per teacher-labelling shard (an interrupted run redoes at most one)")
     p.add_argument("--eval-fraction", type=float, default=d["eval_fraction"],
@@ -229,7 +243,8 @@ def run_distill(argv: list[str]) -> int:
             student_layers=args.student_layers, soft_labels=args.soft_labels,
             id_column=args.id_column, text_column=args.text_column,
             label_column=args.label_column, temperature=args.temperature,
-            gold_weight=args.gold_weight, shard_rows=args.shard_rows, **_schedule(args)))
+            gold_weight=args.gold_weight, hidden_weight=args.hidden_weight,
+            augment=args.augment, shard_rows=args.shard_rows, **_schedule(args)))
 
     return _run("distill", work)
 

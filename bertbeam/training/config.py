@@ -8,6 +8,11 @@ from typing import Literal
 from bertbeam.config import EMBEDDED_MODEL, check_choice, check_positive
 
 TrainTask = Literal["classify", "ner"]
+
+# distill's augmentation by default: variants until the corpus has AUGMENT_TO_ROWS documents,
+# at most AUGMENT_MOST per document (bertbeam.training.augment)
+AUGMENT_TO_ROWS = 8_000
+AUGMENT_MOST = 4
 TrainDevice = Literal["auto", "cpu", "cuda"]
 
 
@@ -188,6 +193,12 @@ class DistillConfig(_Schedule):
             cross-entropy term to the rows that have one.
         temperature: softens both distributions in the KL term (Hinton et al.).
         gold_weight: the cross-entropy's share of the loss on rows with a gold label.
+        hidden_weight: weight of the intermediate-layer term: the mean squared error between
+            the student's embeddings and kept layers and the teacher's same layers
+            (TinyBERT); 0 turns it off. Only for a student of the teacher's own layers.
+        augment: variants of each document the teacher also labels (words masked, replaced
+            or dropped; :mod:`bertbeam.training.augment`); ``None``: enough to bring the
+            corpus to ``AUGMENT_TO_ROWS`` documents, at most ``AUGMENT_MOST`` each.
         shard_rows: documents per teacher-labelling shard: an interrupted run redoes at most
             one shard.
     """
@@ -203,6 +214,8 @@ class DistillConfig(_Schedule):
     label_column: str | None = None
     temperature: float = 2.0
     gold_weight: float = 0.5
+    hidden_weight: float = 1.0
+    augment: int | None = None
     shard_rows: int = 10_000
 
     def __post_init__(self) -> None:
@@ -220,6 +233,12 @@ class DistillConfig(_Schedule):
         if isinstance(self.gold_weight, bool) or not isinstance(self.gold_weight, int | float) \
                 or not 0 <= self.gold_weight <= 1:
             raise ValueError(f"gold_weight must be a number in [0, 1], got {self.gold_weight!r}.")
+        if isinstance(self.hidden_weight, bool) or not isinstance(self.hidden_weight, int | float) \
+                or self.hidden_weight < 0:
+            raise ValueError(f"hidden_weight must be a non-negative number, got {self.hidden_weight!r}.")
+        if self.augment is not None and (isinstance(self.augment, bool)
+                                         or not isinstance(self.augment, int) or self.augment < 0):
+            raise ValueError(f"augment must be a non-negative integer or None, got {self.augment!r}.")
         self._check_schedule()
 
     @property

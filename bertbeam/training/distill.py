@@ -1,16 +1,19 @@
 """``bertbeam distill``: a smaller, faster classifier learned from a fine-tuned one, on the
 users' own corpus.
 
-1. The teacher labels the corpus through bertbeam's own pipeline, keeping its logits
-   (:mod:`~bertbeam.training.soft_labels`: Parquet, shard by shard, resumable).
+1. The teacher labels the corpus, and seeded variants of its documents when the corpus is
+   small (:mod:`~bertbeam.training.augment`), through bertbeam's own pipeline, keeping its
+   logits (:mod:`~bertbeam.training.soft_labels`: Parquet, shard by shard, resumable).
 2. The student is the teacher with some of its layers kept (evenly spaced, ending with the
    last: DistilBERT's "every other layer" for 6 -> 3), its embeddings and head included, or
    a given checkpoint with a new head.
 3. The student learns the teacher's distribution, both softened by a temperature T
-   (KL divergence scaled by T², Hinton et al. 2015), and, on rows with a gold label, the gold
-   label too (cross-entropy, weighted ``gold_weight``).
-4. A share of the corpus is held out: the best checkpoint is the one that agrees most with
-   the teacher there; it is published as a normal checkpoint for ``bertbeam label``.
+   (KL divergence scaled by T², Hinton et al. 2015), on rows with a gold label the gold
+   label too, and the teacher's intermediate layers (TinyBERT) when it is made of them
+   (:mod:`~bertbeam.training.losses`).
+4. A share of the corpus's own documents is held out (never their variants): the best
+   checkpoint is the one that agrees most with the teacher there; it is published as a
+   normal checkpoint for ``bertbeam label``.
 
 Classification (single-label) only: a token-classification teacher is refused.
 """
@@ -35,6 +38,7 @@ from bertbeam.training.config import DistillConfig
 from bertbeam.training.data import Examples, TrainingDataError, split
 from bertbeam.training.fit import fit, resolve_device, save_checkpoint
 from bertbeam.training.loop import quiet_transformers
+from bertbeam.training.losses import distillation_loss
 from bertbeam.training.output import CheckpointOutput
 from bertbeam.training.plan import plan_for
 from bertbeam.training.soft_labels import label_corpus, soft_label_rows
@@ -91,8 +95,10 @@ def _load_teacher_config(cfg: DistillConfig) -> tuple[str, Any, list[str]]:
     return local_dir, config, id2label(config)
 
 
-def _student(cfg: DistillConfig, teacher_dir: str, names: list[str]) -> tuple[Any, Any, str]:
-    """(model, tokenizer, description) of the student before training."""
+def _student(cfg: DistillConfig, teacher_dir: str, names: list[str]
+             ) -> tuple[Any, Any, str, list[int] | None]:
+    """(model, tokenizer, description, the teacher's layers it kept or None) of the student
+    before training."""
     import transformers  # the model stack loads where it is used (start-up)
 
     # the model stack loads where it is used (start-up)
@@ -109,40 +115,29 @@ def _student(cfg: DistillConfig, teacher_dir: str, names: list[str]) -> tuple[An
             local, num_labels=len(names), ignore_mismatched_sizes=True, use_safetensors=safe,
             **labels)
         tokenizer = load_tokenizer(local, ModelSpec(uri=cfg.student, cache_dir=cfg.cache_dir))
-        return model, tokenizer, f"{cfg.student} ({model.config.num_hidden_layers} layers)"
+        return model, tokenizer, f"{cfg.student} ({model.config.num_hidden_layers} layers)", None
     model = AutoModelForSequenceClassification.from_pretrained(teacher_dir, use_safetensors=safe)
     n = model.config.num_hidden_layers
     keep = kept_layers(n, cfg.student_layers or -(-n // 2))
     drop_layers(model, keep)
     tokenizer = load_tokenizer(teacher_dir, ModelSpec(uri=cfg.teacher, cache_dir=cfg.cache_dir))
     return model, tokenizer, (f"the teacher's layers {', '.join(str(i + 1) for i in keep)} of "
-                              f"{n} ({len(keep)} layers)")
+                              f"{n} ({len(keep)} layers)"), keep
 
 
-def distillation_loss(temperature: float, gold_weight: float):
-    """Trainer's loss: T² · KL(teacher_T ‖ student_T), plus on rows with a gold label
-    (``labels`` >= 0) ``gold_weight`` · cross-entropy against it, in place of that share of
-    the KL term."""
-    import torch  # the model stack loads where it is used (start-up)
-    import torch.nn.functional as F  # the model stack loads where it is used (start-up)
+def _layer_teacher(cfg: DistillConfig, teacher_dir: str, keep: list[int] | None,
+                   device: str) -> tuple[Any, list[int] | None]:
+    """(the teacher in eval mode on ``device``, the teacher layer of each student layer,
+    counted from 1) for the intermediate-layer term; (None, None) when it is off."""
+    if keep is None or cfg.hidden_weight <= 0:
+        return None, None
+    # the model stack loads where it is used (start-up)
+    from transformers import AutoModelForSequenceClassification
 
-    def loss_fn(model: Any, inputs: dict[str, Any]) -> tuple[Any, Any]:
-        inputs = dict(inputs)
-        teacher = inputs.pop("teacher_logits")
-        labels = inputs.pop("labels", None)
-        outputs = model(**inputs)
-        student = outputs.logits
-        t = temperature
-        kl = F.kl_div(F.log_softmax(student / t, dim=-1), F.log_softmax(teacher / t, dim=-1),
-                      reduction="none", log_target=True).sum(-1) * (t * t)
-        loss = kl
-        if labels is not None and gold_weight > 0:
-            has_gold = labels >= 0
-            ce = F.cross_entropy(student, labels.clamp(min=0), reduction="none")
-            loss = torch.where(has_gold, (1 - gold_weight) * kl + gold_weight * ce, kl)
-        return loss.mean(), outputs
-
-    return loss_fn
+    safe = None if cfg.allow_pickle_weights else True
+    teacher = AutoModelForSequenceClassification.from_pretrained(teacher_dir, use_safetensors=safe)
+    teacher.requires_grad_(False)
+    return teacher.to(device).eval(), [i + 1 for i in keep]
 
 
 def _collator(tokenizer: Any, pad_multiple: int | None):
@@ -190,16 +185,18 @@ def _distill(cfg: DistillConfig) -> dict[str, Any]:
     output = CheckpointOutput(cfg.output)
     output.check()
     teacher_dir, _, names = _load_teacher_config(cfg)
-    logits, counts = label_corpus(cfg, model_fingerprint(teacher_dir))
+    mask_token = load_tokenizer(teacher_dir, ModelSpec(uri=cfg.teacher, cache_dir=cfg.cache_dir)
+                                ).mask_token
+    logits, counts = label_corpus(cfg, model_fingerprint(teacher_dir), mask_token=mask_token)
     rows = soft_label_rows(cfg, logits, len(names), {n: i for i, n in enumerate(names)})
     if not rows["ids"]:
         raise TrainingDataError(f"The teacher labelled no document of {cfg.corpus!r}.")
     agree = rows["logits"].argmax(-1)
-    examples = Examples(rows["ids"], rows["texts"], list(range(len(rows["ids"]))))
-    train_rows, eval_rows, source = _hold_out(cfg, examples, agree)
+    train_rows, eval_rows, source = _hold_out(cfg, rows, agree)
     device, bf16 = resolve_device(cfg.device, cfg.num_threads)
     with collector_paused():
-        model, tokenizer, described = _student(cfg, teacher_dir, names)
+        model, tokenizer, described, keep = _student(cfg, teacher_dir, names)
+        teacher, layer_map = _layer_teacher(cfg, teacher_dir, keep, device)
     max_length = resolve_max_length(tokenizer, model.config, teacher_dir,
                                     TokenizeSpec(max_length=cfg.max_length))
 
@@ -214,9 +211,12 @@ def _distill(cfg: DistillConfig) -> dict[str, Any]:
                     eval_source=source, max_length=max_length,
                     hidden_size=getattr(model.config, "hidden_size", None))
     gold = int((rows["gold"] >= 0).sum())
-    print(f"bertbeam distill: student {described}; temperature {cfg.temperature:g}"
-          + (f", gold labels on {gold:,} rows (weight {cfg.gold_weight:g})" if gold else ""),
-          file=sys.stderr)
+    print(f"bertbeam distill: {len(rows['ids']) - counts['variants']:,} documents and "
+          f"{counts['variants']:,} augmented variants labelled by the teacher; student "
+          f"{described}; temperature {cfg.temperature:g}"
+          + (f", gold labels on {gold:,} rows (weight {cfg.gold_weight:g})" if gold else "")
+          + (f"; intermediate layers {', '.join(map(str, layer_map))} matched (weight "
+             f"{cfg.hidden_weight:g})" if layer_map else ""), file=sys.stderr)
     for line in plan.describe().splitlines():
         print(f"bertbeam distill: {line}", file=sys.stderr, flush=True)
     with output:
@@ -226,12 +226,16 @@ def _distill(cfg: DistillConfig) -> dict[str, Any]:
                      max_grad_norm=cfg.max_grad_norm, token_budget=cfg.token_budget,
                      device=device, bf16=bf16, scratch=output.staging,
                      collator=_collator(tokenizer, 8 if device == "cuda" else None),
-                     loss_fn=distillation_loss(cfg.temperature, cfg.gold_weight))
+                     loss_fn=distillation_loss(cfg.temperature, cfg.gold_weight, teacher=teacher,
+                                               layer_map=layer_map,
+                                               hidden_weight=cfg.hidden_weight))
         save_checkpoint(fitted, output.model_dir)
         report = {
             "config": asdict(cfg), "plan": plan.as_dict(), "labels": names,
             "distillation": {"teacher": cfg.teacher, "student": described,
                              "student_layers": model.config.num_hidden_layers,
+                             "matched_teacher_layers": layer_map,
+                             "hidden_weight": cfg.hidden_weight if layer_map else 0.0,
                              "soft_labels": cfg.soft_labels_dir, "gold_rows": gold, **counts,
                              "eval_metric": "accuracy = agreement with the teacher"},
             "train_rows": plan.train_rows, "eval_rows": plan.eval_rows,
@@ -249,25 +253,30 @@ def _distill(cfg: DistillConfig) -> dict[str, Any]:
     return report
 
 
-def _hold_out(cfg: DistillConfig, examples: Examples, agree: np.ndarray
+def _hold_out(cfg: DistillConfig, rows: dict[str, Any], agree: np.ndarray
               ) -> tuple[Examples, Examples | None, str]:
-    """(training rows, held-out rows, why): stratified by the teacher's label."""
+    """(training rows, held-out rows, why): the corpus's own documents split, stratified by
+    the teacher's label; the variants of the training documents train, those of the
+    held-out ones are left out. Each row's label is its index in ``rows``."""
+    ids, texts, sources = rows["ids"], rows["texts"], rows["sources"]
+    every = Examples(ids, texts, list(range(len(ids))))
+    own = [i for i, (row_id, source) in enumerate(zip(ids, sources, strict=True)) if row_id == source]
     if cfg.eval_fraction <= 0:
-        return examples, None, "no evaluation (--eval-fraction 0): the last step's model is kept"
-    total = len(examples)
+        return every, None, "no evaluation (--eval-fraction 0): the last step's model is kept"
+    total = len(own)
     fraction = min(cfg.eval_fraction, cfg.max_eval_rows / total)
-    by_teacher = Examples(examples.ids, examples.texts, [int(agree[i]) for i in examples.labels])
-    train_part, eval_part = split(by_teacher, fraction, cfg.seed, stratify=True)
-    index = {row_id: i for i, row_id in enumerate(examples.ids)}
-
-    def back(part: Examples) -> Examples:
-        return Examples(part.ids, part.texts, [index[i] for i in part.ids])
-
+    by_teacher = Examples([ids[i] for i in own], [texts[i] for i in own],
+                          [int(agree[i]) for i in own])
+    _, eval_part = split(by_teacher, fraction, cfg.seed, stratify=True)
     if not len(eval_part):
         raise TrainingDataError(
             f"Holding out {cfg.eval_fraction:.0%} of {total} labelled document(s) leaves no "
             "evaluation row; give a larger --eval-fraction, or --eval-fraction 0 to train "
             "without evaluation.")
-    return back(train_part), back(eval_part), (
-        f"{len(eval_part):,} of {total:,} held out ({fraction:.0%}, stratified by the teacher's "
-        "label): the student's agreement with the teacher there picks the best checkpoint")
+    held = set(eval_part.ids)
+    index = {row_id: i for i, row_id in enumerate(ids)}
+    train_part = every.subset([i for i, s in enumerate(sources) if s not in held])
+    return train_part, Examples(eval_part.ids, eval_part.texts, [index[i] for i in eval_part.ids]), (
+        f"{len(eval_part):,} of the corpus's {total:,} documents held out ({fraction:.0%}, "
+        "stratified by the teacher's label, without their variants): the student's agreement "
+        "with the teacher there picks the best checkpoint")

@@ -1,9 +1,11 @@
 """The teacher's soft labels for ``bertbeam distill``: the corpus labelled by
 ``bertbeam label --task classify --keep-logits``'s own job, shard by shard, resumable.
 
-The corpus is copied once into shards of ``shard_rows`` documents (``id`` and text only)
-under the soft-labels directory, with a manifest naming the corpus files (sizes), the
-teacher's fingerprint and the shard size. Each shard is labelled by one
+The corpus is copied once into shards of ``shard_rows`` documents (``id``, ``text`` and
+``source``: the document a row is, or is a variant of) under the soft-labels directory,
+after its own documents the augmented variants (:mod:`~bertbeam.training.augment`), with a
+manifest naming the corpus files (sizes), the teacher's fingerprint, the shard size and the
+augmentation. Each shard is labelled by one
 :func:`bertbeam.run.job.execute` into a folder of its own, which writes its results
 atomically and its ``_SUMMARY.json`` last; a shard with a summary is done. A rerun after an
 interruption labels only the shards without one, so no labelled document is labelled
@@ -12,7 +14,7 @@ again; a changed corpus or teacher starts over (the old labels would be stale).
 Layout::
 
     SOFT/_SHARDS.json                  the manifest
-    SOFT/inputs/shard-00000.parquet    id, text
+    SOFT/inputs/shard-00000.parquet    id, text, source
     SOFT/labels/shard-00000/           results-*.parquet (id, label, score, labels, logits, ...),
                                        dead_letter-*.parquet, _SUMMARY.json
 """
@@ -24,6 +26,7 @@ import sys
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -33,7 +36,8 @@ from bertbeam.filesystems import url_to_fs, write_json_atomically
 from bertbeam.run.control import RunControl
 from bertbeam.run.job import Job, execute
 from bertbeam.tasks.classify import ClassifyTask
-from bertbeam.training.config import DistillConfig
+from bertbeam.training.augment import CHANGE, augment, variants_per_document
+from bertbeam.training.config import AUGMENT_MOST, AUGMENT_TO_ROWS, DistillConfig
 from bertbeam.training.data import TrainingDataError, expand, read_columns
 
 MANIFEST = "_SHARDS.json"
@@ -45,26 +49,44 @@ def _manifest(cfg: DistillConfig, teacher_fingerprint: str) -> dict[str, Any]:
         fs, path = url_to_fs(url)
         files.append({"url": url, "size": fs.size(path)})
     return {"corpus": files, "teacher": teacher_fingerprint, "shard_rows": cfg.shard_rows,
-            "id_column": cfg.id_column, "text_column": cfg.text_column}
+            "id_column": cfg.id_column, "text_column": cfg.text_column,
+            "augment": {"variants": cfg.augment, "to_rows": AUGMENT_TO_ROWS, "most": AUGMENT_MOST,
+                        "change": CHANGE, "seed": cfg.seed}}
 
 
-def _write_shards(cfg: DistillConfig, root: str, fs: Any) -> int:
-    """Copies the corpus's ids and texts into shards; returns how many."""
+def _write_shards(cfg: DistillConfig, root: str, fs: Any, mask_token: str | None) -> tuple[int, int]:
+    """Copies the corpus's ids and texts, then their augmented variants, into shards;
+    returns (shards, variants)."""
     table = read_columns(cfg.corpus, [cfg.id_column, cfg.text_column])
-    table = table.select([cfg.id_column, cfg.text_column]).rename_columns(["id", "text"])
+    ids = [None if i is None else str(i) for i in table.column(cfg.id_column).to_pylist()]
+    texts = table.column(cfg.text_column).to_pylist()
+    usable = [(i, t) for i, t in zip(ids, texts, strict=True) if i is not None and t]
+    n = variants_per_document(cfg.augment, len(usable), AUGMENT_TO_ROWS, AUGMENT_MOST)
+    extra = augment([i for i, _ in usable], [t for _, t in usable], variants=n,
+                    mask_token=mask_token, change=CHANGE, seed=cfg.seed)
+    clash = set(extra.ids).intersection(ids)
+    if clash:
+        raise TrainingDataError(
+            f"Corpus id {sorted(clash)[0]!r} looks like an augmented variant's id; give "
+            "--augment 0, or ids without '~aug'.")
+    table = pa.table({"id": pa.array(ids + extra.ids, pa.string()),
+                      "text": pa.array(texts + extra.texts, pa.string()),
+                      "source": pa.array(ids + extra.sources, pa.string())})
     fs.makedirs(f"{root}/inputs", exist_ok=True)
     count = max(1, -(-table.num_rows // cfg.shard_rows))
     for i in range(count):
         with fs.open(f"{root}/inputs/shard-{i:05d}.parquet", "wb") as f:
             pq.write_table(table.slice(i * cfg.shard_rows, cfg.shard_rows), f)
-    return count
+    return count, len(extra.ids)
 
 
-def label_corpus(cfg: DistillConfig, teacher_fingerprint: str, *,
+def label_corpus(cfg: DistillConfig, teacher_fingerprint: str, *, mask_token: str | None = None,
                  execute_shard: Any = None) -> tuple[dict[str, np.ndarray], dict[str, int]]:
-    """The teacher's logits of every corpus document it labelled (id -> float32 vector), and
-    counts: ``shards``, ``labelled_now`` (shards labelled by this call), ``dead_lettered``.
+    """The teacher's logits of every document it labelled, the corpus's and their augmented
+    variants' (id -> float32 vector), and counts: ``shards``, ``variants``, ``labelled_now``
+    (shards labelled by this call), ``dead_lettered``.
 
+    ``mask_token`` is the teacher tokenizer's (augmentation masks words with it);
     ``execute_shard(input_url, output_url)`` labels one shard (default: the classify job
     with ``keep_logits``)."""
     fs, root = url_to_fs(cfg.soft_labels_dir)
@@ -75,16 +97,17 @@ def label_corpus(cfg: DistillConfig, teacher_fingerprint: str, *,
     if fs.exists(manifest_path):
         with fs.open(manifest_path, "r") as f:
             current = json.load(f)
-    if current is None or {k: v for k, v in current.items() if k != "shards"} != wanted:
+    if current is None or {k: v for k, v in current.items() if k not in ("shards", "variants")} != wanted:
         if fs.exists(root):
             for sub in ("inputs", "labels"):
                 if fs.exists(f"{root}/{sub}"):
                     fs.rm(f"{root}/{sub}", recursive=True)
         fs.makedirs(root, exist_ok=True)
-        shards = _write_shards(cfg, root, fs)
-        write_json_atomically(fs.unstrip_protocol(root), MANIFEST, {**wanted, "shards": shards})
+        shards, variants = _write_shards(cfg, root, fs, mask_token)
+        write_json_atomically(fs.unstrip_protocol(root), MANIFEST,
+                              {**wanted, "shards": shards, "variants": variants})
     else:
-        shards = int(current["shards"])
+        shards, variants = int(current["shards"]), int(current.get("variants", 0))
     execute_shard = execute_shard or _teacher_job(cfg)
     labelled_now = 0
     for i in range(shards):
@@ -106,7 +129,8 @@ def label_corpus(cfg: DistillConfig, teacher_fingerprint: str, *,
     width = len(logits[0]) if len(logits) else 0
     values = logits.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, width)
     by_id = dict(zip(results.column("id").to_pylist(), values, strict=True))
-    return by_id, {"shards": shards, "labelled_now": labelled_now, "dead_lettered": dead}
+    return by_id, {"shards": shards, "variants": variants, "labelled_now": labelled_now,
+                   "dead_lettered": dead}
 
 
 def _teacher_job(cfg: DistillConfig):
@@ -131,23 +155,30 @@ def _teacher_job(cfg: DistillConfig):
 
 def soft_label_rows(cfg: DistillConfig, logits: dict[str, np.ndarray], n_labels: int,
                     label_index: dict[str, int]) -> dict[str, Any]:
-    """The corpus rows the teacher labelled: ``ids``, ``texts``, ``logits`` [n, labels] and
-    ``gold`` (the label's index, -1 where there is none); a gold label the teacher does not
-    know is an error."""
-    columns = [cfg.id_column, cfg.text_column] + ([cfg.label_column] if cfg.label_column else [])
-    table = read_columns(cfg.corpus, columns)
-    ids, texts, gold, rows = [], [], [], []
-    labels = (table.column(cfg.label_column).to_pylist() if cfg.label_column
-              else [None] * table.num_rows)
-    for row_id, text, label in zip(table.column(cfg.id_column).to_pylist(),
-                                   table.column(cfg.text_column).to_pylist(), labels, strict=True):
-        vector = logits.get(str(row_id)) if row_id is not None else None
+    """The documents the teacher labelled, the corpus's first, then their variants: ``ids``,
+    ``texts``, ``sources`` (the corpus document each row is or is a variant of),
+    ``logits`` [n, labels] and ``gold`` (the label's index; -1 where there is none, and on
+    every variant); a gold label the teacher does not know is an error."""
+    fs, root = url_to_fs(cfg.soft_labels_dir)
+    inputs = read_columns(fs.unstrip_protocol(f"{root.rstrip('/')}/inputs/*.parquet"),
+                          ["id", "text", "source"])
+    gold_of: dict[str, Any] = {}
+    if cfg.label_column:
+        table = read_columns(cfg.corpus, [cfg.id_column, cfg.label_column])
+        gold_of = dict(zip(map(str, table.column(cfg.id_column).to_pylist()),
+                           table.column(cfg.label_column).to_pylist(), strict=True))
+    ids, texts, sources, gold, rows = [], [], [], [], []
+    for row_id, text, source in zip(inputs.column("id").to_pylist(),
+                                    inputs.column("text").to_pylist(),
+                                    inputs.column("source").to_pylist(), strict=True):
+        vector = logits.get(row_id) if row_id is not None else None
         if vector is None:  # dead-lettered by the teacher's job (its reason is there)
             continue
         if len(vector) != n_labels:
             raise TrainingDataError(
                 f"The soft labels have {len(vector)} logits a row but the teacher has {n_labels} "
                 f"labels; remove {cfg.soft_labels_dir!r} to label the corpus again.")
+        label = gold_of.get(row_id) if row_id == source else None
         if label is not None and str(label).strip():
             if str(label) not in label_index:
                 raise TrainingDataError(
@@ -156,8 +187,10 @@ def soft_label_rows(cfg: DistillConfig, logits: dict[str, np.ndarray], n_labels:
             gold.append(label_index[str(label)])
         else:
             gold.append(-1)
-        ids.append(str(row_id))
+        ids.append(row_id)
         texts.append(text)
+        sources.append(source)
         rows.append(vector)
-    return {"ids": ids, "texts": texts, "gold": np.array(gold, dtype=np.int64),
+    return {"ids": ids, "texts": texts, "sources": sources,
+            "gold": np.array(gold, dtype=np.int64),
             "logits": np.stack(rows) if rows else np.zeros((0, n_labels), np.float32)}

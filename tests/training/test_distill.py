@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from bertbeam.training.config import DistillConfig
-from bertbeam.training.distill import distill, distillation_loss, drop_layers, kept_layers
+from bertbeam.training.distill import distill, drop_layers, kept_layers
+from bertbeam.training.losses import distillation_loss
 from bertbeam.training.soft_labels import label_corpus
 from tests.conftest import read_output, run_cli, write_corpus
 from tests.training.test_training import _classify_rows
@@ -30,7 +31,7 @@ def _corpus(tmp_path: Path, n: int = 24, *, gold: bool = False) -> str:
 
 
 def _config(tmp_path: Path, teacher: str, corpus: str, **kwargs) -> DistillConfig:
-    options = {"max_steps": 3, "max_length": 32, "device": "cpu", "num_threads": 1,
+    options = {"max_steps": 3, "max_length": 32, "device": "cpu", "num_threads": 1, "augment": 0,
                "learning_rate": 1e-3, **kwargs}
     return DistillConfig(teacher=teacher, corpus=corpus, output=str(tmp_path / "student"), **options)
 
@@ -150,7 +151,7 @@ def test_interrupted_teacher_labelling_resumes_without_labelling_twice(tmp_path,
 
     logits, counts = label_corpus(cfg, fingerprint, execute_shard=count)
     assert labelled == ["shard-00000.parquet", "shard-00001.parquet", "shard-00002.parquet"]
-    assert counts == {"shards": 3, "labelled_now": 2, "dead_lettered": 0}
+    assert counts == {"shards": 3, "variants": 0, "labelled_now": 2, "dead_lettered": 0}
     assert {p.name: p.stat().st_mtime_ns for p in first.iterdir()} == stamps
     results = read_output(Path(cfg.soft_labels_dir) / "labels" / "shard-00001")
     assert sorted(logits) == sorted(f"c{i}" for i in range(24)) and len(results) == 8
