@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,6 +13,8 @@ import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from bertbeam.beam import latency
+from bertbeam.core import metrics
 from bertbeam.core.records import rows_to_table
 from bertbeam.filesystems import expand_glob, replacing, url_to_fs
 
@@ -41,16 +44,22 @@ def window_file_name(prefix: str, window: Any, table: pa.Table) -> str:
 
 
 class _WriteWindowFilesFn(beam.DoFn):
-    def __init__(self, output: str, schema: pa.Schema, prefix: str):
+    def __init__(self, output: str, schema: pa.Schema, prefix: str, record_latency: bool):
         self._output = output.rstrip("/")
         self._schema = schema
         self._prefix = prefix
+        self._record_latency = record_latency
 
     def start_bundle(self) -> None:
         self._held: dict[Any, list[Any]] = {}
+        self._stamps: list[float] = []
 
-    def process(self, element: Any, window: Any = beam.DoFn.WindowParam) -> None:
+    def process(self, element: Any, window: Any = beam.DoFn.WindowParam,
+                timestamp: Any = beam.DoFn.TimestampParam) -> None:
         self._held.setdefault(window, []).append(element)
+        if self._record_latency:
+            rows = element.num_rows if isinstance(element, pa.RecordBatch) else 1
+            self._stamps.extend([float(timestamp)] * rows)
 
     def finish_bundle(self) -> Iterator[Any]:
         for window, elements in self._held.items():
@@ -66,7 +75,11 @@ class _WriteWindowFilesFn(beam.DoFn):
             name = window_file_name(self._prefix, window, table)
             with replacing(f"{self._output}/{name}") as f:
                 pq.write_table(table, f, compression="zstd", write_page_checksum=True)
-        self._held = {}
+            metrics.inc(rows_counter(self._prefix), table.num_rows)
+        if self._stamps:
+            now = time.time()
+            latency.record(now - stamp for stamp in self._stamps)
+        self._held, self._stamps = {}, []
         return iter(())
 
 
@@ -78,16 +91,25 @@ class WriteWindowFiles(beam.PTransform):
 
     Example::
 
-        results | WriteWindowFiles("out", schema=schema)
+        results | WriteWindowFiles("out", schema=schema, record_latency=True)
         dead | WriteWindowFiles("out", schema=DEAD_LETTER_SCHEMA, prefix="dead_letter")
+
+    With ``record_latency``, each row's end-to-end latency (its timestamp to the write) is
+    recorded (:mod:`bertbeam.beam.latency`).
     """
 
-    def __init__(self, output: str, *, schema: pa.Schema, prefix: str = "results"):
+    def __init__(self, output: str, *, schema: pa.Schema, prefix: str = "results",
+                 record_latency: bool = False):
         super().__init__()
-        self._fn = _WriteWindowFilesFn(output, schema, prefix)
+        self._fn = _WriteWindowFilesFn(output, schema, prefix, record_latency)
 
     def expand(self, pcoll: beam.PCollection) -> beam.PCollection:
         return pcoll | "WriteWindowFiles" >> beam.ParDo(self._fn)
+
+
+def rows_counter(prefix: str) -> str:
+    """The counter of rows written into ``prefix`` files (``rows_written_results``...)."""
+    return f"rows_written_{prefix}"
 
 
 def window_files(output: str, prefix: str = "results") -> list[str]:

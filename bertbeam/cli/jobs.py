@@ -64,7 +64,8 @@ def stream_spec(options: PipelineOptions) -> streaming.StreamSpec:
     flags = options.view_as(StreamOptions)
     return streaming.StreamSpec(window_seconds=flags.window_seconds,
                                 watch_interval=flags.watch_interval,
-                                drain_timeout=flags.drain_timeout)
+                                drain_timeout=flags.drain_timeout,
+                                tombstone_column=flags.tombstone_column)
 
 
 def run_job(make_job: MakeJob, argv: Sequence[str] | None) -> int:

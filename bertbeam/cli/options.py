@@ -314,6 +314,9 @@ class StreamOptions(PipelineOptions):
         g.add_argument("--drain-timeout", type=seconds, default=300.0,
                        help="on Ctrl-C, the longest to wait for the files that have landed "
                             "to be written, in seconds")
+        g.add_argument("--tombstone-column", default=None,
+                       help="an input field that, when true, deletes its id (from --sink, "
+                            "written to deleted-* files) instead of computing it")
 
 
 class CheckGpuOptions(PipelineOptions):

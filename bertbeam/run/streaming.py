@@ -23,7 +23,6 @@ from typing import Any
 
 import apache_beam as beam
 import pyarrow as pa
-import pyarrow.parquet as pq
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.transforms.window import FixedWindows
 
@@ -33,9 +32,11 @@ from bertbeam.beam.postprocess import Postprocess
 from bertbeam.beam.reading import carried_fields
 from bertbeam.beam.sinks import FitSink, SyncFn
 from bertbeam.beam.sources import (
+    DELETED,
     PUBSUB,
     WATCH,
     ReadPubSubDocuments,
+    SplitDeletions,
     StreamSource,
     WatchDocuments,
 )
@@ -50,6 +51,7 @@ from bertbeam.filesystems import expand_glob, url_to_fs, write_json_atomically
 from bertbeam.run import checks
 from bertbeam.run.finish import AccountingError
 from bertbeam.run.job import Job
+from bertbeam.run.live import LiveStream
 from bertbeam.run.runners import is_local, local_processes, resolve_runner
 
 _LOG = logging.getLogger("bertbeam")
@@ -65,17 +67,25 @@ class StreamSpec:
         watch_interval: seconds between two matches of a ``watch:`` glob.
         drain_timeout: on Ctrl-C, the longest the launcher waits for the files that have
             landed to be written, in seconds.
+        tombstone_column: an input field (Parquet column, JSON field or message attribute)
+            that, when true, makes its row the deletion of its id: nothing is computed, the
+            id is deleted from the ``--sink`` and written to the window's ``deleted-*``
+            file. One event per id per window: the first to arrive is kept.
+        progress_seconds: seconds between two live lines (rate, latency, backlog) of a
+            local run.
     """
 
     window_seconds: int = 60
     watch_interval: float = 2.0
     drain_timeout: float = 120.0
+    tombstone_column: str | None = None
+    progress_seconds: float = 5.0
 
     def __post_init__(self) -> None:
         if isinstance(self.window_seconds, bool) or not isinstance(self.window_seconds, int) or (
                 self.window_seconds <= 0):
             raise ValueError(f"window_seconds must be a positive integer, got {self.window_seconds!r}.")
-        for name in ("watch_interval", "drain_timeout"):
+        for name in ("watch_interval", "drain_timeout", "progress_seconds"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
                 raise ValueError(f"{name} must be a positive number of seconds, got {value!r}.")
@@ -155,14 +165,21 @@ def build(p: beam.Pipeline, job: Job, prepared: Prepared, spec: StreamSpec,
     window (results and dead letter). The step labels are stable, so a Dataflow job can be
     updated in place (``--update``) by a later bertbeam."""
     source, window = prepared.source, FixedWindows(spec.window_seconds)
+    tombstone = spec.tombstone_column
     if source.kind == "watch":
-        reader = WatchDocuments(source.location, job.columns, interval=spec.watch_interval)
+        reader = WatchDocuments(source.location, job.columns, interval=spec.watch_interval,
+                                tombstone=tombstone)
     else:
-        reader = ReadPubSubDocuments(source.location, job.columns)
+        reader = ReadPubSubDocuments(source.location, job.columns, tombstone=tombstone)
     read = p | "ReadDocuments" >> reader
     docs = read["documents"] | "Window" >> beam.WindowInto(window)
     first = docs | "DropRepeatedIds" >> DropRepeatedIds()
-    chunks = first["documents"] | "ChunkDocuments" >> ChunkDocuments(
+    kept = first["documents"]
+    if tombstone is not None:
+        split = kept | "SplitDeletions" >> SplitDeletions()
+        kept = split["documents"]
+        _delete(split[DELETED], job, prepared)
+    chunks = kept | "ChunkDocuments" >> ChunkDocuments(
         job.run.tokenize.chunk_size, max_wait=job.run.batch.max_wait)
     # InferChunks' stages one by one, and one writer per dead-letter output rather than a
     # Flatten: the local runner (FnApiRunner) runs a Flatten's read only after every stage
@@ -187,7 +204,8 @@ def build(p: beam.Pipeline, job: Job, prepared: Prepared, spec: StreamSpec,
         fitted = results | "FitSink" >> FitSink(job.sink, prepared.sink_text)
         results, dead["Sink"] = fitted["results"], fitted[DEAD_LETTER]
         results | "SyncSink" >> beam.ParDo(SyncFn(job.sink, prepared.sink_text))
-    results | "WriteResults" >> WriteWindowFiles(job.output, schema=prepared.schema)
+    results | "WriteResults" >> WriteWindowFiles(job.output, schema=prepared.schema,
+                                                 record_latency=True)
     for stage, letters in dead.items():
         letters | f"Write{stage}DeadLetter" >> WriteWindowFiles(
             job.output, schema=DEAD_LETTER_SCHEMA, prefix="dead_letter")
@@ -199,19 +217,24 @@ def build(p: beam.Pipeline, job: Job, prepared: Prepared, spec: StreamSpec,
          | "StopWhenAsked" >> beam.ParDo(_StopWhenAskedFn(stop_flag)))
 
 
-def landed_rows(pattern: str) -> tuple[int, int]:
-    """(files, input units) of the files matching ``pattern`` now: each file's rows, or one
-    unit for a file whose footer does not read (its one dead letter)."""
-    files = expand_glob(pattern)
-    total = 0
-    for url in files:
-        fs, path = url_to_fs(url)
-        try:
-            with fs.open(path, "rb") as f:
-                total += pq.ParquetFile(f).metadata.num_rows
-        except Exception:  # noqa: BLE001 - an unreadable file is one dead-lettered unit
-            total += 1
-    return len(files), total
+DELETED_SCHEMA = pa.schema([pa.field("id", pa.string(), nullable=False)])
+"""The columns of the ``deleted-*`` files: the ids a tombstone deleted, per window."""
+
+
+def _delete(ids: beam.PCollection, job: Job, prepared: Prepared) -> None:
+    """The deletions: each id written to its window's ``deleted-*`` file and, with a sink,
+    deleted from the collection (by its deterministic point id, so a retried bundle deletes
+    the same points)."""
+    if job.sink is not None:
+        ids | "SyncDeletions" >> beam.ParDo(SyncFn(job.sink, prepared.sink_text))
+    (ids
+     | "DeletedRows" >> beam.Map(lambda doc_id: {"id": doc_id})
+     | "WriteDeleted" >> WriteWindowFiles(job.output, schema=DELETED_SCHEMA, prefix=DELETED))
+
+
+def accounted_rows(output: str) -> int:
+    """Rows written so far into the results, dead-letter and deleted files of ``output``."""
+    return sum(count_window_rows(output, prefix) for prefix in ("results", "dead_letter", DELETED))
 
 
 def is_streaming(job: Job, options: PipelineOptions) -> bool:
@@ -259,6 +282,8 @@ def _run_locally(job: Job, options: PipelineOptions, spec: StreamSpec, prepared:
             failure.append(exc)
 
     stop = threading.Event()
+    live = LiveStream(prepared.source.location, label=f"bertbeam {job.task.name}",
+                      every=spec.progress_seconds, quiet=bool(job.control.quiet))
 
     def _ask_stop(signum: int, frame: object) -> None:
         if stop.is_set():  # asked twice: stop now, whatever is in flight
@@ -270,47 +295,51 @@ def _run_locally(job: Job, options: PipelineOptions, spec: StreamSpec, prepared:
     previous = {s: signal.signal(s, _ask_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     thread = threading.Thread(target=run, name="bertbeam-streaming", daemon=True)
     try:
-        thread.start()
-        print(f"bertbeam {job.task.name}: watching {prepared.source.location} (windows of "
-              f"{spec.window_seconds} s); Ctrl-C stops once the files landed are written.",
-              file=sys.stderr, flush=True)
-        while not stop.wait(0.2):
-            if not thread.is_alive():
-                break
-        if failure or not thread.is_alive():
-            _fail(failure)
-        files, expected = landed_rows(prepared.source.location)
-        print(f"bertbeam: stopping: writing the rest of the {files} file(s) that have landed "
-              "(Ctrl-C again stops now).", file=sys.stderr, flush=True)
-        deadline = time.time() + spec.drain_timeout
-        accounted = 0
-        while time.time() < deadline and thread.is_alive():
-            accounted = count_window_rows(job.output) + count_window_rows(job.output, "dead_letter")
-            if accounted >= expected:
-                break
-            time.sleep(0.2)
-        if failure:
-            _fail(failure)
-        # The stop is a failure to the runner, which logs it with a traceback: not the user's.
-        beam_log = logging.getLogger("apache_beam")
-        level, beam_log.level = beam_log.level, logging.CRITICAL + 1
-        open(flag, "w").close()
-        thread.join(timeout=30)
-        beam_log.setLevel(level)
+        with live:
+            thread.start()
+            print(f"bertbeam {job.task.name}: watching {prepared.source.location} (windows of "
+                  f"{spec.window_seconds} s); Ctrl-C stops once the files landed are written.",
+                  file=sys.stderr, flush=True)
+            while not stop.wait(0.2):
+                if not thread.is_alive():
+                    break
+            if failure or not thread.is_alive():
+                _fail(failure)
+            files, expected = live.landed.count()
+            print(f"bertbeam: stopping: writing the rest of the {files} file(s) that have "
+                  "landed (Ctrl-C again stops now).", file=sys.stderr, flush=True)
+            deadline = time.time() + spec.drain_timeout
+            accounted = 0
+            while time.time() < deadline and thread.is_alive():
+                accounted = accounted_rows(job.output)
+                if accounted >= expected:
+                    break
+                time.sleep(0.2)
+            if failure:
+                _fail(failure)
+            # The stop is a failure to the runner, which logs it with a traceback: not the
+            # user's.
+            beam_log = logging.getLogger("apache_beam")
+            level, beam_log.level = beam_log.level, logging.CRITICAL + 1
+            open(flag, "w").close()
+            thread.join(timeout=30)
+            beam_log.setLevel(level)
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
     summary = _summary(job, prepared, files=files, read=expected,
                        wall=time.time() - started)
+    summary.update(live.summary())
     write_json_atomically(job.output, "_SUMMARY.json", summary)
     if not summary["accounted"]:
         raise AccountingError(
             f"{expected - accounted} of the {expected} rows of the {files} file(s) that had "
             f"landed were not written within {spec.drain_timeout:.0f} s of the stop; "
             "they are not in the output.")
+    deleted = f", {summary['deleted']} deleted" if spec.tombstone_column else ""
     print(f"bertbeam {job.task.name}: stopped; {summary['written']} written, "
-          f"{summary['dead_lettered']} dead-lettered of {expected} rows in {files} file(s), "
-          f"{summary['windows']} window(s), {summary['wall_seconds']:.1f} s.")
+          f"{summary['dead_lettered']} dead-lettered{deleted} of {expected} rows in {files} "
+          f"file(s), {summary['windows']} window(s), {summary['wall_seconds']:.1f} s.")
     return summary
 
 
@@ -327,8 +356,10 @@ def _fail(failure: list[BaseException]) -> None:
 def _summary(job: Job, prepared: Prepared, *, files: int, read: int, wall: float) -> dict:
     written = count_window_rows(job.output)
     dead = count_window_rows(job.output, "dead_letter")
+    deleted = count_window_rows(job.output, DELETED)
     windows = {url.rsplit("/", 1)[-1].split("-", 2)[1]
-               for prefix in ("results", "dead_letter") for url in window_files(job.output, prefix)}
+               for prefix in ("results", "dead_letter", DELETED)
+               for url in window_files(job.output, prefix)}
     return {
         "task": job.task.name,
         "model": job.run.model.uri,
@@ -340,7 +371,8 @@ def _summary(job: Job, prepared: Prepared, *, files: int, read: int, wall: float
         "computed": written,
         "carried_forward": 0,
         "dead_lettered": dead,
-        "accounted": written + dead >= read,
+        "deleted": deleted,
+        "accounted": written + dead + deleted >= read,
         "windows": len(windows),
         "wall_seconds": round(wall, 3),
         "docs_per_second": round(written / wall, 2) if wall > 0 else None,
