@@ -192,3 +192,86 @@ def test_distill_writes_a_student_that_bertbeam_label_loads(tmp_path, tiny_model
     assert evaluated["reference"]["rows"] == 24
     assert evaluated["reference"]["agreement"] == pytest.approx(same)
     assert evaluated["speed"]["predictions"]["docs_per_second"] > 0
+
+
+def test_the_intermediate_layer_term_is_the_masked_mse_of_the_mapped_layers():
+    """By hand: a student that is the teacher's layer 2 of 2 (its embeddings moved) adds
+    the mean squared error of the embeddings and of that layer over real tokens, times the
+    weight; a student equal to the teacher adds nothing; evaluation returns logits only."""
+    import copy
+
+    import torch
+    import torch.nn.functional as F
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=32, num_labels=3, hidden_dropout_prob=0.0,
+                        attention_probs_dropout_prob=0.0)
+    teacher = BertForSequenceClassification(config).eval()
+    student = drop_layers(copy.deepcopy(teacher), kept_layers(2, 1)).train()
+    student.bert.embeddings.word_embeddings.weight.data += 0.1
+    inputs = {"input_ids": torch.tensor([[2, 5, 6, 3], [2, 7, 3, 0]]),
+              "attention_mask": torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])}
+    batch = {**inputs, "teacher_logits": torch.zeros(2, 3), "labels": torch.tensor([-1, -1])}
+    plain = distillation_loss(2.0, 0.5)
+    matched = distillation_loss(2.0, 0.5, teacher=teacher, layer_map=[2], hidden_weight=3.0)
+    with torch.no_grad():
+        s = student(**inputs, output_hidden_states=True).hidden_states
+        t = teacher(**inputs, output_hidden_states=True).hidden_states
+    mask = inputs["attention_mask"].bool()
+    expected = sum(F.mse_loss(s[a][mask], t[b][mask]) for a, b in ((0, 0), (1, 2)))
+    loss, outputs = matched(student, batch)
+    assert outputs.hidden_states is None  # Trainer's evaluation reads the logits only
+    assert (loss - plain(student, batch)[0]).item() == pytest.approx(3.0 * expected.item(), rel=1e-4)
+    assert matched(student.eval(), batch)[0].item() == pytest.approx(plain(student, batch)[0].item())
+    same = copy.deepcopy(teacher).train()
+    both = distillation_loss(2.0, 0.5, teacher=teacher, layer_map=[1, 2], hidden_weight=3.0)
+    assert (both(same, batch)[0] - plain(same, batch)[0]).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_variants_are_labelled_and_never_cross_the_held_out_split(tmp_path, tiny_model):
+    """24 documents, 2 variants each: the teacher labels them all (in shards, resumable), the
+    held-out rows are the corpus's own documents, and no variant of a held-out document
+    trains; variants carry no gold label."""
+    from bertbeam.core.fingerprint import model_fingerprint
+    from bertbeam.training.distill import _hold_out
+    from bertbeam.training.soft_labels import soft_label_rows
+
+    teacher = tiny_model("bert", "classify")
+    cfg = _config(tmp_path, teacher, _corpus(tmp_path, gold=True), augment=2, label_column="label",
+                  eval_fraction=0.25, shard_rows=40)
+    logits, counts = label_corpus(cfg, model_fingerprint(teacher), mask_token="[MASK]")
+    variants = 2 * sum(len(t.split()) >= 3 for t in _corpus_texts(cfg))
+    assert counts == {"shards": 2, "variants": variants, "labelled_now": 2, "dead_lettered": 0}
+    assert len(logits) == 24 + variants and variants >= 40
+    names = ["negative", "neutral", "positive"]
+    rows = soft_label_rows(cfg, logits, 3, {n: i for i, n in enumerate(names)})
+    variant = [i for i, (r, s) in enumerate(zip(rows["ids"], rows["sources"], strict=True)) if r != s]
+    assert len(variant) == variants and all(rows["gold"][i] == -1 for i in variant)
+    assert int((rows["gold"] >= 0).sum()) == 12
+    train_part, eval_part, _ = _hold_out(cfg, rows, rows["logits"].argmax(-1))
+    held = set(eval_part.ids)
+    assert held and all(rows["ids"][i] == rows["sources"][i] for i in eval_part.labels)
+    trained_sources = {rows["sources"][i] for i in train_part.labels}
+    assert not held & trained_sources
+    dropped = sum(s in held for r, s in zip(rows["ids"], rows["sources"], strict=True) if r != s)
+    assert dropped and len(train_part) + len(eval_part) + dropped == 24 + variants
+    again, counts = label_corpus(cfg, model_fingerprint(teacher), mask_token="[MASK]")
+    assert counts["labelled_now"] == 0 and sorted(again) == sorted(logits)
+
+
+def _corpus_texts(cfg: DistillConfig) -> list[str]:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(cfg.corpus).column("text").to_pylist()
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("hidden_weight", -1.0, "hidden_weight must be a non-negative number, got -1.0."),
+    ("augment", -1, "augment must be a non-negative integer or None, got -1."),
+    ("augment", 1.5, "augment must be a non-negative integer or None, got 1.5."),
+])
+def test_bad_distill_options_are_refused(field, value, message):
+    with pytest.raises(ValueError, match=message.replace(".", r"\.").replace("(", r"\(")):
+        DistillConfig(teacher="t", corpus="c", output="o", **{field: value})

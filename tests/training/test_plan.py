@@ -97,3 +97,22 @@ def test_train_help_shows_every_default(capsys):
                  "(default: by the model's hidden size: 1e-4 up to 512, 5e-5 up to 768, 2e-5 above)",
                  "rows per optimizer step (default: 16)"):
         assert said in flat
+
+
+def test_distill_help_shows_every_default():
+    """`bertbeam distill --help`: every flag with a default shows it, and the planned ones
+    (augmentation, schedule) say how they are chosen."""
+    from bertbeam.cli.train import _distill_parser
+
+    parser = _distill_parser()
+    flat = " ".join(parser.format_help().split())
+    for action in parser._actions:
+        if not action.option_strings or action.dest == "help":
+            continue
+        assert action.help, action.option_strings
+        if action.default not in (None, False) and not action.required:
+            assert f"(default: {action.default})" in flat, action.option_strings
+    for said in ("(default: enough for 8,000 documents, at most 4 each; 0: none)",
+                 "a student of the teacher's own layers only; 0: off) (default: 1.0)",
+                 "(default: 2.0)", "(default: 0.5)"):
+        assert said in flat
