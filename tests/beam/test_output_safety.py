@@ -340,3 +340,32 @@ def test_results_stream_into_files_a_row_group_at_a_time(tmp_path):
     assert len(files) == 3  # 1,200 + 1,200 + 100: a file closes once it holds 1,000 rows
     ids = writing.read_table(str(out)).column("id").to_pylist()
     assert sorted(ids) == sorted(f"r{i}" for i in range(2500))
+
+
+def test_float_columns_are_written_without_a_dictionary(tmp_path):
+    """Embeddings and scores almost never repeat: their Parquet columns are plain-encoded
+    (a dictionary only costs a hash per value), nested ones included, while string columns
+    keep their dictionaries; every value reads back as written, with checksums."""
+    import io
+
+    import pyarrow as pa
+
+    from bertbeam.beam import writing
+    from bertbeam.filesystems import url_to_fs
+
+    schema = pa.schema({"id": pa.string(), "embedding": pa.list_(pa.float32(), 2),
+                        "labels": pa.list_(pa.struct([("label", pa.string()), ("score", pa.float32())])),
+                        "model": pa.string()})
+    table = pa.table({"id": ["a", "b", "c"], "embedding": [[0.1, 0.2], [0.3, 0.4], [0.5, 0.6]],
+                      "labels": [[{"label": "x", "score": 0.25}]] * 3, "model": ["m"] * 3},
+                     schema=schema)
+    fs, path = url_to_fs(str(tmp_path / "t.parquet"))
+    writing.write_table(fs, path, table)
+    meta = pq.ParquetFile(path).metadata.row_group(0)
+    encodings = {meta.column(i).path_in_schema: meta.column(i).encodings
+                 for i in range(meta.num_columns)}
+    plain = {"embedding.list.element", "labels.list.element.score"}
+    for column, used in encodings.items():
+        assert ("RLE_DICTIONARY" in used) == (column not in plain), (column, used)
+    with open(path, "rb") as f:
+        assert pq.read_table(io.BytesIO(f.read()), page_checksum_verification=True).equals(table)
