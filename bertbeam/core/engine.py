@@ -57,6 +57,8 @@ from bertbeam.core.task import Task, TaskInputError
 _LOG = logging.getLogger(__name__)
 
 GPU_PAD_MULTIPLE = 8
+PART_WINDOWS = 1024
+"""Windows a part of :meth:`Engine.collect_parts` holds at least (the plan's last excepted)."""
 _HARD_MAX_LENGTH = 512
 # Models whose position ids start after the padding index (RoBERTa family): two positions fewer.
 _OFFSET_POSITIONS = {"roberta", "xlm-roberta", "camembert", "longformer"}
@@ -440,10 +442,13 @@ class Engine:
             self._gather(plan.windows, handle, values, errors)
         return OutputChunk(plan.windows, values, errors)
 
-    def collect_parts(self, plan: BatchPlan, launched: list[Any]) -> Iterator[OutputChunk]:
-        """:meth:`collect` in parts: as each batch comes back, the OutputChunk of the
-        documents whose last window it held, so that their results can be written (and
-        counted) while the plan's later batches still run."""
+    def collect_parts(self, plan: BatchPlan, launched: list[Any], min_windows: int = PART_WINDOWS
+                      ) -> Iterator[OutputChunk]:
+        """:meth:`collect` in parts: as batches come back, the OutputChunk of the documents
+        whose last window they held, so that their results can be written (and counted)
+        while the plan's later batches still run. A part holds at least ``min_windows``
+        windows (the plan's last part excepted): each part costs a post-processing call, a
+        record batch and a pipeline element, whatever its size."""
         windows = plan.windows
         # The batch each document's last window is in, and the windows of the documents that
         # finish with each batch (in window order), worked out once per plan.
@@ -460,9 +465,14 @@ class Engine:
         token_level = self.task.token_level
         values: dict[str, np.ndarray] = {}
         errors: dict[int, DeadLetter] = {}
+        begin = 0  # where the part being gathered starts in by_batch
         for k, handle in enumerate(launched):
             self._gather(windows, handle, values, errors)
-            part = by_batch[bounds[k]:bounds[k + 1]]
+            end = int(bounds[k + 1])
+            if end - begin < max(1, min_windows) and k + 1 < len(launched):
+                continue
+            part = np.sort(by_batch[begin:end])
+            begin = end
             if len(part) == 0:
                 continue
             tokens = windows.token_rows(part) if token_level else None

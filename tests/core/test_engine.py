@@ -236,7 +236,8 @@ def test_columnar_postprocess_equals_the_per_document_one(tiny_model, case):
 def test_a_plan_comes_back_in_parts_that_add_up_to_the_whole(tiny_model, head, task):
     """collect_parts yields documents as the batch holding their last window returns: every
     document once, whole, with its outputs (token-level ones too) and results equal to
-    collecting the plan at once; documents leave before the last batch is back."""
+    collecting the plan at once; documents leave before the last batch is back, in parts of
+    at least ``min_windows`` windows (the last part excepted)."""
     from bertbeam import EntitiesTask
 
     task = task or EntitiesTask()
@@ -246,8 +247,14 @@ def test_a_plan_comes_back_in_parts_that_add_up_to_the_whole(tiny_model, head, t
     plan = engine.plan(windows, BatchSpec(token_budget=64))
     assert len(plan.batches) > 3
     whole = engine.postprocess(engine.collect(plan, engine.submit(plan)))
-    parts = [engine.postprocess(out) for out in engine.collect_parts(plan, engine.submit(plan))]
+    parts = [engine.postprocess(out)
+             for out in engine.collect_parts(plan, engine.submit(plan), min_windows=1)]
     assert len(parts) > 1
+    # Parts of at least 5 windows: fewer, larger parts, the same documents.
+    larger = list(engine.collect_parts(plan, engine.submit(plan), min_windows=5))
+    assert all(len(out.windows) >= 5 for out in larger[:-1]) and 1 < len(larger) < len(parts)
+    assert sorted(i for out in larger for i in engine.postprocess(out).columns["id"]) == sorted(
+        whole.columns["id"])
     ids = [i for part in parts for i in part.columns["id"]]
     assert sorted(ids) == sorted(whole.columns["id"]) and len(ids) == len(set(ids)) == len(texts)
     row = {i: (part, k) for part in parts for k, i in enumerate(part.columns["id"])}
