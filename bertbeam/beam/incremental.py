@@ -33,7 +33,12 @@ from bertbeam.beam.reading import InputError
 from bertbeam.beam.writing import read_table
 from bertbeam.core import metrics
 from bertbeam.core.deadletter import DEAD_LETTER, DeadLetter
-from bertbeam.core.fingerprint import STAMP_COLUMNS, TEXT_FINGERPRINT_CHARS, text_fingerprint
+from bertbeam.core.fingerprint import (
+    STAMP_COLUMNS,
+    TEXT_FINGERPRINT_CHARS,
+    text_fingerprint,
+    text_fingerprints,
+)
 from bertbeam.core.records import Document, DocumentChunk, table_rows
 from bertbeam.filesystems import expand_glob, url_to_fs
 
@@ -81,6 +86,10 @@ def _unkey(key: str) -> tuple[str, str]:
 
 
 def _keyed_chunk(chunk: DocumentChunk) -> DocumentChunk:
+    if chunk.text_pairs is None and not chunk.extra:  # texts alone: one loop, no call per text
+        keys = [f"{doc_id}{_KEY_SEPARATOR}{fingerprint}" for doc_id, fingerprint
+                in zip(chunk.ids, text_fingerprints(chunk.texts), strict=True)]
+        return DocumentChunk(keys, chunk.texts, chunk.text_pairs, chunk.extra)
     pairs = chunk.text_pairs or [None] * len(chunk)
     extra = chunk.extra or {}
     keys = [_key(doc_id, text, pair, {c: v[i] for c, v in extra.items()} or None)

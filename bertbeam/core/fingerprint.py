@@ -66,6 +66,18 @@ def text_fingerprint(text: str, text_pair: str | None = None,
     return _digest(parts)[:TEXT_FINGERPRINT_CHARS]
 
 
+def text_fingerprints(texts: list[str]) -> list[str]:
+    """:func:`text_fingerprint` of each of ``texts`` (documents without a pair or carried
+    columns), in one loop without a call per text: the same digests, about half the CPU
+    (the fingerprint is per-document work on the pipeline's main thread, issue 24)."""
+    sha256 = hashlib.sha256
+    digests = []
+    for text in texts:
+        data = text.encode("utf-8", "surrogatepass")
+        digests.append(sha256(len(data).to_bytes(8, "little") + data).hexdigest()[:TEXT_FINGERPRINT_CHARS])
+    return digests
+
+
 def model_fingerprint(local_dir: str) -> str:
     """``rev:<commit>`` for a hub snapshot (the hub's own content address), else 16 hex digits
     of SHA-256 over the checkpoint directory's files: names, sizes and whole contents (read

@@ -194,6 +194,18 @@ def test_keys_carry_any_id_and_the_text_fingerprint_back():
         assert _unkey(keyed.id)[0] == doc_id
 
 
+def test_a_chunk_is_keyed_as_its_documents_are():
+    """KeyByText on a chunk (its one-loop path for texts alone, and with carried columns)
+    gives each document the key KeyByText gives it alone."""
+    from bertbeam.beam.incremental import _keyed, _keyed_chunk
+    from bertbeam.core.records import DocumentChunk
+
+    ids, texts = ["a", "with\x1fseparator", "ünï"], ["one", "", "drei ✓"]
+    for extra in (None, {"title": ["t1", None, "t3"]}):
+        chunk = DocumentChunk(ids, texts, extra=extra)
+        assert _keyed_chunk(chunk).ids == [_keyed(chunk.document(i)).id for i in range(3)]
+
+
 def test_fingerprints():
     """Text fingerprints cover every input column; the job fingerprint changes with what
     changes results, not with batching."""

@@ -86,3 +86,11 @@ def test_backend_and_quantization_are_part_of_the_job_fingerprint():
     assert fp(backend="onnx") != fp(backend="torch")
     assert fp(quantize="int8") != fp()
     assert fp() == fp()
+
+
+def test_text_fingerprints_of_a_chunk_are_the_per_text_ones():
+    """text_fingerprints (the chunk path of KeyByText) gives exactly text_fingerprint of each
+    text, so rows of earlier runs still match: empty, non-ASCII and lone-surrogate texts too."""
+    texts = ["", "The cat sat.", "héllo wörld ✓", "x" * 5000, "\ud800 lone surrogate"]
+    assert fingerprint.text_fingerprints(texts) == [fingerprint.text_fingerprint(t) for t in texts]
+    assert fingerprint.text_fingerprints([]) == []
