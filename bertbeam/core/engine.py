@@ -253,8 +253,9 @@ class Engine:
         # In chunk mode a document's windows follow each other; truncating, only its first
         # is there (``counts`` still says how many it would have had).
         mapping = np.repeat(np.arange(n_docs), counts) if self.chunk else np.arange(n_docs)
-        ids = [w.ids for w in windows]
-        lengths = np.fromiter(map(len, ids), np.int64, n)
+        # An Encoding's length is its number of ids; the ids themselves are read once, into
+        # the packed array (a list per window, each freed as soon as it is copied).
+        lengths = np.fromiter(map(len, windows), np.int64, n)
         if self.chunk:
             index = np.arange(n) - np.searchsorted(mapping, np.arange(n_docs))[mapping]
             first = index == 0
@@ -278,7 +279,7 @@ class Engine:
             rows = np.flatnonzero(~empty[mapping])
             if len(rows) == 0:
                 return None, dead
-            windows, ids = [windows[i] for i in rows], [ids[i] for i in rows]
+            windows = [windows[i] for i in rows]
             mapping, index, lengths = mapping[rows], index[rows], lengths[rows]
         total = int(lengths.sum())
 
@@ -288,7 +289,7 @@ class Engine:
         n_windows = np.asarray(counts)[mapping]
         chunk = WindowChunk(
             docs=docs,
-            input_ids=flat(ids, np.int32),
+            input_ids=flat((w.ids for w in windows), np.int32),
             starts=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
             doc=mapping.astype(np.int32),
             index=index.astype(np.int32),
