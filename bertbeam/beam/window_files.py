@@ -112,9 +112,33 @@ def rows_counter(prefix: str) -> str:
     return f"rows_written_{prefix}"
 
 
-def window_files(output: str, prefix: str = "results") -> list[str]:
-    """URLs of the per-window ``prefix`` files written into ``output`` so far."""
-    return expand_glob(f"{output.rstrip('/')}/{WINDOW_FILE_GLOB.format(prefix=prefix)}")
+def window_files(output: str, prefix: str = "results", *, start: dt.datetime | None = None,
+                 end: dt.datetime | None = None) -> list[str]:
+    """URLs of the per-window ``prefix`` files written into ``output`` so far; with ``start``
+    and/or ``end`` (aware datetimes), those of the windows that lie within them."""
+    urls = expand_glob(f"{output.rstrip('/')}/{WINDOW_FILE_GLOB.format(prefix=prefix)}")
+    if start is None and end is None:
+        return urls
+    kept = []
+    for url in urls:
+        bounds = window_bounds(url)
+        if bounds is None:
+            continue
+        if (start is None or bounds[0] >= start) and (end is None or bounds[1] <= end):
+            kept.append(url)
+    return kept
+
+
+def window_bounds(url: str) -> tuple[dt.datetime, dt.datetime] | None:
+    """The (start, end) of the window a file of :class:`WriteWindowFiles` holds (UTC), from
+    its name; ``None`` for the global window's or another file's."""
+    name = url.rsplit("/", 1)[-1]
+    try:
+        start, end = name.split("-", 2)[1].split("_")
+        return tuple(dt.datetime.strptime(s, "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.UTC)
+                     for s in (start, end))  # type: ignore[return-value]
+    except (IndexError, ValueError):
+        return None
 
 
 def count_window_rows(output: str, prefix: str = "results") -> int:

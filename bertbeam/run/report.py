@@ -21,10 +21,12 @@ Example::
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import html
 import io
+import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,10 +34,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from bertbeam.beam.window_files import window_bounds, window_files
 from bertbeam.config import BatchSpec
 from bertbeam.core.deadletter import REASONS, Reason
 from bertbeam.filesystems import expand_glob, url_to_fs, write_file_safely
-from bertbeam.run.summary import read_summary
+from bertbeam.run.summary import STREAM_FILE, SUMMARY_FILE, read_summary
 
 _LOG = logging.getLogger("bertbeam")
 
@@ -56,6 +59,7 @@ PANELS = {
     "tokens": "Tokens per document",
     "windows": "Windows per document",
     "dead_letter": "Dead-letter reasons",
+    "per_window": "Rows per window",
     "throughput": "Throughput over the run",
     "norms": "Embedding norms and dimension",
     "neighbours": "Nearest neighbours (sample)",
@@ -93,28 +97,44 @@ class Panel:
 
 
 def write_report(output_dir: str, previous: str | None = None,
-                 threshold: float = MOVE_THRESHOLD) -> str:
+                 threshold: float = MOVE_THRESHOLD,
+                 windows: tuple[dt.datetime | None, dt.datetime | None] | None = None) -> str:
     """Writes ``_REPORT.html`` and the PNGs of ``output_dir`` (a finished run: it reads its
     ``_SUMMARY.json`` and results); ``previous`` is an earlier run's output directory to
-    compare labels with. Returns the report's URL."""
+    compare labels with. Returns the report's URL.
+
+    A streaming run's output (files per window) is reported over its windows, all of them
+    or those within ``windows`` = (start, end), while it runs or after: the counts, labels
+    and dead-letter reasons of those windows' files, and the rows written per window."""
     import matplotlib  # the report's plots only
 
     matplotlib.use("Agg")
 
-    summary = read_summary(output_dir)
+    source: Source = output_dir
+    if is_streamed(output_dir):
+        summary, source = streaming_summary(output_dir, *(windows or (None, None)))
+    elif windows is not None:
+        raise ValueError("--windows reports a streaming run's windows; this output holds a "
+                         "batch run's results.")
+    else:
+        summary = read_summary(output_dir)
     before = _previous_summary(previous)
     builders = {
         "since_previous": lambda: _since_previous(output_dir, previous, summary),
         "labels": lambda: _labels(summary, before, threshold),
-        "scores": lambda: _scores(output_dir),
-        "tokens": lambda: _tokens(output_dir, summary),
-        "windows": lambda: _windows(output_dir),
+        "scores": lambda: _scores(source),
+        "tokens": lambda: _tokens(source, summary),
+        "windows": lambda: _windows(source),
         "dead_letter": lambda: _dead_letter(summary),
         "throughput": lambda: _throughput(summary),
-        "norms": lambda: _norms(output_dir, summary),
-        "neighbours": lambda: _neighbours(output_dir, summary),
+        "per_window": lambda: _per_window(summary),
+        "norms": lambda: _norms(source, summary),
+        "neighbours": lambda: _neighbours(source, summary),
     }
-    panels = [builders[key]() for key in panels_for(summary["task"])]
+    keys = panels_for(summary["task"])
+    if summary.get("mode") == "streaming":
+        keys = [("per_window" if k == "throughput" else k) for k in keys if k != "since_previous"]
+    panels = [builders[key]() for key in keys]
     fs, root = url_to_fs(output_dir)
     root = root.rstrip("/")
     # Through a temporary file and a rename, refusing a link planted in the output (issue 27).
@@ -139,11 +159,97 @@ def _previous_summary(previous: str | None) -> dict | None:
 # -- data ---------------------------------------------------------------------------------
 
 
-def _result_files(output_dir: str) -> list[str]:
-    return expand_glob(f"{output_dir.rstrip('/')}/results-*-of-*.parquet")
+STREAMED = ("results", "dead_letter", "deleted")
+"""The files per window a streaming run writes."""
 
 
-def _row_groups(output_dir: str, wanted: list[str]) -> Iterator[pa.Table]:
+def is_streamed(output_dir: str) -> bool:
+    """Whether ``output_dir`` holds a streaming run's output (its job file or files per
+    window)."""
+    fs, root = url_to_fs(output_dir)
+    return fs.exists(f"{root.rstrip('/')}/{STREAM_FILE}") or any(
+        window_files(output_dir, prefix) for prefix in STREAMED)
+
+
+def _read_json(output_dir: str, name: str) -> dict | None:
+    fs, root = url_to_fs(output_dir)
+    path = f"{root.rstrip('/')}/{name}"
+    if not fs.exists(path):
+        return None
+    with fs.open(path, "r") as f:
+        return json.load(f)
+
+
+def streaming_summary(output_dir: str, start: dt.datetime | None = None,
+                      end: dt.datetime | None = None) -> tuple[dict, list[str]]:
+    """(the summary of a streaming run's windows within ``start``..``end``, their results
+    files): the job from ``_SUMMARY.json`` (a stopped run) or ``_STREAM.json`` (a running
+    one); the counts, labels, dead-letter reasons and rows per window from the windows'
+    files."""
+    job = _read_json(output_dir, SUMMARY_FILE) or _read_json(output_dir, STREAM_FILE)
+    if job is None:
+        raise ValueError(f"{output_dir} has files per window but no {STREAM_FILE} or "
+                         f"{SUMMARY_FILE}: not a bertbeam streaming run's output.")
+    files = {prefix: window_files(output_dir, prefix, start=start, end=end)
+             for prefix in STREAMED}
+    per_window: dict[str, list[int]] = {}
+    counts = dict.fromkeys(STREAMED, 0)
+    labels: dict[str, int] = {}
+    reasons: dict[str, int] = {}
+    for prefix, urls in files.items():
+        for url in urls:
+            fs, path = url_to_fs(url)
+            with fs.open(path, "rb") as f:
+                parquet = pq.ParquetFile(f)
+                rows = parquet.metadata.num_rows
+                column = {"results": "label", "dead_letter": "reason"}.get(prefix)
+                values = (parquet.read(columns=[column]).column(0).to_pylist()
+                          if column in parquet.schema_arrow.names else [])
+            counts[prefix] += rows
+            tally = labels if prefix == "results" else reasons
+            for value in values:
+                if isinstance(value, str):
+                    tally[value] = tally.get(value, 0) + 1
+            start_of = window_bounds(url)[0].strftime("%Y-%m-%dT%H:%M:%SZ")
+            per_window.setdefault(start_of, [0, 0, 0])[STREAMED.index(prefix)] += rows
+    whole = start is None and end is None
+    summary = {
+        **{k: job.get(k) for k in ("task", "model", "input", "options", "window_seconds",
+                                   "started_at", "model_fingerprint", "backend")
+           if job.get(k) is not None},
+        "mode": "streaming",
+        "output": output_dir,
+        "window_range": [None if t is None else t.strftime("%Y-%m-%dT%H:%M:%SZ")
+                         for t in (start, end)],
+        "windows": len(per_window),
+        "per_window": [[k, *v] for k, v in sorted(per_window.items())],
+        "read": sum(counts.values()),
+        "written": counts["results"],
+        "computed": counts["results"],
+        "carried_forward": 0,
+        "dead_lettered": counts["dead_letter"],
+        "deleted": counts["deleted"],
+        "dead_letter_reasons": reasons,
+        "label_distribution": labels,
+        "running": _read_json(output_dir, SUMMARY_FILE) is None,
+    }
+    if whole and job.get("latency_seconds"):
+        summary["latency_seconds"] = job["latency_seconds"]
+    return summary, files["results"]
+
+
+Source = str | Sequence[str]
+"""What a panel reads results from: a batch run's output directory (its ``results-*-of-*``
+files) or the list of result files themselves (a streaming run's windows)."""
+
+
+def _result_files(source: Source) -> list[str]:
+    if not isinstance(source, str):
+        return list(source)
+    return expand_glob(f"{source.rstrip('/')}/results-*-of-*.parquet")
+
+
+def _row_groups(output_dir: Source, wanted: list[str]) -> Iterator[pa.Table]:
     """The ``wanted`` columns (or nested leaves, such as ``entities.list.element.score``)
     that the results have, a row group at a time; nothing when they have none of them."""
     for url in _result_files(output_dir):
@@ -159,7 +265,7 @@ def _row_groups(output_dir: str, wanted: list[str]) -> Iterator[pa.Table]:
                 yield parquet.read_row_group(group, columns=names)
 
 
-def _columns(output_dir: str, wanted: list[str], limit: int | None = None) -> pa.Table | None:
+def _columns(output_dir: Source, wanted: list[str], limit: int | None = None) -> pa.Table | None:
     """The ``wanted`` columns (those the task writes), all rows or the first ``limit``;
     ``None`` when the results have none of them."""
     tables, rows = [], 0
@@ -380,7 +486,7 @@ def _drift(output_dir: str, previous: str, ids: list[str], task: str) -> str:
     return f"{len(ids)} recomputed"
 
 
-def _scores(output_dir: str) -> Panel:
+def _scores(output_dir: Source) -> Panel:
     """Every score of the run (a label's, an entity's, a prediction's), read a row group at a
     time and only the score leaf of nested columns; above ``MAX_SCORES`` a uniform sample of
     them is plotted, so the launcher's memory does not grow with the corpus."""
@@ -405,7 +511,7 @@ def _scores(output_dir: str) -> Panel:
                       f"{total} scores, median {np.median(kept):.3f}{sample}.")
 
 
-def _tokens(output_dir: str, summary: dict) -> Panel:
+def _tokens(output_dir: Source, summary: dict) -> Panel:
     table = _columns(output_dir, ["n_tokens"])
     if table is None:
         real, windows = summary.get("real_tokens"), summary.get("windows")
@@ -419,7 +525,7 @@ def _tokens(output_dir: str, summary: dict) -> Panel:
                       log=True)
 
 
-def _windows(output_dir: str) -> Panel:
+def _windows(output_dir: Source) -> Panel:
     table = _columns(output_dir, ["n_chunks"])
     if table is None:
         return _message("windows", "This task reads the first window of each document only.")
@@ -484,6 +590,29 @@ def _throughput(summary: dict) -> Panel:
     return Panel("throughput", _png(fig), note)
 
 
+def _per_window(summary: dict) -> Panel:
+    rows = summary.get("per_window") or []
+    if not rows:
+        return _message("per_window", "No window in this range has been written yet.")
+    starts = [r[0] for r in rows]
+    results, dead, deleted = (np.array([r[i] for r in rows], float) for i in (1, 2, 3))
+    fig, ax = _figure("per_window")
+    x = np.arange(len(rows))
+    ax.bar(x, results, color=_BAR, label="results")
+    ax.bar(x, dead, bottom=results, color=_FLAG, label="dead letter")
+    if deleted.any():
+        ax.bar(x, deleted, bottom=results + dead, color=_PREVIOUS, label="deleted")
+    step = max(1, len(rows) // 6)
+    ax.set_xticks(x[::step], [s[11:19] for s in starts[::step]], fontsize=8)
+    ax.set_xlabel(f"window start (UTC), {starts[0][:10]}")
+    ax.set_ylabel("rows")
+    ax.legend(frameon=False, fontsize=8)
+    busiest = int(np.argmax(results + dead + deleted))
+    return Panel("per_window", _png(fig), (
+        f"{len(rows)} windows from {starts[0]} to {starts[-1]}; the busiest, {starts[busiest]}, "
+        f"holds {int((results + dead + deleted)[busiest])} rows."))
+
+
 def _samples(rows: list[list[float]], reads: list[int | None] | None) -> np.ndarray:
     """Progress samples as an ``(n, 5)`` array ``[seconds, done, tokens, dead, read]``; the
     read column is NaN where unknown (a summary without ``throughput_read``: runs of
@@ -494,7 +623,7 @@ def _samples(rows: list[list[float]], reads: list[int | None] | None) -> np.ndar
                     float).reshape(-1, 5)
 
 
-def _norms(output_dir: str, summary: dict) -> Panel:
+def _norms(output_dir: Source, summary: dict) -> Panel:
     table = _columns(output_dir, ["embedding"], limit=SAMPLE_ROWS)
     if table is None or table.num_rows == 0:
         return _message("norms", "No embeddings in these results.")
@@ -515,7 +644,7 @@ def _vectors(column: pa.ChunkedArray) -> np.ndarray:
     return flat.reshape(len(column), column.type.list_size).astype(np.float32)
 
 
-def _neighbours(output_dir: str, summary: dict) -> Panel:
+def _neighbours(output_dir: Source, summary: dict) -> Panel:
     table = _columns(output_dir, ["id", "embedding"], limit=SAMPLE_ROWS)
     if table is None or table.num_rows < 4:
         return _message("neighbours", "Too few embeddings for a neighbour sample.")
@@ -549,7 +678,10 @@ def _input_texts(summary: dict, ids: set[str], max_rows: int = 200_000) -> dict[
     found: dict[str, str] = {}
     try:
         seen = 0
-        for url in expand_glob(summary["input"]):
+        pattern = summary["input"]
+        if pattern.startswith("watch:"):  # a streaming run's watched glob
+            pattern = pattern[len("watch:"):]
+        for url in expand_glob(pattern):
             fs, path = url_to_fs(url)
             with fs.open(path, "rb") as f:
                 table = pq.read_table(f, columns=[id_column, text_column])
@@ -616,6 +748,8 @@ def header_rows(summary: dict, previous: str | None) -> list[tuple[str, str]]:
             ("model", f"{summary['model']} ({summary.get('model_fingerprint', 'n/a')})"),
             ("versions", ", ".join(f"{k} {v}" for k, v in versions.items() if v)),
             ("when", f"{summary.get('started_at', 'n/a')} to {summary.get('finished_at', 'n/a')}")]
+    if summary.get("mode") == "streaming":
+        rows = _streaming_header(summary, rows)
     if previous:
         rows.append(("previous run", previous))
     if summary.get("sink"):
@@ -624,6 +758,24 @@ def header_rows(summary: dict, previous: str | None) -> list[tuple[str, str]]:
                              f"{num(sink.get('points'))} points, "
                              f"{'verified' if sink.get('verified') else 'NOT verified'}"))
     return rows
+
+
+def _streaming_header(summary: dict, rows: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """A streaming report's header: the counts of its windows, their range, the latency."""
+    start, end = summary.get("window_range") or (None, None)
+    span = ("every window" if start is None and end is None else
+            f"the windows from {start or 'the first'} to {end or 'the last'}")
+    counts = (f"{summary['read']:,} rows in {summary['windows']} window(s): "
+              f"{summary['written']:,} written, {summary['dead_lettered']:,} dead-lettered, "
+              f"{summary.get('deleted', 0):,} deleted")
+    latency = summary.get("latency_seconds") or {}
+    kept = [(k, v) for k, v in rows if k in ("model", "versions") and v]
+    out = [("documents", counts), ("windows", f"{span}{' (still running)' if summary.get('running') else ''}")]
+    if latency:
+        out.append(("latency", ", ".join(f"{k} {v} s" for k, v in latency.items()
+                                         if v is not None)
+                    + " (end to end, every window of the run)"))
+    return out + kept
 
 
 def render(summary: dict, panels: list[Panel], previous: str | None = None) -> str:

@@ -10,6 +10,7 @@ of the files that had landed is in the results or the dead letter, and only then
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 import signal
@@ -53,6 +54,7 @@ from bertbeam.run.finish import AccountingError
 from bertbeam.run.job import Job
 from bertbeam.run.live import LiveStream
 from bertbeam.run.runners import is_local, local_processes, resolve_runner
+from bertbeam.run.summary import STREAM_FILE
 
 _LOG = logging.getLogger("bertbeam")
 
@@ -256,6 +258,7 @@ def execute(job: Job, options: PipelineOptions, spec: StreamSpec) -> dict | None
     prepared = preflight(job, spec, options)
     fs, root = url_to_fs(job.output)
     fs.makedirs(root, exist_ok=True)
+    write_json_atomically(job.output, STREAM_FILE, _job_record(job, spec))
     if not is_local(options):
         p = beam.Pipeline(runner=resolve_runner(options), options=options)
         build(p, job, prepared, spec)
@@ -327,7 +330,7 @@ def _run_locally(job: Job, options: PipelineOptions, spec: StreamSpec, prepared:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-    summary = _summary(job, prepared, files=files, read=expected,
+    summary = _summary(job, prepared, spec, files=files, read=expected,
                        wall=time.time() - started)
     summary.update(live.summary())
     write_json_atomically(job.output, "_SUMMARY.json", summary)
@@ -353,7 +356,23 @@ def _fail(failure: list[BaseException]) -> None:
     raise SystemExit(1)
 
 
-def _summary(job: Job, prepared: Prepared, *, files: int, read: int, wall: float) -> dict:
+def _job_record(job: Job, spec: StreamSpec) -> dict:
+    """What ``_STREAM.json`` says of the job, from its launch: what a report of its windows
+    reads while it runs."""
+    return {
+        "task": job.task.name,
+        "model": job.run.model.uri,
+        "mode": "streaming",
+        "input": job.input,
+        "window_seconds": spec.window_seconds,
+        "tombstone_column": spec.tombstone_column,
+        "started_at": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "options": getattr(job.control, "options", None),
+    }
+
+
+def _summary(job: Job, prepared: Prepared, spec: StreamSpec, *, files: int, read: int,
+             wall: float) -> dict:
     written = count_window_rows(job.output)
     dead = count_window_rows(job.output, "dead_letter")
     deleted = count_window_rows(job.output, DELETED)
@@ -365,6 +384,9 @@ def _summary(job: Job, prepared: Prepared, *, files: int, read: int, wall: float
         "model": job.run.model.uri,
         "mode": "streaming",
         "input": job.input,
+        "window_seconds": spec.window_seconds,
+        "started_at": dt.datetime.fromtimestamp(time.time() - wall, dt.UTC).strftime(
+            "%Y-%m-%dT%H:%M:%SZ"),
         "files": files,
         "read": read,
         "written": written,

@@ -14,6 +14,9 @@ from bertbeam.filesystems import url_to_fs, write_json_atomically
 
 LABEL_TASKS = ("classify", "zero-shot")
 SUMMARY_FILE = "_SUMMARY.json"
+STREAM_FILE = "_STREAM.json"
+"""A streaming run's job, written at launch (task, model, input, windows): what a report of
+its windows reads while it runs, before its ``_SUMMARY.json`` exists."""
 
 
 def build_summary(

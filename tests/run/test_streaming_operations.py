@@ -166,3 +166,78 @@ def test_watch_with_a_tombstone_column_deletes_from_the_sink_and_shows_live_metr
     count, stored = sink.stored(client)
     sink.close(client)
     assert (count, sorted(stored)) == (3, ["a0", "a3", "c0"])
+
+
+def _window_file(out: Path, prefix: str, start: str, table: pa.Table) -> None:
+    import datetime as dt
+
+    from bertbeam.beam.window_files import window_file_name
+
+    class _Window:
+        def __init__(self, begin: dt.datetime):
+            self.start, self.end = begin.timestamp(), begin.timestamp() + 60
+
+    begin = dt.datetime.fromisoformat(start).replace(tzinfo=dt.UTC)
+    pq.write_table(table, out / window_file_name(prefix, _Window(begin), table))
+
+
+def _streamed_output(out: Path) -> None:
+    """A labelling stream's output: three one-minute windows of results, a dead letter in
+    the second, a deletion in the third, and the job file a running stream has."""
+    out.mkdir()
+    (out / "_STREAM.json").write_text(json.dumps({
+        "task": "classify", "model": "models/teacher", "mode": "streaming",
+        "input": "watch:in/*.parquet", "window_seconds": 60}))
+    for minute, labels in (("09:00", ["a", "a", "b"]), ("09:01", ["b", "b"]),
+                           ("09:02", ["c"] * 4)):
+        ids = [f"{minute}-{i}" for i in range(len(labels))]
+        _window_file(out, "results", f"2026-12-06T{minute}", pa.table(
+            {"id": ids, "label": labels, "score": [0.9] * len(labels)}))
+    _window_file(out, "dead_letter", "2026-12-06T09:01", pa.table(
+        {"id": ["bad"], "stage": ["read"], "reason": ["empty_text"], "message": ["empty"]}))
+    _window_file(out, "deleted", "2026-12-06T09:02", pa.table({"id": ["gone"]}))
+
+
+def test_the_report_of_a_running_streams_window_range(tmp_path):
+    """`bertbeam report OUT --windows 09:01..09:03` on a stream still running (no summary
+    yet): the counts, labels and dead-letter reasons of those windows only, and the rows per
+    window."""
+    from bertbeam.cli.main import main
+
+    out = tmp_path / "out"
+    _streamed_output(out)
+    assert main(["report", str(out), "--windows", "2026-12-06T09:01..2026-12-06T09:03"]) == 0
+    page = (out / "_REPORT.html").read_text()
+    assert "8 rows in 2 window(s): 6 written, 1 dead-lettered, 1 deleted" in page
+    assert "still running" in page and "Rows per window" in page
+    assert (out / "_REPORT-per_window.png").exists() and (out / "_REPORT-labels.png").exists()
+    assert "empty_text" in page  # the one dead-letter reason, as a fact
+
+    assert main(["report", str(out)]) == 0
+    assert "11 rows in 3 window(s): 9 written" in (out / "_REPORT.html").read_text()
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--windows", "09:00"], "expected START..END"),
+    (["--windows", "yesterday.."], "is not a time"),
+    (["--windows", "2026-12-06T10:00..2026-12-06T09:00"], "ends before it starts"),
+])
+def test_a_bad_window_range_is_one_line(tmp_path, capsys, argv, message):
+    from bertbeam.cli.main import main
+
+    out = tmp_path / "out"
+    _streamed_output(out)
+    assert main(["report", str(out), *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_windows_of_a_batch_output_are_refused_in_one_line(tmp_path, capsys):
+    from bertbeam.cli.main import main
+
+    out = tmp_path / "batch"
+    out.mkdir()
+    (out / "_SUMMARY.json").write_text(json.dumps({"task": "embed", "model": "m", "read": 0}))
+    assert main(["report", str(out), "--windows", "2026-12-06T09:00.."]) == 2
+    err = capsys.readouterr().err
+    assert "reports a streaming run's windows" in err and len(err.strip().splitlines()) == 1
