@@ -81,6 +81,7 @@ class Outcome:
     last_batch_at: float | None = None  # epoch seconds its last model batch ended (bertbeam)
     first_batch_seconds: float | None = None  # from the job's start to its first model batch
     steady_main_cpu: float | None = None  # CPU seconds of the main thread in the steady window
+    steady_model_main_cpu: float | None = None  # of which in the model's forward (and pooling)
     steady_cpu: float | None = None  # CPU seconds of the whole process in the steady window
     job_main_cpu: float | None = None  # the same over the whole timed job
     job_cpu: float | None = None
@@ -216,6 +217,7 @@ class _EngineClock:
         self.steady = Window()
         self.first_batch: float | None = None
         self.gpu = _GpuTimer() if device == "cuda" else None
+        self.model_main = 0.0  # main-thread CPU in Engine._forward less its collate
 
     @classmethod
     @contextmanager
@@ -224,8 +226,8 @@ class _EngineClock:
 
         clock = cls(device)
         originals = {name: getattr(Engine, name)
-                     for name in ("encode", "submit", "collect_parts", "collect", "_forward")}
-        encode, submit, parts, collect, forward = originals.values()
+                     for name in ("encode", "submit", "collect_parts", "collect", "_forward", "collate")}
+        encode, submit, parts, collect, forward, collate = originals.values()
 
         def timed_encode(engine: Engine, docs: Any) -> Any:
             clock.steady.begin()
@@ -236,8 +238,8 @@ class _EngineClock:
                 clock.first_batch = time.perf_counter()
             return submit(engine, plan)
 
-        def timed_parts(engine: Engine, plan: Any, launched: Any) -> Any:
-            for part in parts(engine, plan, launched):
+        def timed_parts(engine: Engine, plan: Any, launched: Any, *args: Any) -> Any:
+            for part in parts(engine, plan, launched, *args):
                 clock.steady.mark()
                 yield part
 
@@ -247,13 +249,30 @@ class _EngineClock:
             return out
 
         def timed_forward(engine: Engine, *args: Any) -> Any:
-            if clock.gpu is None:
-                return forward(engine, *args)
-            with clock.gpu.timing():
-                return forward(engine, *args)
+            # The model's share of the main thread: its forward (task.forward: the model and
+            # its pooling or head) without the padding (collate), as the loop's is counted.
+            main = threading.current_thread() is threading.main_thread()
+            started = time.thread_time() if main else 0.0
+            try:
+                if clock.gpu is None:
+                    return forward(engine, *args)
+                with clock.gpu.timing():
+                    return forward(engine, *args)
+            finally:
+                if main:
+                    clock.model_main += time.thread_time() - started
+
+        def timed_collate(engine: Engine, *args: Any) -> Any:
+            main = threading.current_thread() is threading.main_thread()
+            started = time.thread_time() if main else 0.0
+            try:
+                return collate(engine, *args)
+            finally:
+                if main:
+                    clock.model_main -= time.thread_time() - started
 
         Engine.encode, Engine.submit, Engine.collect_parts = timed_encode, timed_submit, timed_parts
-        Engine.collect, Engine._forward = timed_collect, timed_forward
+        Engine.collect, Engine._forward, Engine.collate = timed_collect, timed_forward, timed_collate
         try:
             yield clock
         finally:
@@ -270,6 +289,7 @@ class _EngineClock:
             "last_batch_at": time.time() - (time.perf_counter() - steady.end[0]) if timed else None,
             "job_main_cpu": job.end[1] - job.start[1], "job_cpu": job.end[2] - job.start[2],
             "gpu_seconds": self.gpu.seconds() if self.gpu is not None else None,
+            "steady_model_main_cpu": self.model_main if timed else None,
             **steady.figures(),
         }
 
@@ -442,6 +462,7 @@ def loop_embeddings(job: Job) -> tuple[Any, Outcome]:
     budget = job.token_budget or SORTED_TOKEN_BUDGET
     pooled = torch.empty((len(ids), model.config.hidden_size), dtype=torch.float32, pin_memory=cuda)
     padded = batches = 0
+    model_main = 0.0  # main-thread CPU in the model's forward and the pooling
     gpu = _GpuTimer() if cuda else None
     with torch.inference_mode():
         i = 0
@@ -458,9 +479,11 @@ def loop_embeddings(job: Job) -> tuple[Any, Outcome]:
             input_ids = host.to(job.device, non_blocking=cuda)
             n_real = (host_lengths.pin_memory() if cuda else host_lengths).to(job.device, non_blocking=cuda)
             mask = (torch.arange(longest, device=job.device) < n_real[:, None]).long()
+            started = time.thread_time()
             with gpu.timing() if gpu is not None else nullcontext():
                 hidden = model(input_ids=input_ids, attention_mask=mask).last_hidden_state
                 pooled[i:i + len(rows)].copy_(_mean_pool(hidden, mask), non_blocking=cuda)
+            model_main += time.thread_time() - started
             padded += len(rows) * longest
             batches += 1
             i += len(rows)
@@ -478,7 +501,7 @@ def loop_embeddings(job: Job) -> tuple[Any, Outcome]:
                             tokenize_seconds=tokenized - steady.start[0], batches=batches,
                             first_batch_seconds=tokenized - whole.start[0],
                             gpu_seconds=gpu.seconds() if gpu is not None else None,
-                            **steady.figures(), **_job_cpu(whole))
+                            steady_model_main_cpu=model_main, **steady.figures(), **_job_cpu(whole))
 
 
 def _job_cpu(whole: Window) -> dict[str, float]:
@@ -497,7 +520,7 @@ def _tokenizer(job: Job) -> Outcome:
     steady.mark()
     real = sum(map(len, ids))
     return Outcome(len(texts), steady.end[0] - steady.start[0], real, None, startup_seconds=0.0,
-                   **steady.figures(), **_job_cpu(steady))
+                   steady_model_main_cpu=0.0, **steady.figures(), **_job_cpu(steady))
 
 
 def _library(job: Job) -> Outcome:

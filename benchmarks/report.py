@@ -99,7 +99,8 @@ def _steady(ok: list[dict], *, docs: int, real_tokens: int, flops: float,
 
 def cpu_figures(runs: list[dict], docs: int) -> dict:
     """Per-document CPU figures and phases of a contender's repetitions (medians): CPU of
-    the main thread and of the rest of the process in the steady window, documents per
+    the main thread (and of it, the model's forward where the contender runs it there, and
+    the rest) and of the rest of the process in the steady window, documents per
     CPU-second there, over the timed job and over the whole process (``process_cpu``, the
     parent's count), the phases of its process, and on a GPU the device's busy share of the
     steady window (``gpu_seconds``)."""
@@ -113,6 +114,9 @@ def cpu_figures(runs: list[dict], docs: int) -> dict:
         return lambda r: r.get(key)
 
     main = median(get("steady_main_cpu"))
+    model = median(get("steady_model_main_cpu"))
+    own = median(lambda r: r["steady_main_cpu"] - r["steady_model_main_cpu"]
+                 if r.get("steady_model_main_cpu") is not None else None)
     total = median(get("steady_cpu"))
     native = median(lambda r: r["steady_cpu"] - r["steady_main_cpu"]
                     if r.get("steady_cpu") is not None else None)
@@ -128,6 +132,8 @@ def cpu_figures(runs: list[dict], docs: int) -> dict:
 
     return {
         "steady_main_us_per_doc": us(main),
+        "steady_model_main_us_per_doc": us(model),
+        "steady_main_less_model_us_per_doc": us(own),
         "steady_native_us_per_doc": us(native),
         "steady_cpu_us_per_doc": us(total),
         "steady_docs_per_cpu_second": rate(total),

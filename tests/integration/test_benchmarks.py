@@ -201,8 +201,9 @@ def check_gpu_result(out) -> dict:
 
 
 def test_cpu_figures_split_the_main_thread_from_the_rest_per_document():
-    """benchmarks.feed's figures: medians of the repetitions, the main thread's CPU and the
-    rest of the process's apart, per document, and documents per CPU-second."""
+    """benchmarks.feed's figures: medians of the repetitions, the main thread's CPU (and of it
+    the model's forward, where measured) and the rest of the process's apart, per document,
+    and documents per CPU-second."""
     runs = [{"docs": 1000, "seconds": 2.0, "process_seconds": 5.0, "exit_seconds": 0.5,
              "steady_seconds": 1.5, "steady_main_cpu": m, "steady_cpu": m + 0.1, "job_cpu": 2.0,
              "process_cpu": 4.0, "startup_seconds": 0.4} for m in (0.02, 0.03, 0.04)]
@@ -212,6 +213,12 @@ def test_cpu_figures_split_the_main_thread_from_the_rest_per_document():
     assert row["steady_cpu_us_per_doc"] == 130.0 and row["steady_docs_per_cpu_second"] == 7692.3
     assert row["process_docs_per_cpu_second"] == 250.0
     assert row["phases"]["imports"] == 2.5 and row["gpu_busy_fraction"] is None
+    assert row["steady_model_main_us_per_doc"] is None  # not measured: not guessed
+    for r, model in zip(runs, (0.005, 0.01, 0.03), strict=False):
+        r["steady_model_main_cpu"] = model
+    row = report.cpu_figures(runs, 1000)
+    assert row["steady_model_main_us_per_doc"] == 10.0  # the model's share of the main thread
+    assert row["steady_main_less_model_us_per_doc"] == 15.0  # median of 15, 20, 10
 
 
 def test_a_window_reads_the_main_threads_cpu_clock_from_another_thread():
