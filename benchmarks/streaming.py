@@ -55,7 +55,8 @@ def _quantiles(values: np.ndarray) -> dict[str, float]:
             "mean": round(float(values.mean()), 3)}
 
 
-def model_capacity(texts: list[str], model: str | None, docs: int = 200, chunk: int = 25) -> float:
+def model_capacity(texts: list[str], model: str | None, docs: int = 200, chunk: int = 25,
+                   backend: str = "torch") -> float:
     """Documents per second of the engine alone (``Engine.infer``, no Beam) over ``docs``
     demo texts in chunks of ``chunk``, on this machine now: the rate no pipeline can beat."""
     from bertbeam.config import BatchSpec, ModelSpec, RunSpec
@@ -63,7 +64,8 @@ def model_capacity(texts: list[str], model: str | None, docs: int = 200, chunk: 
     from bertbeam.core.records import Document, DocumentChunk
     from bertbeam.tasks.embed import EmbedTask
 
-    run = RunSpec(model=ModelSpec(uri=model) if model else ModelSpec())
+    run = RunSpec(model=ModelSpec(uri=model, backend=backend) if model else
+                  ModelSpec(backend=backend))
     engine = Engine.acquire(engine_spec(EmbedTask(), run))
     batches = [DocumentChunk.of([Document(f"d{i}", texts[i % len(texts)])
                                  for i in range(k, k + chunk)]) for k in range(0, docs, chunk)]
@@ -75,11 +77,13 @@ def model_capacity(texts: list[str], model: str | None, docs: int = 200, chunk: 
 
 
 def run(rate: float, seconds: float, docs_per_file: int, window: int, interval: float,
-        max_wait: float, model: str | None) -> dict:
+        max_wait: float, model: str | None, extra: list[str] | None = None) -> dict:
     from bertbeam.cli.demo import demo_texts
 
+    extra = list(extra or [])
     texts = demo_texts()
-    capacity = model_capacity(texts, model)
+    backend = extra[extra.index("--backend") + 1] if "--backend" in extra else "torch"
+    capacity = model_capacity(texts, model, backend=backend)
     work = Path(tempfile.mkdtemp(prefix="bertbeam-streaming-bench-"))
     inbox, out = work / "in", work / "out"
     inbox.mkdir()
@@ -89,7 +93,7 @@ def run(rate: float, seconds: float, docs_per_file: int, window: int, interval: 
     argv = [sys.executable, "-m", "bertbeam.cli.main", "embed", "--streaming",
             "--input", f"watch:{inbox}/*.parquet", "--output", str(out),
             "--window-seconds", str(window), "--watch-interval", str(interval),
-            "--max-wait", str(max_wait)] + (["--model", model] if model else [])
+            "--max-wait", str(max_wait)] + (["--model", model] if model else []) + extra
     started = time.time()
     proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -147,6 +151,8 @@ def run(rate: float, seconds: float, docs_per_file: int, window: int, interval: 
         "watch_interval": interval,
         "max_wait": max_wait,
         "model": model or "embedded:all-MiniLM-L6-v2",
+        "options": " ".join(extra),
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
         "start_to_first_result_seconds": round(ready, 1),
         "latency_seconds": _quantiles(latency),
         "latency_last_fifth_seconds": _quantiles(tail),
@@ -184,14 +190,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-wait", type=float, default=0.1)
     parser.add_argument("--model", default=None, help="default: the embedded MiniLM")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    parser.add_argument("--name", default="streaming", help="output file stem")
+    parser.add_argument("--bertbeam-args", default="",
+                        help="more `bertbeam embed` flags, one string (e.g. '--backend onnx')")
     args = parser.parse_args(argv)
     runs = [run(float(rate), args.seconds, args.docs_per_file, args.window_seconds,
-                args.watch_interval, args.max_wait, args.model)
+                args.watch_interval, args.max_wait, args.model, args.bertbeam_args.split())
             for rate in args.rates.split(",")]
     result = {"runs": runs, "machine": _machine()}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "streaming.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     return 0 if all(r["missing"] == 0 for r in runs) else 1
 
