@@ -289,6 +289,25 @@ def test_cpu_streams_share_the_token_budget(tiny_model, streams, monkeypatch):
     assert max(sizes) > 192 // streams - 32  # the share is used, not just respected
 
 
+@pytest.mark.parametrize("streams", [1, 2, 3])
+def test_a_small_plan_gives_every_cpu_stream_a_batch(tiny_model, streams):
+    """A handful of documents (a streaming bundle) that fit one batch are cut into about one
+    batch per stream, so they run on every core; each window is in exactly one batch."""
+    engine = Engine.acquire(EngineSpec(
+        ModelSpec(uri=tiny_model("bert", "base"), device="cpu", num_threads=streams,
+                  cpu_streams=streams), TokenizeSpec(max_length=64), EmbedTask()))
+    texts = SAMPLE_TEXTS[:6]
+    windows, _ = engine.encode(DocumentChunk([f"d{i}" for i in range(len(texts))], texts))
+    plan = engine.plan(windows, BatchSpec(token_budget=8192))
+    assert len(plan.batches) >= streams
+    assert sorted(np.concatenate(plan.batches).tolist()) == list(range(len(windows.lengths)))
+    if streams == 1:
+        assert len(plan.batches) == 1
+    big = engine.plan(windows, BatchSpec(token_budget=8))  # over budget: cut as before
+    assert len(big.batches) == len(plan_batches(windows.lengths, 8 // streams or 1, None, 1,
+                                                engine.batch_overhead(BatchSpec())))
+
+
 def test_a_nearly_free_model_gets_whole_budget_batches(tiny_model):
     """Where the model costs next to nothing per token (the tiny checkpoint: 33 thousand
     FLOPs, all-MiniLM-L6-v2: 21 million), memory is no reason to share the budget and a
