@@ -275,3 +275,30 @@ def _corpus_texts(cfg: DistillConfig) -> list[str]:
 def test_bad_distill_options_are_refused(field, value, message):
     with pytest.raises(ValueError, match=message.replace(".", r"\.").replace("(", r"\(")):
         DistillConfig(teacher="t", corpus="c", output="o", **{field: value})
+
+
+def test_evaluate_reports_both_speeds_and_both_ratios(tmp_path):
+    """Each side's rate through the pipeline (docs_per_second) and over the whole command
+    (written / process_seconds), and the two ratios, from the summaries beside the results."""
+    from bertbeam.training.config import EvalConfig
+    from bertbeam.training.evaluate import evaluate, format_report
+
+    def side(name: str, pipeline: float, process: float) -> str:
+        out = tmp_path / name
+        write_corpus(out / "results-00000.parquet",
+                     {"id": ["a", "b"], "label": ["x", "y"], "score": [0.9, 0.8]})
+        (out / "_SUMMARY.json").write_text(json.dumps({
+            "model": name, "input": "same.parquet", "written": 100,
+            "docs_per_second": 100 / pipeline, "process_seconds": process}))
+        return f"{out}/results-*.parquet"
+
+    gold = write_corpus(tmp_path / "gold.parquet", {"id": ["a", "b"], "label": ["x", "y"]})
+    report = evaluate(EvalConfig(task="classify", predictions=side("student", 10.0, 20.0),
+                                 gold=gold, reference=side("teacher", 25.0, 35.0)))
+    speed = report["speed"]
+    assert speed["predictions"]["command_docs_per_second"] == pytest.approx(5.0)
+    assert speed["speedup"] == pytest.approx(2.5)
+    assert speed["command_speedup"] == pytest.approx(1.75, rel=1e-3)
+    text = format_report(report)
+    assert "10.0 docs/s through bertbeam label's pipeline, 5.0 for the whole command" in text
+    assert "2.50x the reference's speed (1.75x for the whole command)" in text
