@@ -233,7 +233,7 @@ def test_the_intermediate_layer_term_is_the_masked_mse_of_the_mapped_layers():
 def test_variants_are_labelled_and_never_cross_the_held_out_split(tmp_path, tiny_model):
     """24 documents, 2 variants each: the teacher labels them all (in shards, resumable), the
     held-out rows are the corpus's own documents, and no variant of a held-out document
-    trains; variants carry no gold label."""
+    trains; variants carry no gold label; another number of variants labels anew."""
     from bertbeam.core.fingerprint import model_fingerprint
     from bertbeam.training.distill import _hold_out
     from bertbeam.training.soft_labels import soft_label_rows
@@ -259,6 +259,9 @@ def test_variants_are_labelled_and_never_cross_the_held_out_split(tmp_path, tiny
     assert dropped and len(train_part) + len(eval_part) + dropped == 24 + variants
     again, counts = label_corpus(cfg, model_fingerprint(teacher), mask_token="[MASK]")
     assert counts["labelled_now"] == 0 and sorted(again) == sorted(logits)
+    fewer = DistillConfig(**{**cfg.__dict__, "augment": 1})  # other variants: labelled anew
+    _, counts = label_corpus(fewer, model_fingerprint(teacher), mask_token="[MASK]")
+    assert counts == {"shards": 2, "variants": variants // 2, "labelled_now": 2, "dead_lettered": 0}
 
 
 def _corpus_texts(cfg: DistillConfig) -> list[str]:
