@@ -380,11 +380,7 @@ def _summary(job: Job, prepared: Prepared, spec: StreamSpec, *, files: int, read
                for prefix in ("results", "dead_letter", DELETED)
                for url in window_files(job.output, prefix)}
     return {
-        "task": job.task.name,
-        "model": job.run.model.uri,
-        "mode": "streaming",
-        "input": job.input,
-        "window_seconds": spec.window_seconds,
+        **_job_record(job, spec),
         "started_at": dt.datetime.fromtimestamp(time.time() - wall, dt.UTC).strftime(
             "%Y-%m-%dT%H:%M:%SZ"),
         "files": files,
@@ -398,5 +394,4 @@ def _summary(job: Job, prepared: Prepared, spec: StreamSpec, *, files: int, read
         "windows": len(windows),
         "wall_seconds": round(wall, 3),
         "docs_per_second": round(written / wall, 2) if wall > 0 else None,
-        "options": getattr(job.control, "options", None),
     }
