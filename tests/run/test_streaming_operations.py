@@ -241,3 +241,27 @@ def test_windows_of_a_batch_output_are_refused_in_one_line(tmp_path, capsys):
     assert main(["report", str(out), "--windows", "2026-12-06T09:00.."]) == 2
     err = capsys.readouterr().err
     assert "reports a streaming run's windows" in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_graph_with_tombstones_keeps_the_step_names_and_adds_its_own(tiny_model, tmp_path):
+    """A job with --tombstone-column has the same step names as one without (plus its own),
+    so adding it to a running Dataflow job is a graph change Dataflow can name."""
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from bertbeam import ModelSpec, RunSpec
+    from bertbeam.run import streaming
+    from bertbeam.run.job import Job
+    from bertbeam.tasks.embed import EmbedTask
+
+    job = Job(task=EmbedTask(), run=RunSpec(model=ModelSpec(uri=tiny_model("bert", "base"))),
+              input="pubsub:projects/my-project/subscriptions/docs", output=str(tmp_path / "out"),
+              columns=Columns())
+    labels = {}
+    for tombstone in (None, "deleted"):
+        spec = streaming.StreamSpec(window_seconds=30, tombstone_column=tombstone)
+        p = beam.Pipeline(options=PipelineOptions(["--streaming"]))
+        streaming.build(p, job, streaming.preflight(job, spec), spec)
+        labels[tombstone] = {t.full_label for t in p.transforms_stack[0].parts}
+    assert labels[None] < labels["deleted"]
+    assert labels["deleted"] - labels[None] == {"SplitDeletions", "DeletedRows", "WriteDeleted"}
