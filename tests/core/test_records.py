@@ -57,6 +57,11 @@ def test_sizes_come_from_the_arrays_not_from_pickling(monkeypatch):
     assert sizes["WindowChunk"] >= sizes["DocumentChunk"] + windows.input_ids.nbytes
     assert sizes["OutputChunk"] >= sizes["WindowChunk"] + 64
     assert sizes["RecordBatch"] == batch.get_total_buffer_size()
+    # A large chunk is sized from a sample of its texts, near the whole.
+    texts = [("x" * (i % 97)) for i in range(5000)]
+    whole = sum(map(len, texts))
+    assert abs(estimated_bytes(DocumentChunk([str(i) for i in range(5000)], texts))
+               - 48 * 5000 - whole) < 0.05 * whole
     # A malformed value (a Document whose text is None) is sized by pickling it.
     assert estimated_bytes(Document("a", None)) == len(pickle.dumps(Document("a", None), protocol=5))
 
