@@ -20,6 +20,7 @@ import json
 import re
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import apache_beam as beam
@@ -191,7 +192,12 @@ class _WriteShardFn(BufferedDoFn):
 
 
 class _ShardFile:
-    """One temporary Parquet file being written, a row group per :meth:`write`."""
+    """One temporary Parquet file being written, a row group per :meth:`write`.
+
+    Row groups are written behind, on a thread of the file's own: pyarrow encodes and
+    compresses without holding Python's lock, so the pipeline's main thread gathers the next
+    row group meanwhile (issue 24). One write is in flight at most; its error is raised by
+    the next :meth:`write` or by :meth:`close`."""
 
     def __init__(self, temp_dir: str, prefix: str, schema: pa.Schema):
         self._fs, root = url_to_fs(temp_dir)
@@ -199,24 +205,39 @@ class _ShardFile:
         self._path = f"{root.rstrip('/')}/{prefix}-{uuid.uuid4().hex}.parquet"
         self._stream = self._fs.open(self._path, "wb")
         self._writer = pq.ParquetWriter(self._stream, schema, **parquet_options(schema))
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="bertbeam-parquet")
+        self._pending: Future | None = None
         self.rows = 0
 
     def write(self, table: pa.Table) -> None:
-        self._writer.write_table(table, row_group_size=max(1, table.num_rows))
+        """Queues ``table`` as the file's next row group, once the previous one is written."""
+        self._wait()
+        self._pending = self._thread.submit(self._writer.write_table, table,
+                                            row_group_size=max(1, table.num_rows))
         self.rows += table.num_rows
+
+    def _wait(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
 
     def close(self) -> str:
         """Finishes the file and returns its URL; a failed close leaves no partial file."""
         try:
+            self._wait()
             self._writer.close()
             self._stream.close()
         except BaseException:
             self.abandon()
             raise
+        self._thread.shutdown(wait=False)
         return self._fs.unstrip_protocol(self._path)
 
     def abandon(self) -> None:
         """Closes and removes the file, ignoring errors: its rows will be written again."""
+        with contextlib.suppress(Exception):  # the write in flight ends before the file closes
+            self._wait()
+        self._thread.shutdown(wait=True)
         for close in (self._writer.close, self._stream.close):
             with contextlib.suppress(Exception):  # best effort on a file being thrown away
                 close()
