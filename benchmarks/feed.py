@@ -19,8 +19,9 @@ the repetitions: the tokenizer alone (one call), the project's sorted loop (one 
 call, token-budget batches, numpy padding), the library path (``Engine.infer``, no Beam) and
 ``bertbeam embed`` as a user runs it. Figures per contender (medians): docs/s; CPU per
 document in the steady window (from the first tokenizer call to the last batch), of the main
-Python thread (its CPU clock) and of the native threads (the rest of the process: tokenizer,
-torch); documents per CPU-second in the steady window and over the whole process
+Python thread (its CPU clock; of it, the model's forward apart, so that the framework's own
+serial work shows) and of the native threads (the rest of the process: tokenizer, torch,
+the Parquet writer); documents per CPU-second in the steady window and over the whole process
 (interpreter start and imports included: the parent's ``RUSAGE_CHILDREN``); phases (imports,
 start-up to the first document, to the first batch, the stream, the tail to exit); batches;
 the CPU of each live thread by name at the end. CPU seconds do not grow when a shared
