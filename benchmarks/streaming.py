@@ -138,6 +138,12 @@ def run(rate: float, seconds: float, docs_per_file: int, window: int, interval: 
     order = sorted(arrival, key=arrival.get)
     latency = np.array([written[d] - arrival[d] for d in order if d in written])
     tail = latency[int(len(latency) * 0.8):]
+    t0_arrival = min(arrival.values())
+    timeline: dict[int, float] = {}  # second of arrival -> the worst latency of its documents
+    for d in order:
+        if d in written:
+            second = int(arrival[d] - t0_arrival)
+            timeline[second] = round(max(timeline.get(second, 0.0), written[d] - arrival[d]), 3)
     last_write = max(written[d] for d in order if d in written)
     summary = json.loads((out / "_SUMMARY.json").read_text())
     return {
@@ -156,6 +162,7 @@ def run(rate: float, seconds: float, docs_per_file: int, window: int, interval: 
         "start_to_first_result_seconds": round(ready, 1),
         "latency_seconds": _quantiles(latency),
         "latency_last_fifth_seconds": _quantiles(tail),
+        "worst_latency_by_arrival_second": [timeline[k] for k in sorted(timeline)],
         "model_alone_docs_per_second": round(capacity, 1),
         "sustained_docs_per_second": round(len(latency) / (last_write - min(arrival.values())), 1),
         "command_summary": {k: summary.get(k) for k in ("read", "written", "dead_lettered",
