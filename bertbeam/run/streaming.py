@@ -24,6 +24,7 @@ from typing import Any
 
 import apache_beam as beam
 import pyarrow as pa
+import pyarrow.parquet as pq
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.transforms.window import FixedWindows
 
@@ -135,6 +136,8 @@ def preflight(job: Job, spec: StreamSpec, options: PipelineOptions | None = None
         else:
             raise ValueError(f"--carry-columns and --keep-text read the columns' types from a "
                              f"file of {source.location!r}, and none has landed yet.")
+    if spec.tombstone_column and source.kind == "watch":
+        _warn_without_tombstones(source.location, spec.tombstone_column)
     schema = with_carried(job.task.schema(config), carry)
     sink_text = job.columns.text if job.columns.text in schema.names else None
     if job.sink is not None:
@@ -142,6 +145,26 @@ def preflight(job: Job, spec: StreamSpec, options: PipelineOptions | None = None
         job.sink.check(schema, text_column=sink_text, local=local,
                        processes=1 if options is None else local_processes(options))
     return Prepared(source, config, schema, carry, sink_text)
+
+
+def _warn_without_tombstones(pattern: str, column: str, files_checked: int = 20) -> None:
+    """One line on stderr when files have landed and none of (the first ``files_checked`` of)
+    them has the tombstone column: a file without it deletes nothing, which a misspelt
+    ``--tombstone-column`` would make true of every file."""
+    files = expand_glob(pattern)[:files_checked]
+    if not files:
+        return
+    for url in files:
+        fs, path = url_to_fs(url)
+        try:
+            with fs.open(path, "rb") as f:
+                if column in pq.ParquetFile(f).schema_arrow.names:
+                    return
+        except Exception:  # noqa: BLE001 - an unreadable file is the reader's dead letter
+            continue
+    print(f"bertbeam: warning: none of the {len(files)} file(s) of {pattern!r} checked has "
+          f"the column {column!r} (--tombstone-column); only files that have it delete ids.",
+          file=sys.stderr)
 
 
 class _StopWhenAskedFn(beam.DoFn):

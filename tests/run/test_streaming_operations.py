@@ -265,3 +265,28 @@ def test_the_graph_with_tombstones_keeps_the_step_names_and_adds_its_own(tiny_mo
         labels[tombstone] = {t.full_label for t in p.transforms_stack[0].parts}
     assert labels[None] < labels["deleted"]
     assert labels["deleted"] - labels[None] == {"SplitDeletions", "DeletedRows", "WriteDeleted"}
+
+
+def test_a_tombstone_column_no_landed_file_has_is_one_warning_line(tiny_model, tmp_path, capsys):
+    """A misspelt --tombstone-column would delete nothing, silently: when files have landed
+    and none has the column, the launch says so in one line (a file may lack it: a warning,
+    not a refusal); a file that has it, or no file yet, says nothing."""
+    from bertbeam import ModelSpec, RunSpec
+    from bertbeam.run import streaming
+    from bertbeam.run.job import Job
+    from bertbeam.tasks.embed import EmbedTask
+
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+    job = Job(task=EmbedTask(), run=RunSpec(model=ModelSpec(uri=tiny_model("bert", "base"))),
+              input=f"watch:{inbox}/*.parquet", output=str(tmp_path / "out"), columns=Columns())
+    spec = streaming.StreamSpec(tombstone_column="deleted")
+    streaming.preflight(job, spec)
+    assert capsys.readouterr().err == ""
+    pq.write_table(pa.table({"id": ["a"], "text": ["x"], "delete": [True]}), inbox / "a.parquet")
+    streaming.preflight(job, spec)
+    err = capsys.readouterr().err
+    assert "none of the 1 file(s)" in err and "'deleted'" in err and len(err.splitlines()) == 1
+    pq.write_table(pa.table({"id": ["b"], "text": ["y"], "deleted": [False]}), inbox / "b.parquet")
+    streaming.preflight(job, spec)
+    assert capsys.readouterr().err == ""
