@@ -28,6 +28,7 @@ import logging
 import math
 import pickle
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -58,7 +59,12 @@ _LOG = logging.getLogger(__name__)
 
 GPU_PAD_MULTIPLE = 8
 PART_WINDOWS = 1024
-"""Windows a part of :meth:`Engine.collect_parts` holds at least (the plan's last excepted)."""
+"""Windows a part of :meth:`Engine.collect_parts` holds at least (the plan's last excepted),
+unless :data:`PART_SECONDS` have passed since the last part left."""
+PART_SECONDS = 0.5
+"""The longest :meth:`Engine.collect_parts` holds finished documents back to make a part of
+:data:`PART_WINDOWS`: with a costly model a plan's batches take seconds, and its documents
+are written (and counted in the progress) as they finish, not all at the end of the plan."""
 _HARD_MAX_LENGTH = 512
 # Models whose position ids start after the padding index (RoBERTa family): two positions fewer.
 _OFFSET_POSITIONS = {"roberta", "xlm-roberta", "camembert", "longformer"}
@@ -460,8 +466,10 @@ class Engine:
         """:meth:`collect` in parts: as batches come back, the OutputChunk of the documents
         whose last window they held, so that their results can be written (and counted)
         while the plan's later batches still run. A part holds at least ``min_windows``
-        windows (the plan's last part excepted): each part costs a post-processing call, a
-        record batch and a pipeline element, whatever its size."""
+        windows (the plan's last part excepted), or whatever has finished once
+        :data:`PART_SECONDS` have passed since the last part: each part costs a
+        post-processing call, a record batch and a pipeline element, whatever its size, and a
+        nearly free model finishes 1,024 windows in milliseconds, a costly one in seconds."""
         windows = plan.windows
         # The batch each document's last window is in, and the windows of the documents that
         # finish with each batch (in window order), worked out once per plan.
@@ -479,13 +487,15 @@ class Engine:
         values: dict[str, np.ndarray] = {}
         errors: dict[int, DeadLetter] = {}
         begin = 0  # where the part being gathered starts in by_batch
+        since = time.monotonic()  # when the last part left
         for k, handle in enumerate(launched):
             self._gather(windows, handle, values, errors)
             end = int(bounds[k + 1])
-            if end - begin < max(1, min_windows) and k + 1 < len(launched):
+            if (end - begin < max(1, min_windows) and k + 1 < len(launched)
+                    and time.monotonic() - since < PART_SECONDS):
                 continue
             part = np.sort(by_batch[begin:end])
-            begin = end
+            begin, since = end, time.monotonic()
             if len(part) == 0:
                 continue
             tokens = windows.token_rows(part) if token_level else None

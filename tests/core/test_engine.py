@@ -232,6 +232,26 @@ def test_columnar_postprocess_equals_the_per_document_one(tiny_model, case):
                 assert got == value, (name, g)
 
 
+def test_a_costly_model_lets_finished_documents_go_within_part_seconds(tiny_model, monkeypatch):
+    """Parts wait for PART_WINDOWS windows only while that is quick: once PART_SECONDS have
+    passed since the last part left (a costly model's batches), what has finished leaves,
+    so a plan's documents are written and counted as they finish, not at its end."""
+    import bertbeam.core.engine as engine_module
+
+    engine = _engine(tiny_model("bert", "base"), EmbedTask(), max_length=16, stride=4)
+    texts = [*SAMPLE_TEXTS, *SAMPLE_TEXTS]
+    windows, _ = engine.encode(DocumentChunk([f"d{i}" for i in range(len(texts))], texts))
+    plan = engine.plan(windows, BatchSpec(token_budget=64))
+    assert len(plan.batches) > 3
+    monkeypatch.setattr(engine_module, "PART_SECONDS", 3600.0)
+    assert len(list(engine.collect_parts(plan, engine.submit(plan), min_windows=10**6))) == 1
+    monkeypatch.setattr(engine_module, "PART_SECONDS", 0.0)
+    parts = list(engine.collect_parts(plan, engine.submit(plan), min_windows=10**6))
+    assert len(parts) > 1
+    assert sorted(d for out in parts for d in engine.postprocess(out).columns["id"]) == sorted(
+        f"d{i}" for i in range(len(texts)))
+
+
 @pytest.mark.parametrize("head,task", [("base", EmbedTask()), ("ner", None)])
 def test_a_plan_comes_back_in_parts_that_add_up_to_the_whole(tiny_model, head, task):
     """collect_parts yields documents as the batch holding their last window returns: every
