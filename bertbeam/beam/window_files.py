@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bertbeam.beam import latency
+from bertbeam.beam.writing import parquet_options
 from bertbeam.core import metrics
 from bertbeam.core.records import rows_to_table
 from bertbeam.filesystems import expand_glob, replacing, url_to_fs
@@ -74,7 +75,7 @@ class _WriteWindowFilesFn(beam.DoFn):
             table = pa.concat_tables(tables)
             name = window_file_name(self._prefix, window, table)
             with replacing(f"{self._output}/{name}") as f:
-                pq.write_table(table, f, compression="zstd", write_page_checksum=True)
+                pq.write_table(table, f, **parquet_options(table.schema))
             metrics.inc(rows_counter(self._prefix), table.num_rows)
         if self._stamps:
             now = time.time()
