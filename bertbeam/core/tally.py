@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
+import tempfile
 import threading
 import time
 import uuid
@@ -68,6 +70,25 @@ class Tally:
 
 _current: Tally | None = None
 _current_lock = threading.Lock()
+
+
+def open_run() -> tuple[str, str | None]:
+    """A fresh local directory for a run's counts, named in ``$BERTBEAM_TALLY_DIR`` for the
+    workers the launcher starts next; returns it and the variable's earlier value, for
+    :func:`close_run`."""
+    directory = tempfile.mkdtemp(prefix="bertbeam-tally-")
+    earlier = os.environ.get(ENV)
+    os.environ[ENV] = directory
+    return directory, earlier
+
+
+def close_run(directory: str, earlier: str | None) -> None:
+    """Gives ``$BERTBEAM_TALLY_DIR`` its earlier value back and removes the run's directory."""
+    if earlier is None:
+        os.environ.pop(ENV, None)
+    else:
+        os.environ[ENV] = earlier
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 def local_tally() -> Tally | None:

@@ -18,10 +18,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
 import sys
-import tempfile
 import threading
 import time
 from typing import Any, TextIO
@@ -97,9 +94,7 @@ class LiveStream:
         self._last: tuple[float, dict[str, int]] | None = None
 
     def __enter__(self) -> LiveStream:
-        self.directory = tempfile.mkdtemp(prefix="bertbeam-tally-")
-        self._saved_env = os.environ.get(tally.ENV)
-        os.environ[tally.ENV] = self.directory
+        self.directory, self._saved_env = tally.open_run()
         self._started = time.monotonic()
         self._last = (self._started, {})
         self._thread = threading.Thread(target=self._poll, name="bertbeam-live", daemon=True)
@@ -112,12 +107,8 @@ class LiveStream:
             self._thread.join(timeout=10)
         with contextlib.suppress(OSError):
             self.sample(final=True)
-        if self._saved_env is None:
-            os.environ.pop(tally.ENV, None)
-        else:
-            os.environ[tally.ENV] = self._saved_env
         if self.directory:
-            shutil.rmtree(self.directory, ignore_errors=True)
+            tally.close_run(self.directory, self._saved_env)
 
     def _poll(self) -> None:
         while not self._stop.wait(self.every):

@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -128,9 +126,7 @@ class LiveProgress:
         self._printed = -1  # documents done at the last line printed
 
     def __enter__(self) -> LiveProgress:
-        self.directory = tempfile.mkdtemp(prefix="bertbeam-tally-")
-        self._saved_env = os.environ.get(tally.ENV)
-        os.environ[tally.ENV] = self.directory
+        self.directory, self._saved_env = tally.open_run()
         self._started = time.monotonic()
         if self.mode == "bar":
             # A terminal that reports no width (0 columns) would get an empty bar.
@@ -148,12 +144,8 @@ class LiveProgress:
         self.sample(final=exc[0] is None)
         if self._bar is not None:
             self._bar.close()
-        if self._saved_env is None:
-            os.environ.pop(tally.ENV, None)
-        else:
-            os.environ[tally.ENV] = self._saved_env
         if self.directory is not None:
-            shutil.rmtree(self.directory, ignore_errors=True)
+            tally.close_run(self.directory, self._saved_env)
 
     def _poll(self) -> None:
         interval = BAR_SECONDS if self.mode == "bar" else LINE_SECONDS
